@@ -1,0 +1,171 @@
+"""Load and validate params.yaml; resolve a variant = study defaults ⊕ variant overrides.
+
+    python -c "from ablations.config import load_params; print(load_params('params.yaml'))"
+
+The whole file is validated (pydantic, unknown keys rejected) before any stage does work, so
+a typo anywhere fails every stage at once with the key path in the message. Keras names
+(activation, initializer, regularizer, optimizer) are checked with Keras' own `get` functions
+in `ablations.models.blocks`, where Keras is imported anyway.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ablations.errors import ConfigError
+
+Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+# A Keras identifier: a name ("relu") or a serialized object ({"class_name": "L2", "config": {...}}).
+KerasId = str | dict[str, Any]
+
+DATASET_NAMES = ("fashion_mnist", "mnist", "cifar10", "stl10", "digits")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PreparedData(Strict):
+    """One prepared (split + scaled) copy of a raw dataset; studies refer to it by name."""
+
+    source: Literal[DATASET_NAMES]  # type: ignore[valid-type]
+    scaling: Literal["zero_one", "minus_one_one", "standardize"]
+    size: PositiveInt | None = None  # pad/resize images to size x size pixels; None keeps them
+    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    max_train: PositiveInt | None = None  # cap on training images (stratified); None = all
+    max_test: PositiveInt | None = None
+    seed: Annotated[int, Field(ge=0)] = 0
+
+
+class DataConfig(Strict):
+    mirror: str | None = None  # folder with the original files; ABLATIONS_DATA_MIRROR wins
+    raw: list[Literal[DATASET_NAMES]]  # type: ignore[valid-type]
+    prepared: dict[str, PreparedData]
+
+    @model_validator(mode="after")
+    def _sources_are_downloaded(self) -> DataConfig:
+        for name, prepared in self.prepared.items():
+            if prepared.source not in self.raw:
+                raise ValueError(
+                    f"prepared.{name}.source={prepared.source!r} is not in data.raw {self.raw}"
+                )
+        return self
+
+
+class Variant(Strict):
+    """Everything one training can change; study defaults ⊕ variant overrides."""
+
+    model: Literal["cnn"] = "cnn"
+    conv_filters: list[PositiveInt]  # one conv block per entry, each followed by max-pooling
+    kernel_size: PositiveInt = 3
+    padding: Literal["same", "valid"] = "same"
+    conv_bias: bool = True
+    dense_units: list[PositiveInt]  # hidden dense layers, before the softmax head
+    activation: KerasId = "relu"
+    norm: Literal["none", "before", "after"] = "none"  # BatchNorm relative to the activation
+    input_norm: bool = False  # BatchNorm on the input layer
+    input_dropout: Probability = 0.0
+    dropout: Probability = 0.0  # before each dense layer (hidden and head)
+    initializer: KerasId = "glorot_uniform"
+    kernel_regularizer: KerasId | None = None
+    bias_regularizer: KerasId | None = None
+    optimizer: str = "adam"
+    learning_rate: Annotated[float, Field(gt=0.0)] = 1e-3
+    optimizer_config: dict[str, Any] = {}  # extra optimizer arguments, e.g. momentum
+    epochs: PositiveInt
+    batch_size: PositiveInt
+    seed: Annotated[int, Field(ge=0)] = 0
+
+
+class Study(Strict):
+    question: str
+    data: str  # a key of data.prepared
+    target_val_accuracy: Annotated[float, Field(gt=0.0, le=1.0)]  # for epochs-to-target
+    defaults: dict[str, Any]
+    variants: dict[str, dict[str, Any] | None]
+
+    @model_validator(mode="after")
+    def _has_variants(self) -> Study:
+        if not self.variants:
+            raise ValueError("a study needs at least one variant")
+        return self
+
+
+class Params(Strict):
+    data: DataConfig
+    studies: dict[str, Study]
+    polyfit: dict[str, Any]  # validated by ablations.polyfit.PolyfitConfig
+
+    @model_validator(mode="after")
+    def _studies_use_prepared_data(self) -> Params:
+        for name, study in self.studies.items():
+            if study.data not in self.data.prepared:
+                raise ValueError(
+                    f"studies.{name}.data={study.data!r} is not one of data.prepared "
+                    f"{sorted(self.data.prepared)}"
+                )
+        return self
+
+    def variant(self, study: str, name: str) -> Variant:
+        """The resolved config of one variant (already validated by `load_params`)."""
+        return resolve_variant(self, study, name)
+
+
+def _format_errors(error: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(part) for part in (prefix, *item["loc"]) if part != "")
+        allowed = item.get("ctx", {}).get("expected")
+        detail = f" (allowed: {allowed})" if allowed else ""
+        lines.append(f"{path or '<top>'}: {item['msg']}{detail}")
+    return "; ".join(lines)
+
+
+def resolve_variant(params: Params, study: str, name: str) -> Variant:
+    if study not in params.studies:
+        raise ConfigError(f"studies.{study}: no such study (have {sorted(params.studies)})")
+    spec = params.studies[study]
+    if name not in spec.variants:
+        raise ConfigError(
+            f"studies.{study}.variants.{name}: no such variant (have {sorted(spec.variants)})"
+        )
+    merged = {**spec.defaults, **(spec.variants[name] or {})}
+    try:
+        return Variant(**merged)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(error, f"studies.{study}.variants.{name}")) from None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: malformed YAML: {error}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return loaded
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Validate the whole params file, every variant included; raise one ConfigError."""
+    raw = read_yaml(Path(path))
+    try:
+        params = Params(**raw)
+    except ValidationError as error:
+        raise ConfigError(f"{path}: {_format_errors(error)}") from None
+    for study, spec in params.studies.items():
+        for name in spec.variants:
+            resolve_variant(params, study, name)
+    from ablations.polyfit import validate_config
+
+    validate_config(params.polyfit)
+    return params

@@ -1,0 +1,105 @@
+"""split and standardize stages: raw images → memory-mappable float32 arrays.
+
+    ablations split fmnist_pm1 --raw data/raw/fashion_mnist --out data/split/fmnist_pm1
+    ablations standardize fmnist_pm1 --split data/split/fmnist_pm1 --out data/prepared/fmnist_pm1
+
+Split comes first so that standardization statistics are computed on the training split only
+(never on validation or test images). The official test set is kept apart throughout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from ablations.config import PreparedData
+from ablations.data.formats import load_raw
+from ablations.errors import DataError
+from ablations.io import atomic_dir, read_json, write_json
+
+PARTS = ("train", "val", "test")
+
+
+def _stratified_cap(x, y, limit: int | None, seed: int):
+    """At most `limit` samples, class proportions kept (a shrunk run stays balanced)."""
+    if limit is None or limit >= len(y):
+        return x, y
+    index = np.arange(len(y))
+    kept, _ = train_test_split(index, train_size=limit, stratify=y, random_state=seed)
+    kept.sort()
+    return x[kept], y[kept]
+
+
+def split(cfg: PreparedData, raw_dir: Path, out_dir: Path) -> dict[str, int]:
+    """Stratified, seeded train/validation split of the official training set; test kept apart."""
+    raw = load_raw(cfg.source, Path(raw_dir))
+    x_train, x_val, y_train, y_val = train_test_split(
+        raw.x_train, raw.y_train, test_size=cfg.val_fraction,
+        stratify=raw.y_train, random_state=cfg.seed,
+    )
+    x_train, y_train = _stratified_cap(x_train, y_train, cfg.max_train, cfg.seed)
+    x_test, y_test = _stratified_cap(raw.x_test, raw.y_test, cfg.max_test, cfg.seed)
+    arrays = {"train": (x_train, y_train), "val": (x_val, y_val), "test": (x_test, y_test)}
+    with atomic_dir(out_dir) as tmp:
+        for part, (x, y) in arrays.items():
+            np.save(tmp / f"x_{part}.npy", x)
+            np.save(tmp / f"y_{part}.npy", y.astype(np.int64))
+        write_json(tmp / "classes.json", list(raw.class_names))
+    return {part: len(y) for part, (_, y) in arrays.items()}
+
+
+def _fit_to_size(x: np.ndarray, size: int | None) -> np.ndarray:
+    """Zero-pad (e.g. 28→32 for LeNet-5, as in its paper) or resize square images to size x size."""
+    if size is None or x.shape[1] == size:
+        return x
+    if x.shape[1] < size and (size - x.shape[1]) % 2 == 0:
+        pad = (size - x.shape[1]) // 2
+        return np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    from PIL import Image  # resizing is rare (STL-10 96→32); keep Pillow off the common path
+
+    mode = "L" if x.shape[-1] == 1 else "RGB"
+    resized = [np.asarray(Image.fromarray(img.squeeze(), mode).resize((size, size))) for img in x]
+    return np.stack(resized).reshape(len(x), size, size, x.shape[-1])
+
+
+def scale_statistics(cfg: PreparedData, x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(offset, scale) per channel such that x' = (x - offset) / scale; from training data only."""
+    channels = x_train.shape[-1]
+    if cfg.scaling == "zero_one":
+        return np.zeros(channels), np.full(channels, 255.0)
+    if cfg.scaling == "minus_one_one":
+        return np.full(channels, 127.5), np.full(channels, 127.5)
+    pixels = x_train.reshape(-1, channels).astype(np.float64)
+    return pixels.mean(axis=0), pixels.std(axis=0) + 1e-7  # epsilon: a constant channel
+
+
+def standardize(cfg: PreparedData, split_dir: Path, out_dir: Path) -> dict[str, list[float]]:
+    split_dir = Path(split_dir)
+    if not (split_dir / "x_train.npy").exists():
+        raise DataError(f"{split_dir}/x_train.npy: missing; run the split stage first")
+    x_train = np.load(split_dir / "x_train.npy", mmap_mode="r")
+    offset, scale = scale_statistics(cfg, x_train)
+    with atomic_dir(out_dir) as tmp:
+        for part in PARTS:
+            x = _fit_to_size(np.load(split_dir / f"x_{part}.npy"), cfg.size)
+            np.save(tmp / f"x_{part}.npy", ((x - offset) / scale).astype(np.float32))
+            np.save(tmp / f"y_{part}.npy", np.load(split_dir / f"y_{part}.npy"))
+        stats = {"offset": offset.tolist(), "scale": scale.tolist()}
+        write_json(tmp / "stats.json", stats)
+        write_json(tmp / "classes.json", read_json(split_dir / "classes.json"))
+    return stats
+
+
+def load_prepared(data_dir: Path) -> dict[str, np.ndarray]:
+    """Memory-mapped arrays x_train, y_train, x_val, … (no copy until a batch is read)."""
+    data_dir = Path(data_dir)
+    arrays = {}
+    for part in PARTS:
+        for kind in ("x", "y"):
+            path = data_dir / f"{kind}_{part}.npy"
+            if not path.exists():
+                raise DataError(f"{path}: missing; run the standardize stage first")
+            arrays[f"{kind}_{part}"] = np.load(path, mmap_mode="r")
+    return arrays

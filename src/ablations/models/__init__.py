@@ -1,0 +1,1 @@
+"""Keras model builders: `blocks` (layers in a configurable order) and `zoo` (whole networks)."""

@@ -1,0 +1,163 @@
+"""train stage: fit one variant, log it to MLflow, save the model and its history.
+
+    ablations train batchnorm relu-bn --data data/prepared/fmnist_pm1 \
+        --out models/batchnorm/relu-bn --checkpoint checkpoints/batchnorm/relu-bn
+
+Outputs (DVC outs): model.keras, history.csv (one row per epoch), run.json (MLflow run id,
+fit seconds, divergence). The checkpoint folder lives outside the outputs because DVC deletes
+outputs before it re-runs a stage: an interrupted training resumes from its last epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import shutil
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+from ablations import tracking
+from ablations.config import Variant
+from ablations.data.prepare import load_prepared
+from ablations.io import atomic_dir, atomic_file, read_json, write_json
+from ablations.models.blocks import build_optimizer
+from ablations.models.zoo import build_model
+
+HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds")
+
+
+class EpochRecorder(keras.callbacks.Callback):
+    """The one place epochs are logged: a row in history.csv and MLflow metrics with step=epoch.
+
+    Epochs are numbered from 1 (epoch 1 = after one pass over the training data).
+    """
+
+    def __init__(self, history_path: Path, run_id: str):
+        super().__init__()
+        self.history_path = history_path
+        self.run_id = run_id
+        self.client = MlflowClient()
+
+    def on_train_begin(self, logs=None):
+        done = getattr(self.model, "_initial_epoch", 0) or 0  # set by BackupAndRestore
+        rows = [row for row in read_history(self.history_path) if row["epoch"] <= done]
+        _write_history(self.history_path, rows)  # drops epochs whose backup never landed
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch + 1, "epoch_seconds": time.perf_counter() - self.started}
+        row.update({key: float(logs[key]) for key in HISTORY_FIELDS[1:-1] if key in logs})
+        _write_history(self.history_path, [*read_history(self.history_path), row])
+        metrics = [
+            Metric(key, value, int(time.time() * 1000), row["epoch"])
+            for key, value in row.items() if key != "epoch" and math.isfinite(value)
+        ]
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    if not Path(path).exists():
+        return []
+    with open(path, newline="") as handle:
+        return [
+            {key: (int(v) if key == "epoch" else float(v)) for key, v in row.items()}
+            for row in csv.DictReader(handle)
+        ]
+
+
+def _write_history(path: Path, rows: list[dict[str, float]]) -> None:
+    with atomic_file(path) as handle:
+        writer = csv.DictWriter(handle, fieldnames=HISTORY_FIELDS, restval="nan")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _seed_everything(seed: int) -> None:
+    """Same seed, same machine → same metrics (op determinism costs little on CPU)."""
+    keras.utils.set_random_seed(seed)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def _compiled_model(cfg: Variant, arrays: dict[str, np.ndarray]) -> keras.Model:
+    num_classes = int(np.max(arrays["y_train"])) + 1
+    model = build_model(cfg, tuple(arrays["x_train"].shape[1:]), num_classes)
+    model.compile(
+        optimizer=build_optimizer(cfg),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def _fit(model, cfg: Variant, arrays, checkpoint: Path, run_id: str) -> float:
+    """Train with resume-from-backup; return seconds spent in `fit`."""
+    callbacks = [
+        EpochRecorder(checkpoint / "history.csv", run_id),
+        keras.callbacks.BackupAndRestore(str(checkpoint / "backup"), delete_checkpoint=False),
+        keras.callbacks.TerminateOnNaN(),
+    ]
+    started = time.perf_counter()
+    model.fit(
+        arrays["x_train"], arrays["y_train"],
+        validation_data=(arrays["x_val"], arrays["y_val"]),
+        epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True,
+        callbacks=callbacks, verbose=2,
+    )
+    return time.perf_counter() - started
+
+
+def _log_model(model: keras.Model, sample: np.ndarray) -> None:
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(sample, model.predict(sample, verbose=0))
+    tracking.mlflow.keras.log_model(
+        model, name="model", signature=signature, pip_requirements=tracking.pip_requirements()
+    )
+
+
+def _resume_run_id(checkpoint: Path) -> str | None:
+    state = checkpoint / "run.json"
+    return read_json(state)["run_id"] if state.exists() else None
+
+
+def train(study: str, variant: str, cfg: Variant, data_dir: Path, out: Path, checkpoint: Path):
+    """Fit one variant and write model.keras, history.csv and run.json into `out`."""
+    out, checkpoint = Path(out), Path(checkpoint)
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    arrays = load_prepared(data_dir)
+    _seed_everything(cfg.seed)
+    model = _compiled_model(cfg, arrays)
+    tags = tracking.run_tags(study, variant, seed=cfg.seed)
+    with tracking.run(study, variant, tags, run_id=_resume_run_id(checkpoint)) as active:
+        run_id = active.info.run_id
+        write_json(checkpoint / "run.json", {"run_id": run_id})
+        tracking.mlflow.log_params(tracking.flatten(cfg.model_dump()))
+        fit_seconds = _fit(model, cfg, arrays, checkpoint, run_id)
+        history = read_history(checkpoint / "history.csv")
+        diverged = any(not math.isfinite(row["loss"]) for row in history) or len(history) < cfg.epochs
+        tracking.mlflow.set_tag("diverged", str(diverged).lower())
+        tracking.mlflow.log_metrics({"fit_seconds": fit_seconds, "diverged": float(diverged)})
+        _save_outputs(model, out, checkpoint, run_id, fit_seconds, diverged)
+        _log_model(model, np.asarray(arrays["x_val"][:2]))
+    shutil.rmtree(checkpoint)  # done: the next run of this stage starts afresh
+    return run_id
+
+
+def _save_outputs(model, out: Path, checkpoint: Path, run_id: str, fit_seconds: float, diverged):
+    """DVC outputs first (before model logging), so a tracking outage loses no training."""
+    with atomic_dir(out) as tmp:
+        model.save(tmp / "model.keras")
+        shutil.copyfile(checkpoint / "history.csv", tmp / "history.csv")
+        write_json(tmp / "run.json", {
+            "run_id": run_id, "fit_seconds": fit_seconds, "diverged": diverged,
+        })

@@ -1,0 +1,59 @@
+"""params.yaml validation: the real file loads, and mistakes name their key path."""
+
+import copy
+
+import pytest
+import yaml
+
+from ablations.config import load_params
+from ablations.errors import ConfigError
+
+from conftest import REPO
+
+
+def write(tmp_path, params):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+@pytest.fixture
+def raw_params():
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def test_repo_params_resolve_every_variant(repo_params):
+    study = repo_params.studies["batchnorm"]
+    assert len(study.variants) == 8
+    cfg = repo_params.variant("batchnorm", "tanh-bn-dropout")
+    assert (cfg.activation, cfg.norm, cfg.dropout) == ("tanh", "before", 0.5)
+    assert cfg.batch_size == 256  # from the study defaults
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda p: p.update(studys={}), "studys"),
+    (lambda p: p["studies"]["batchnorm"]["variants"]["relu"].update(activaton="elu"),
+     "studies.batchnorm.variants.relu.activaton"),
+    (lambda p: p["studies"]["batchnorm"]["defaults"].update(epochs=0), "variants.relu.epochs"),
+    (lambda p: p["studies"]["batchnorm"]["defaults"].update(dropout=1.0), "dropout"),
+    (lambda p: p["studies"]["batchnorm"]["defaults"].update(learning_rate=-1), "learning_rate"),
+    (lambda p: p["studies"]["batchnorm"]["defaults"].update(batch_size="big"), "batch_size"),
+    (lambda p: p["studies"]["batchnorm"].update(variants={}), "at least one variant"),
+    (lambda p: p["studies"]["batchnorm"].update(data="nope"), "studies.batchnorm.data"),
+    (lambda p: p["data"]["prepared"]["fmnist_pm1"].update(source="imagenet"), "source"),
+    (lambda p: p["polyfit"].update(folds=1), "polyfit.folds"),
+])
+def test_mistakes_name_their_key(tmp_path, raw_params, mutate, expected):
+    params = copy.deepcopy(raw_params)
+    mutate(params)
+    with pytest.raises(ConfigError, match=expected.replace(".", r"\.")):
+        load_params(write(tmp_path, params))
+
+
+def test_malformed_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("studies: [unclosed\n")
+    with pytest.raises(ConfigError, match="malformed YAML"):
+        load_params(bad)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_params(tmp_path / "absent.yaml")
