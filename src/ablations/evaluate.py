@@ -20,7 +20,7 @@ from ablations.config import Params
 from ablations.data.prepare import load_prepared
 from ablations.errors import DataError
 from ablations.io import read_json, write_json
-from ablations.training import read_history
+from ablations.history import read_history
 
 
 def epochs_to_target(history: list[dict[str, float]], target: float) -> tuple[int | None, float | None]:

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ablations import tracking  # noqa: E402
 from ablations.io import atomic_dir, read_json  # noqa: E402
-from ablations.training import read_history  # noqa: E402
+from ablations.history import read_history  # noqa: E402
 
 CURVES = (("loss", "train loss"), ("val_loss", "validation loss"),
           ("accuracy", "train accuracy"), ("val_accuracy", "validation accuracy"))

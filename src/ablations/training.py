@@ -10,7 +10,6 @@ outputs before it re-runs a stage: an interrupted training resumes from its last
 
 from __future__ import annotations
 
-import csv
 import math
 import shutil
 import time
@@ -24,11 +23,11 @@ from mlflow.tracking import MlflowClient
 from ablations import tracking
 from ablations.config import Variant
 from ablations.data.prepare import load_prepared
-from ablations.io import atomic_dir, atomic_file, read_json, write_json
+from ablations.history import FIELDS, read_history, write_history
+from ablations.io import atomic_dir, read_json, write_json
 from ablations.models.blocks import build_optimizer
 from ablations.models.zoo import build_model
 
-HISTORY_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds")
 
 
 class EpochRecorder(keras.callbacks.Callback):
@@ -46,37 +45,20 @@ class EpochRecorder(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         done = getattr(self.model, "_initial_epoch", 0) or 0  # set by BackupAndRestore
         rows = [row for row in read_history(self.history_path) if row["epoch"] <= done]
-        _write_history(self.history_path, rows)  # drops epochs whose backup never landed
+        write_history(self.history_path, rows)  # drops epochs whose backup never landed
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         row = {"epoch": epoch + 1, "epoch_seconds": time.perf_counter() - self.started}
-        row.update({key: float(logs[key]) for key in HISTORY_FIELDS[1:-1] if key in logs})
-        _write_history(self.history_path, [*read_history(self.history_path), row])
+        row.update({key: float(logs[key]) for key in FIELDS[1:-1] if key in logs})
+        write_history(self.history_path, [*read_history(self.history_path), row])
         metrics = [
             Metric(key, value, int(time.time() * 1000), row["epoch"])
             for key, value in row.items() if key != "epoch" and math.isfinite(value)
         ]
         self.client.log_batch(self.run_id, metrics=metrics)
-
-
-def read_history(path: Path) -> list[dict[str, float]]:
-    if not Path(path).exists():
-        return []
-    with open(path, newline="") as handle:
-        return [
-            {key: (int(v) if key == "epoch" else float(v)) for key, v in row.items()}
-            for row in csv.DictReader(handle)
-        ]
-
-
-def _write_history(path: Path, rows: list[dict[str, float]]) -> None:
-    with atomic_file(path) as handle:
-        writer = csv.DictWriter(handle, fieldnames=HISTORY_FIELDS, restval="nan")
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def _seed_everything(seed: int) -> None:

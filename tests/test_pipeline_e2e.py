@@ -1,0 +1,132 @@
+"""The real `dvc repro` in a temporary git copy of the repo, with shrunk params.
+
+Shrunk the lightning-hydra way: the real params.yaml, composed and cut down (a few hundred
+images, 2 epochs, 2 variants), run through the real entry points. Needs Debian's
+dataset-fashion-mnist (installed by .ci/run).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+COPIED = ("src", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvc/config", ".dvcignore", ".gitignore")
+EPOCHS = 2
+
+pytestmark = pytest.mark.skipif(not FASHION.exists(), reason="needs Debian's dataset-fashion-mnist")
+
+
+def shrink(params: dict) -> dict:
+    data = params["data"]["prepared"]["fmnist_pm1"]
+    data.update(max_train=400, max_test=200)
+    study = params["studies"]["batchnorm"]
+    study["defaults"].update(epochs=EPOCHS, batch_size=64, conv_filters=[4, 8], dense_units=[16])
+    study["variants"] = {"relu": {}, "relu-bn": {"norm": "before"}}
+    study["target_val_accuracy"] = 0.3
+    params["polyfit"].update(max_degree=4, n=60, folds=3)
+    return params
+
+
+def run(cmd, cwd, env):
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("repo")
+    for name in COPIED:
+        source = REPO / name
+        target = repo / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        elif source.exists():
+            shutil.copy(source, target)
+    params = shrink(yaml.safe_load((REPO / "params.yaml").read_text()))
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "TF_CPP_MIN_LOG_LEVEL": "2",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "ABLATIONS_DATA_MIRROR"):
+        env.pop(key, None)
+    run(["git", "init", "-q"], repo, env)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], repo, env)
+    first = run(["dvc", "repro"], repo, env)
+    return repo, env, first
+
+
+def test_stages_ran_and_lock_records_them(pipeline):
+    repo, _, _ = pipeline
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    for stage in ("download@fashion_mnist", "split@fmnist_pm1", "standardize@fmnist_pm1",
+                  "train_batchnorm@relu", "train_batchnorm@relu-bn", "evaluate@batchnorm",
+                  "plot@batchnorm", "polyfit"):
+        assert stage in lock, stage
+    for name in ("relu", "relu-bn"):
+        folder = repo / "models" / "batchnorm" / name
+        assert {"model.keras", "history.csv", "run.json"} <= {p.name for p in folder.iterdir()}
+    assert not (repo / "checkpoints" / "batchnorm" / "relu").exists()  # cleaned after success
+
+
+def test_metrics_and_plots(pipeline):
+    repo, env, _ = pipeline
+    metrics = json.loads((repo / "metrics" / "batchnorm.json").read_text())
+    for name in ("relu", "relu-bn"):
+        result = metrics["variants"][name]
+        assert 0.0 <= result["test_accuracy"] <= 1.0
+        assert result["epochs_trained"] == EPOCHS
+    assert set(metrics["bn_speedup"]) == {"relu-bn"}
+    assert {p.name for p in (repo / "plots" / "batchnorm").iterdir()} >= {
+        "learning_curves.png", "test_accuracy.png"}
+    polyfit = json.loads((repo / "metrics" / "polyfit.json").read_text())
+    assert 1 <= polyfit["chosen_degree_1se"] <= 4
+    shown = run(["dvc", "metrics", "show", "--json"], repo, env).stdout
+    assert "test_accuracy" in shown and "chosen_degree_1se" in shown
+    run(["dvc", "plots", "show", "-o", str(repo / "dvc_plots")], repo, env)
+    assert (repo / "dvc_plots" / "index.html").exists()
+
+
+def test_mlflow_runs_have_params_history_and_a_loadable_model(pipeline):
+    repo, _, _ = pipeline
+    import keras
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("batchnorm")
+    runs = client.search_runs([experiment.experiment_id], "tags.variant = 'relu-bn'")
+    assert len(runs) == 1
+    run_ = runs[0]
+    assert run_.info.status == "FINISHED"
+    assert run_.data.params["norm"] == "before" and run_.data.params["epochs"] == str(EPOCHS)
+    for key in ("loss", "val_loss", "accuracy", "val_accuracy"):
+        steps = [m.step for m in client.get_metric_history(run_.info.run_id, key)]
+        assert steps == list(range(1, EPOCHS + 1)), key
+    assert "test_accuracy" in run_.data.metrics
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    model_uri = f"runs:/{run_.info.run_id}/model"
+    model = mlflow.keras.load_model(model_uri)
+    assert isinstance(model, keras.Model)
+    assert mlflow.models.get_model_info(model_uri).signature is not None
+    assert client.get_experiment_by_name("polyfit") is not None
+
+
+def test_second_repro_is_a_no_op_and_one_variant_edit_reruns_only_it(pipeline):
+    repo, env, _ = pipeline
+    again = run(["dvc", "repro"], repo, env)
+    assert "Running stage" not in again.stdout
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["studies"]["batchnorm"]["variants"]["relu-bn"]["learning_rate"] = 0.002
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = run(["dvc", "status", "--json"], repo, env).stdout
+    changed = set(json.loads(status))
+    assert changed == {"train_batchnorm@relu-bn", "evaluate@batchnorm"}, changed

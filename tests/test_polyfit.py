@@ -1,0 +1,238 @@
+"""polyfit: k-fold CV over polynomial degrees recovers the truth; outputs and MLflow runs."""
+
+import json
+import math
+import shutil
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from sklearn.model_selection import KFold, cross_val_score
+
+from ablations import polyfit
+from ablations.errors import ConfigError
+from ablations.polyfit import DegreeScore
+
+QUADRATIC = [0.5, 1.0, -1.5]
+CUBIC = [1.0, -2.0, 0.5, 0.3]
+
+
+def small_config(**overrides):
+    """The default study shrunk so a full run (CV + MLflow) takes about a second."""
+    config = {**polyfit.DEFAULT_CONFIG, "n": 60, "max_degree": 5, "folds": 5, "seed": 3}
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(scope="module")
+def migrated_store(tmp_path_factory):
+    """An empty MLflow SQLite database, created once: its schema migrations take seconds."""
+    path = tmp_path_factory.mktemp("mlflow") / "template.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def tracking(tmp_path, monkeypatch, migrated_store):
+    """A real MLflow SQLite store in tmp_path; global MLflow state restored afterwards."""
+    db = tmp_path / "mlflow.db"
+    shutil.copyfile(migrated_store, db)
+    uri = f"sqlite:///{db}"
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.setattr(mlflow.tracking._tracking_service.utils, "_tracking_uri", None)
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
+    mlflow.set_tracking_uri(uri)
+    experiment_id = mlflow.set_experiment("polyfit").experiment_id
+    yield MlflowClient(uri), experiment_id
+    while mlflow.active_run() is not None:
+        mlflow.end_run()
+
+
+def _runs(client, experiment_id):
+    return client.search_runs([experiment_id], max_results=1000)
+
+
+# --------------------------------------------------------------------------- the study
+
+
+@pytest.mark.parametrize("coefficients", [QUADRATIC, CUBIC], ids=["quadratic", "cubic"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_cv_recovers_true_degree(coefficients, seed):
+    true_degree = len(coefficients) - 1
+    x, y = polyfit.make_data(coefficients, noise=1.0, n=100, x_range=(-3, 3), seed=seed)
+    scores = polyfit.cv_errors(x, y, range(1, 9), folds=5, seed=seed)
+    min_degree, one_se = polyfit.choose_degree(scores)
+    assert one_se == true_degree
+    assert true_degree <= min_degree <= true_degree + 2
+
+
+def test_make_data_shapes_and_truth():
+    x, y = polyfit.make_data(CUBIC, noise=0.0, n=50, x_range=(-2, 1), seed=0)
+    assert x.shape == (50, 1) and y.shape == (50,)
+    assert x.min() >= -2 and x.max() <= 1
+    xs = x[:, 0]
+    np.testing.assert_allclose(y, 1.0 - 2.0 * xs + 0.5 * xs**2 + 0.3 * xs**3)
+
+
+def test_scores_are_deterministic_and_consistent():
+    x, y = polyfit.make_data(CUBIC, 1.0, 60, (-3, 3), seed=7)
+    first = polyfit.cv_errors(x, y, [1, 3, 6], folds=4, seed=7)
+    again = polyfit.cv_errors(*polyfit.make_data(CUBIC, 1.0, 60, (-3, 3), seed=7), [1, 3, 6], 4, 7)
+    assert first == again
+    for score in first:
+        assert len(score.fold_mse) == 4
+        assert score.mse_mean == pytest.approx(np.mean(score.fold_mse))
+        assert score.mse_std == pytest.approx(np.std(score.fold_mse, ddof=1))
+        assert score.mse_se == pytest.approx(score.mse_std / 2)
+
+
+def test_folds_are_shuffled_with_the_seed():
+    x, y = polyfit.make_data(CUBIC, 1.0, 60, (-3, 3), seed=7)
+    a = polyfit.cv_errors(x, y, [3], folds=5, seed=1)[0]
+    b = polyfit.cv_errors(x, y, [3], folds=5, seed=2)[0]
+    assert a.fold_mse != b.fold_mse
+    assert a.mse_mean != b.mse_mean
+    # On data sorted by x, unshuffled folds would be contiguous x ranges, so a degree-6 fit
+    # would be scored on extrapolation (MSE in the hundreds); shuffled folds interpolate.
+    order = np.argsort(x[:, 0])
+    contiguous = -cross_val_score(polyfit.make_model(6), x[order], y[order], cv=KFold(5),
+                                  scoring="neg_mean_squared_error").mean()
+    shuffled = polyfit.cv_errors(x[order], y[order], [6], folds=5, seed=1)[0]
+    assert shuffled.mse_mean < 2.0 < 50.0 < contiguous
+
+
+def _score(degree, mean, se):
+    return DegreeScore(degree, mean, se * math.sqrt(10), se, (mean,) * 10, mean)
+
+
+def test_choose_degree_one_standard_error_rule():
+    scores = [_score(1, 5.0, 0.5), _score(2, 1.15, 0.1), _score(3, 1.0, 0.2),
+              _score(4, 1.3, 0.3)]
+    assert polyfit.choose_degree(scores) == (3, 2)  # 1.15 <= 1.0 + 0.2
+    scores[1] = _score(2, 1.25, 0.1)
+    assert polyfit.choose_degree(scores) == (3, 3)
+
+
+def test_answer_is_built_from_the_numbers():
+    x, y = polyfit.make_data(CUBIC, 1.0, 60, (-3, 3), seed=3)
+    scores = polyfit.cv_errors(x, y, range(1, 16), folds=10, seed=3)
+    chosen = polyfit.choose_degree(scores)
+    verdict = polyfit.answer(scores, 3, noise=1.0)
+    assert chosen == (5, 3)  # the recommended default: minimum a bit above truth, 1-SE = truth
+    assert verdict.startswith("No:")
+    assert "degree-3 polynomial" in verdict and "degree 5 by minimum" in verdict
+    assert f"{scores[-1].mse_mean / scores[4].mse_mean:.3g}x the best" in verdict
+    assert "one-standard-error rule" in verdict and "not chosen" in verdict
+
+
+# --------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ({"folds": 1}, "polyfit.folds: must be >= 2"),
+        ({"n": 3}, "polyfit.n: must be >= polyfit.folds"),
+        ({"noise": -0.1}, "polyfit.noise: must be >= 0"),
+        ({"max_degree": 0}, "polyfit.max_degree: must be >= 1"),
+        ({"max_degree": 2}, "polyfit.max_degree: must be >= the true degree"),
+        ({"folds": "10"}, "polyfit.folds: Input should be a valid integer"),
+        ({"seed": True}, "polyfit.seed"),
+        ({"x_range": [3.0, -3.0]}, "polyfit.x_range"),
+        ({"coefficients": [1.0, 0.0]}, "polyfit.coefficients"),
+        ({"degree": 3}, "polyfit.degree: unknown key"),
+    ],
+)
+def test_config_errors_name_the_key(override, expected):
+    with pytest.raises(ConfigError, match=expected.replace(".", r"\.")):
+        polyfit.validate_config({**polyfit.DEFAULT_CONFIG, **override})
+
+
+def test_config_missing_key_and_non_mapping():
+    config = dict(polyfit.DEFAULT_CONFIG)
+    del config["folds"]
+    with pytest.raises(ConfigError, match=r"polyfit\.folds: required key is missing"):
+        polyfit.validate_config(config)
+    with pytest.raises(ConfigError, match="polyfit: must be a mapping"):
+        polyfit.validate_config([1, 2])
+
+
+def test_default_config_is_valid():
+    cfg = polyfit.validate_config(polyfit.DEFAULT_CONFIG)
+    assert cfg.true_degree == 3 and cfg.max_degree == 15
+
+
+# --------------------------------------------------------------------------- run + MLflow
+
+
+def test_run_writes_outputs_and_logs_nested_runs(tmp_path, tracking):
+    client, experiment_id = tracking
+    metrics_path, plot_path = tmp_path / "metrics/polyfit.json", tmp_path / "plots/p/cv.png"
+    metrics = polyfit.run(small_config(), metrics_path, plot_path)
+
+    written = json.loads(metrics_path.read_text())
+    assert written == metrics
+    assert written["true_degree"] == 3 and written["chosen_degree_1se"] == 3
+    assert set(written["per_degree"]) == {"1", "2", "3", "4", "5"}
+    assert set(written["per_degree"]["3"]) == {"mean", "std", "se"}
+    assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.rglob("*.tmp"))
+
+    runs = _runs(client, experiment_id)
+    parents = [r for r in runs if r.info.run_name == "polyfit"]
+    assert len(parents) == 1 and len(runs) == 6
+    parent = parents[0]
+    assert parent.data.tags["study"] == "polyfit"
+    assert "mlflow.parentRunId" not in parent.data.tags
+    assert parent.data.params["folds"] == "5" and parent.data.params["x_range"] == "[-3.0, 3.0]"
+    assert parent.data.metrics["chosen_degree_1se"] == 3
+    assert parent.data.metrics["best_cv_mse"] == pytest.approx(metrics["best_cv_mse"])
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"cv_error.png", "verdict.txt"} <= artifacts
+    children = [r for r in runs if r is not parent]
+    assert sorted(r.info.run_name for r in children) == [f"degree-{d}" for d in range(1, 6)]
+    for child in children + [parent]:
+        assert child.info.status == "FINISHED"
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        degree = child.data.params["degree"]
+        assert child.data.metrics["cv_mse_mean"] == pytest.approx(
+            metrics["per_degree"][degree]["mean"])
+        history = client.get_metric_history(child.info.run_id, "cv_mse_fold")
+        assert sorted(m.step for m in history) == [0, 1, 2, 3, 4]
+
+
+def test_under_mlflow_run_the_study_becomes_a_child(tmp_path, tracking, monkeypatch):
+    client, experiment_id = tracking
+    outer = client.create_run(experiment_id, run_name="mlflow-run-entry-point")
+    client.log_param(outer.info.run_id, "study", "polyfit")
+    monkeypatch.setenv("MLFLOW_RUN_ID", outer.info.run_id)
+
+    polyfit.run(small_config(max_degree=3), tmp_path / "m.json", tmp_path / "p.png")
+
+    runs = {r.info.run_name: r for r in _runs(client, experiment_id)}
+    assert runs["polyfit"].data.tags["mlflow.parentRunId"] == outer.info.run_id
+    assert runs["degree-2"].data.tags["mlflow.parentRunId"] == runs["polyfit"].info.run_id
+    outer_now = client.get_run(outer.info.run_id)
+    assert outer_now.data.params == {"study": "polyfit"}  # not resumed, not overwritten
+    assert outer_now.info.status == "RUNNING"  # still the entry point's to end
+    assert mlflow.active_run() is None
+
+
+def test_a_crash_marks_the_run_failed_and_leaves_no_outputs(tmp_path, tracking, monkeypatch):
+    client, experiment_id = tracking
+
+    def broken_log_text(*args, **kwargs):
+        raise RuntimeError("artifact store down")
+
+    monkeypatch.setattr(mlflow, "log_text", broken_log_text)
+    with pytest.raises(RuntimeError, match="artifact store down"):
+        polyfit.run(small_config(), tmp_path / "m.json", tmp_path / "p.png")
+    runs = _runs(client, experiment_id)
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert mlflow.active_run() is None
+    assert not (tmp_path / "m.json").exists() and not (tmp_path / "p.png").exists()
