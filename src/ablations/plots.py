@@ -78,7 +78,7 @@ def plot_study(study: str, models_dir: Path, metrics_path: Path, out_dir: Path) 
     with atomic_dir(out_dir) as tmp:
         for filename, figure in figures.items():
             figure.savefig(tmp / filename, dpi=100)
-    tags = tracking.run_tags(study, "summary", kind="summary")
+    tags = tracking.run_tags(study, "summary", kind="summary", dvc_stage=f"plot@{study}")
     with tracking.run(study, f"{study}-summary", tags):
         for filename, figure in figures.items():
             tracking.mlflow.log_figure(figure, filename)

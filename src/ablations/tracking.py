@@ -61,8 +61,7 @@ def run_tags(study: str, variant: str, **extra: Any) -> dict[str, str]:
     tags = {"study": study, "variant": variant, **{k: str(v) for k, v in extra.items()}}
     optional = {
         "git_commit": _git_commit(),
-        "dvc_exp_name": os.environ.get("DVC_EXP_NAME"),
-        "dvc_stage": os.environ.get("DVC_STAGE"),
+        "dvc_exp_name": os.environ.get("DVC_EXP_NAME"),  # set by `dvc exp run`
     }
     tags.update({k: v for k, v in optional.items() if v})
     return tags

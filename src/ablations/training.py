@@ -119,7 +119,7 @@ def train(study: str, variant: str, cfg: Variant, data_dir: Path, out: Path, che
     arrays = load_prepared(data_dir)
     _seed_everything(cfg.seed)
     model = _compiled_model(cfg, arrays)
-    tags = tracking.run_tags(study, variant, seed=cfg.seed)
+    tags = tracking.run_tags(study, variant, seed=cfg.seed, dvc_stage=f"train_{study}@{variant}")
     with tracking.run(study, variant, tags, run_id=_resume_run_id(checkpoint)) as active:
         run_id = active.info.run_id
         write_json(checkpoint / "run.json", {"run_id": run_id})

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Set up a working copy: virtualenv in .venv with the pinned install, and Debian's
+# Fashion-MNIST package when apt is usable (the default study's offline dataset).
+# Idempotent: a second run only checks. Usage: scripts/setup.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+# --no-deps check first: reinstalling the pinned set takes minutes, verifying it takes seconds.
+if ! .venv/bin/python -c "import ablations, pytest, dvc, mlflow, keras" 2>/dev/null; then
+  .venv/bin/pip install --quiet --upgrade pip
+  .venv/bin/pip install --quiet -e ".[test]"
+fi
+
+if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null && SUDO="sudo -n"
+  if command -v apt-get >/dev/null && { [ "$(id -u)" -eq 0 ] || [ -n "$SUDO" ]; }; then
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null \
+      || echo "warning: could not install dataset-fashion-mnist; set ABLATIONS_DATA_MIRROR" >&2
+  else
+    echo "note: apt not usable; put Fashion-MNIST files in \$ABLATIONS_DATA_MIRROR or allow download" >&2
+  fi
+fi
