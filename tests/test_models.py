@@ -18,7 +18,8 @@ def layer_types(model):
 def test_batchnorm_before_activation_and_dropout_before_dense():
     cfg = Variant(**BASE, norm="before", dropout=0.5, activation="tanh")
     names = [layer.name for layer in build_model(cfg, (12, 12, 1), 3).layers]
-    assert names.index("block1_bn") == names.index("block1_conv") + 1
+    assert names.index("block1_pool") == names.index("block1_conv") + 1
+    assert names.index("block1_bn") == names.index("block1_pool") + 1
     assert names.index("block1_act") == names.index("block1_bn") + 1
     assert names.index("fc1_dropout") == names.index("fc1_dense") - 1
     assert names.index("head_dropout") == names.index("head") - 1

@@ -42,12 +42,11 @@ class EpochRecorder(keras.callbacks.Callback):
         self.run_id = run_id
         self.client = MlflowClient()
 
-    def on_train_begin(self, logs=None):
-        done = getattr(self.model, "_initial_epoch", 0) or 0  # set by BackupAndRestore
-        rows = [row for row in read_history(self.history_path) if row["epoch"] <= done]
-        write_history(self.history_path, rows)  # drops epochs whose backup never landed
-
     def on_epoch_begin(self, epoch, logs=None):
+        if not hasattr(self, "started"):  # first epoch of this process, maybe a resumed one
+            # `epoch` epochs are done per the backup: drop rows of epochs it never saved.
+            rows = [row for row in read_history(self.history_path) if row["epoch"] <= epoch]
+            write_history(self.history_path, rows)
         self.started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):

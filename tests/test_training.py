@@ -1,0 +1,110 @@
+"""Real (tiny) trainings: outputs, MLflow run, determinism, crash → FAILED, kill -9 → resume."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+
+from ablations.config import Variant
+from ablations.history import read_history
+from ablations.io import read_json
+from ablations.training import train
+
+EPOCHS = 3
+
+
+def write_prepared(folder, n=96, size=8, seed=0):
+    """Standardized arrays the train stage reads: two separable classes of noisy images."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for part, count in (("train", n), ("val", n // 2), ("test", n // 2)):
+        y = np.arange(count) % 2
+        x = rng.normal(size=(count, size, size, 1)).astype(np.float32) + y[:, None, None, None]
+        np.save(folder / f"x_{part}.npy", x)
+        np.save(folder / f"y_{part}.npy", y.astype(np.int64))
+    return folder
+
+
+def variant(**overrides):
+    base = dict(conv_filters=[4], dense_units=[8], epochs=EPOCHS, batch_size=16, seed=7, dropout=0.2)
+    return Variant(**{**base, **overrides})
+
+
+def test_outputs_run_and_history(tmp_path, tracking_store):
+    data = write_prepared(tmp_path / "data")
+    run_id = train("unit", "v", variant(), data, tmp_path / "out", tmp_path / "ckpt")
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"model.keras", "history.csv", "run.json"}
+    assert [row["epoch"] for row in read_history(tmp_path / "out" / "history.csv")] == [1, 2, 3]
+    assert not (tmp_path / "ckpt").exists()
+    run = mlflow.MlflowClient(tracking_store).get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["study"] == "unit" and run.data.tags["diverged"] == "false"
+    assert run.data.params["dropout"] == "0.2"
+
+
+def test_same_seed_gives_identical_history(tmp_path, tracking_store):
+    data = write_prepared(tmp_path / "data")
+    histories = []
+    for attempt in ("a", "b"):
+        train("unit", attempt, variant(), data, tmp_path / attempt, tmp_path / f"ckpt-{attempt}")
+        rows = read_history(tmp_path / attempt / "history.csv")
+        histories.append([(r["loss"], r["val_accuracy"]) for r in rows])
+    assert histories[0] == histories[1]
+
+
+def test_a_crash_inside_training_leaves_the_run_failed_and_no_output(tmp_path, tracking_store):
+    data = write_prepared(tmp_path / "data")
+    np.save(data / "x_val.npy", np.zeros((4, 5, 5, 1), np.float32))  # wrong image size
+    with pytest.raises(Exception):
+        train("unit", "broken", variant(), data, tmp_path / "out", tmp_path / "ckpt")
+    runs = mlflow.MlflowClient(tracking_store).search_runs(
+        [mlflow.get_experiment_by_name("unit").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_diverging_variant_is_recorded_not_crashed(tmp_path, tracking_store):
+    data = write_prepared(tmp_path / "data")
+    run_id = train("unit", "ones", variant(learning_rate=1e6, optimizer="sgd"), data,
+                   tmp_path / "out", tmp_path / "ckpt")
+    assert read_json(tmp_path / "out" / "run.json")["diverged"] is True
+    assert mlflow.MlflowClient(tracking_store).get_run(run_id).data.tags["diverged"] == "true"
+
+
+def test_kill_9_mid_training_resumes_into_the_same_run(tmp_path, tracking_store):
+    """A real process killed after its first epoch: the rerun finishes the remaining epochs."""
+    data = write_prepared(tmp_path / "data", n=2048, size=16)
+    params = {"data": {"raw": ["fashion_mnist"], "prepared": {"d": {"source": "fashion_mnist",
+              "scaling": "zero_one"}}},
+              "studies": {"unit": {"question": "?", "data": "d", "target_val_accuracy": 0.9,
+                                   "defaults": variant(epochs=6, batch_size=8).model_dump(),
+                                   "variants": {"v": {}}}},
+              "polyfit": {"coefficients": [1.0, 2.0], "noise": 0.1, "n": 20, "x_range": [0, 1],
+                          "max_degree": 2, "folds": 2, "seed": 0}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    command = [sys.executable, "-m", "ablations.cli", "--params", str(tmp_path / "params.yaml"),
+               "train", "unit", "v", "--data", str(data), "--out", str(tmp_path / "out"),
+               "--checkpoint", str(tmp_path / "ckpt")]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    history = tmp_path / "ckpt" / "history.csv"
+    deadline = time.time() + 240
+    while len(read_history(history)) < 1 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    done_before = len(read_history(history))
+    assert 1 <= done_before < 6, "the kill must land mid-training"
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows = read_history(tmp_path / "out" / "history.csv")
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    run_id = read_json(tmp_path / "out" / "run.json")["run_id"]
+    client = mlflow.MlflowClient(tracking_store)
+    steps = [m.step for m in client.get_metric_history(run_id, "val_loss")]
+    assert sorted(steps) == [1, 2, 3, 4, 5, 6]  # no duplicate, no missing epoch
+    assert client.get_run(run_id).info.status == "FINISHED"
