@@ -20,6 +20,32 @@ def _params(args):
     return load_params(args.params)
 
 
+def cmd_validate(args) -> None:
+    """Validate params.yaml completely, Keras names of every variant included."""
+    from ablations.io import write_json
+
+    params = _params(args)
+    from ablations.models.blocks import check_names  # imports Keras
+    from ablations.models.zoo import build_model
+
+    for study, spec in params.studies.items():
+        shape, classes = params.input_shape(study)
+        for name in spec.variants:
+            cfg, where = params.variant(study, name), f"studies.{study}.variants.{name}"
+            try:
+                check_names(cfg)
+            except AblationsError as error:
+                raise AblationsError(f"{where}: {error}") from None
+            try:
+                build_model(cfg, shape, classes)
+            except ValueError as error:
+                raise AblationsError(
+                    f"{where}: the model cannot take {shape} images (data.prepared."
+                    f"{spec.data}.size): {str(error).splitlines()[0]}") from None
+    # Constant content: downstream stages re-run for their own params, not for this file.
+    write_json(Path(args.out), {"params": "valid"})
+
+
 def cmd_download(args) -> None:
     from ablations.data.sources import fetch
 
@@ -89,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument(argument)
         command.set_defaults(func=func)
 
+    stage("validate", cmd_validate, "--out")
     stage("download", cmd_download, "dataset", "--out")
     stage("split", cmd_split, "name", "--raw", "--out")
     stage("standardize", cmd_standardize, "name", "--split", "--out")

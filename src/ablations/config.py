@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ablations.data.formats import CLASS_NAMES, DATASET_NAMES, IMAGE_SHAPES
 from ablations.errors import ConfigError
 
 Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
@@ -23,7 +24,6 @@ PositiveInt = Annotated[int, Field(gt=0)]
 # A Keras identifier: a name ("relu") or a serialized object ({"class_name": "L2", "config": {...}}).
 KerasId = str | dict[str, Any]
 
-DATASET_NAMES = ("fashion_mnist", "mnist", "cifar10", "stl10", "digits")
 
 
 class Strict(BaseModel):
@@ -77,6 +77,9 @@ class Variant(Strict):
     optimizer: str = "adam"
     learning_rate: Annotated[float, Field(gt=0.0)] = 1e-3
     optimizer_config: dict[str, Any] = {}  # extra optimizer arguments, e.g. momentum
+    # cosine: the rate decays from learning_rate to 0 over all epochs, so short schedules end
+    # on settled weights instead of the noise of a constant step.
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     epochs: PositiveInt
     batch_size: PositiveInt
     seed: Annotated[int, Field(ge=0)] = 0
@@ -111,19 +114,40 @@ class Params(Strict):
                 )
         return self
 
+    def input_shape(self, study: str) -> tuple[tuple[int, int, int], int]:
+        """(image shape, number of classes) that the study's models receive."""
+        prepared = self.data.prepared[self.studies[study].data]
+        height, width, channels = IMAGE_SHAPES[prepared.source]
+        if prepared.size:
+            height = width = prepared.size
+        return (height, width, channels), len(CLASS_NAMES[prepared.source])
+
     def variant(self, study: str, name: str) -> Variant:
         """The resolved config of one variant (already validated by `load_params`)."""
         return resolve_variant(self, study, name)
 
 
-def _format_errors(error: ValidationError, prefix: str = "") -> str:
-    lines = []
-    for item in error.errors():
-        path = ".".join(str(part) for part in (prefix, *item["loc"]) if part != "")
-        allowed = item.get("ctx", {}).get("expected")
-        detail = f" (allowed: {allowed})" if allowed else ""
-        lines.append(f"{path or '<top>'}: {item['msg']}{detail}")
-    return "; ".join(lines)
+_BOUNDS = (("Input should be greater than or equal to", "must be >="),
+           ("Input should be greater than", "must be >"),
+           ("Input should be less than or equal to", "must be <="),
+           ("Input should be less than", "must be <"))
+
+
+def _describe(item: dict[str, Any], prefix: str) -> str:
+    path = ".".join(str(part) for part in (prefix, *item["loc"]) if part != "") or "<top>"
+    if item["type"] == "extra_forbidden":
+        return f"{path}: unknown key"
+    if item["type"] == "missing":
+        return f"{path}: required key is missing"
+    message = item["msg"].removeprefix("Value error, ")
+    for verbose, short in _BOUNDS:
+        message = message.replace(verbose, short)
+    return f"{path}: {message} (got {item['input']!r})"
+
+
+def format_errors(error: ValidationError, prefix: str = "") -> str:
+    """One line naming every bad key path, what is wrong and what was given."""
+    return "; ".join(_describe(item, prefix) for item in error.errors())
 
 
 def resolve_variant(params: Params, study: str, name: str) -> Variant:
@@ -138,7 +162,22 @@ def resolve_variant(params: Params, study: str, name: str) -> Variant:
     try:
         return Variant(**merged)
     except ValidationError as error:
-        raise ConfigError(_format_errors(error, f"studies.{study}.variants.{name}")) from None
+        raise ConfigError(format_errors(error, f"studies.{study}.variants.{name}")) from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load keeps the last of two equal keys silently; two variants named alike
+    would then quietly be one."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -147,7 +186,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except OSError as error:
         raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
     try:
-        loaded = yaml.safe_load(text)
+        loaded = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: malformed YAML: {error}") from None
     if not isinstance(loaded, dict):
@@ -161,7 +200,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     try:
         params = Params(**raw)
     except ValidationError as error:
-        raise ConfigError(f"{path}: {_format_errors(error)}") from None
+        raise ConfigError(f"{path}: {format_errors(error)}") from None
     for study, spec in params.studies.items():
         for name in spec.variants:
             resolve_variant(params, study, name)

@@ -52,7 +52,9 @@ from pydantic import (  # noqa: E402
     field_validator,
 )
 
+from ablations.config import format_errors  # noqa: E402
 from ablations.errors import ConfigError  # noqa: E402
+from ablations.io import atomic_file, write_json  # noqa: E402
 
 # A config for params.yaml's `polyfit:` block with which the study is interesting: a cubic,
 # noise comparable to its smaller terms, few samples so high degrees visibly overfit (degree
@@ -124,21 +126,6 @@ class PolyfitConfig(BaseModel):
         return len(self.coefficients) - 1
 
 
-def _error_message(error: dict[str, Any], prefix: str) -> str:
-    key = ".".join([prefix, *(str(part) for part in error["loc"])])
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        allowed = ", ".join(PolyfitConfig.model_fields)
-        return f"{key}: unknown key (allowed: {allowed})"
-    if kind == "missing":
-        return f"{key}: required key is missing"
-    message = error["msg"].removeprefix("Value error, ")
-    message = message.replace("Input should be greater than or equal to", "must be >=")
-    if "got" not in message:
-        message += f" (got {error['input']!r})"
-    return f"{key}: {message}"
-
-
 def validate_config(config: Any, prefix: str = "polyfit") -> PolyfitConfig:
     """Validate a `polyfit:` block; any problem -> one ConfigError naming every bad key path."""
     if isinstance(config, PolyfitConfig):
@@ -148,8 +135,7 @@ def validate_config(config: Any, prefix: str = "polyfit") -> PolyfitConfig:
     try:
         return PolyfitConfig.model_validate(config)
     except ValidationError as exc:
-        lines = [_error_message(error, prefix) for error in exc.errors()]
-        raise ConfigError("; ".join(lines)) from None
+        raise ConfigError(format_errors(exc, prefix)) from None
 
 
 # --------------------------------------------------------------------------- study
@@ -312,18 +298,6 @@ def answer(scores: Sequence[DegreeScore], true_degree: int, noise: float | None 
 # --------------------------------------------------------------------------- outputs
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path) then rename onto `path`: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def plot_cv(scores: Sequence[DegreeScore], chosen: tuple[int, int], true_degree: int,
             path: Path | None = None):
     """CV MSE (mean +/- 1 SE) vs degree on a log scale; saved atomically as PNG if `path`."""
@@ -351,7 +325,8 @@ def plot_cv(scores: Sequence[DegreeScore], chosen: tuple[int, int], true_degree:
     ax.legend(fontsize=8)
     fig.tight_layout()
     if path is not None:
-        _atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+        with atomic_file(Path(path), "wb") as handle:
+            fig.savefig(handle, format="png", dpi=120)
     return fig
 
 
@@ -438,9 +413,9 @@ def run(config: dict, metrics_path: Path, plot_path: Path) -> dict[str, Any]:
     figure = plot_cv(scores, chosen, cfg.true_degree)
     try:
         log_to_mlflow(cfg.model_dump(mode="json"), scores, chosen, verdict, figure)
-        _atomic_write(Path(plot_path), lambda tmp: figure.savefig(tmp, format="png", dpi=120))
-        _atomic_write(Path(metrics_path),
-                      lambda tmp: tmp.write_text(json.dumps(metrics, indent=2) + "\n"))
+        with atomic_file(Path(plot_path), "wb") as handle:
+            figure.savefig(handle, format="png", dpi=120)
+        write_json(Path(metrics_path), metrics)
     except BaseException:
         Path(plot_path).unlink(missing_ok=True)  # no partial outputs for DVC to cache
         raise

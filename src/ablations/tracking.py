@@ -18,6 +18,8 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from ablations.errors import AblationsError
+
 # A queued DVC experiment runs in <repo>/.dvc/tmp/exps/<run-dir>/; its store is the real repo's.
 _EXP_WORKSPACE = Path(".dvc") / "tmp" / "exps"
 
@@ -40,10 +42,30 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
 
 
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast and clearly when a tracking server does not answer (MLflow would retry for
+    minutes before giving up)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise AblationsError(
+            f"MLFLOW_TRACKING_URI={uri}: tracking server unreachable ({reason}); start it "
+            "(mlflow server --host 127.0.0.1) or unset MLFLOW_TRACKING_URI to use mlflow.db"
+        ) from None
+
+
 def use_experiment(study: str) -> str:
     """Point MLflow at the store and the study's experiment; return the experiment id."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    mlflow.set_tracking_uri(tracking_uri())
+    uri = tracking_uri()
+    check_server(uri)
+    mlflow.set_tracking_uri(uri)
     return mlflow.set_experiment(study).experiment_id
 
 

@@ -73,7 +73,7 @@ def _compiled_model(cfg: Variant, arrays: dict[str, np.ndarray]) -> keras.Model:
     num_classes = int(np.max(arrays["y_train"])) + 1
     model = build_model(cfg, tuple(arrays["x_train"].shape[1:]), num_classes)
     model.compile(
-        optimizer=build_optimizer(cfg),
+        optimizer=build_optimizer(cfg, math.ceil(len(arrays["y_train"]) / cfg.batch_size)),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )

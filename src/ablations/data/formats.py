@@ -48,6 +48,10 @@ CLASS_NAMES = {
               "dog", "horse", "monkey", "ship", "truck"),
 }
 DATASET_NAMES = tuple(sorted(CLASS_NAMES))
+IMAGE_SHAPES = {  # height, width, channels of the original images
+    "cifar10": (32, 32, 3), "digits": (8, 8, 1), "fashion_mnist": (28, 28, 1),
+    "mnist": (28, 28, 1), "stl10": (96, 96, 3),
+}
 
 # digits has no official split: the first 1500 of sklearn's 1797 samples train, the rest test.
 # Deterministic and seed-free; the samples cycle through the classes, so both parts are balanced.

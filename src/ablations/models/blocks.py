@@ -75,6 +75,16 @@ def dense_block(x, units: int, cfg: Variant, name: str):
     return norm_activation(x, cfg, name)
 
 
-def build_optimizer(cfg: Variant) -> keras.optimizers.Optimizer:
-    config = {"learning_rate": cfg.learning_rate, **cfg.optimizer_config}
+def check_names(cfg: Variant) -> None:
+    """Resolve every Keras identifier of a variant now, before any data or training."""
+    weight_options(cfg)
+    activation_layer(cfg.activation, name="check")
+    build_optimizer(cfg)
+
+
+def build_optimizer(cfg: Variant, steps_per_epoch: int = 1) -> keras.optimizers.Optimizer:
+    rate = cfg.learning_rate
+    if cfg.lr_schedule == "cosine":
+        rate = keras.optimizers.schedules.CosineDecay(rate, decay_steps=steps_per_epoch * cfg.epochs)
+    config = {"learning_rate": rate, **cfg.optimizer_config}
     return _resolve("optimizer", keras.optimizers.get, {"class_name": cfg.optimizer, "config": config})

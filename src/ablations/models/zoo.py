@@ -23,6 +23,8 @@ def cnn(cfg: Variant, input_shape: tuple[int, ...], num_classes: int) -> keras.M
         x = layers.Dropout(cfg.input_dropout, name="input_dropout")(x)
     for index, filters in enumerate(cfg.conv_filters, start=1):
         x = conv_block(x, filters, cfg, name=f"block{index}")
+        if min(x.shape[1:3]) < 1:  # Keras would build a network with empty feature maps
+            raise ValueError(f"images of {input_shape} shrink to nothing after conv block {index}")
     x = layers.Flatten(name="flatten")(x)
     for index, units in enumerate(cfg.dense_units, start=1):
         x = dense_block(x, units, cfg, name=f"fc{index}")

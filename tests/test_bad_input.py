@@ -1,0 +1,179 @@
+"""Bad input, through the real command line: exit status 2, one `error:` line naming the key or
+file and what is allowed, and nothing written where the output would go."""
+
+import copy
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from conftest import REPO
+
+BASE = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def ablations(*args, cwd, env=None):
+    command = [sys.executable, "-m", "ablations.cli", *args]
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    return subprocess.run(command, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=300)
+
+
+def assert_clean_failure(result, *expected, absent=()):
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr[-2000:]
+    for text in expected:
+        assert text in errors[0], errors[0]
+    for path in absent:
+        assert not Path(path).exists(), f"{path} left behind"
+
+
+def study(params):
+    return params["studies"]["batchnorm"]
+
+
+CONFIG_CASES = {
+    "unknown top-level key": (lambda p: p.update(studys={}), ["studys", "unknown key"]),
+    "unknown study key": (lambda p: study(p).update(questoin="?"), ["studies.batchnorm.questoin"]),
+    "unknown variant key": (lambda p: study(p)["variants"]["relu"].update(activaton="elu"),
+                            ["variants.relu.activaton", "unknown key"]),
+    "unknown activation": (lambda p: study(p)["variants"]["relu"].update(activation="relux"),
+                           ["variants.relu", "relux", "activation"]),
+    "unknown initializer": (lambda p: study(p)["defaults"].update(initializer="glorot_unicorn"),
+                            ["glorot_unicorn", "initializer"]),
+    "unknown regularizer": (lambda p: study(p)["defaults"].update(kernel_regularizer="l3"),
+                            ["kernel_regularizer", "l3"]),
+    "unknown optimizer": (lambda p: study(p)["defaults"].update(optimizer="adamx"),
+                          ["optimizer", "adamx"]),
+    "unknown dataset": (lambda p: p["data"].update(raw=["imagenet"]),
+                        ["data.raw.0", "imagenet", "fashion_mnist"]),
+    "wrong type": (lambda p: study(p)["defaults"].update(batch_size="big"), ["batch_size", "big"]),
+    "zero epochs": (lambda p: study(p)["defaults"].update(epochs=0), ["epochs", "must be > 0"]),
+    "negative epochs": (lambda p: study(p)["variants"]["tanh"].update(epochs=-3),
+                        ["variants.tanh.epochs"]),
+    "zero batch size": (lambda p: study(p)["defaults"].update(batch_size=0), ["batch_size"]),
+    "learning rate <= 0": (lambda p: study(p)["defaults"].update(learning_rate=0.0),
+                           ["learning_rate", "must be > 0"]),
+    "dropout >= 1": (lambda p: study(p)["defaults"].update(dropout=1.0), ["dropout", "must be < 1"]),
+    "dropout < 0": (lambda p: study(p)["variants"]["relu"].update(dropout=-0.1), ["dropout"]),
+    "norm placement": (lambda p: study(p)["defaults"].update(norm="middle"),
+                       ["norm", "'none', 'before' or 'after'"]),
+    "study without variants": (lambda p: study(p).update(variants={}), ["at least one variant"]),
+    "size the model cannot take": (lambda p: p["data"]["prepared"]["fmnist_pm1"].update(size=4),
+                                   ["cannot take (4, 4, 1)", "data.prepared.fmnist_pm1.size"]),
+    "unknown prepared data": (lambda p: study(p).update(data="cifar"), ["studies.batchnorm.data"]),
+    "polyfit folds": (lambda p: p["polyfit"].update(folds=1), ["polyfit.folds"]),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIG_CASES))
+def test_invalid_params_fail_before_any_work(tmp_path, case):
+    mutate, expected = CONFIG_CASES[case]
+    params = copy.deepcopy(BASE)
+    mutate(params)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    result = ablations("validate", "--out", "valid.json", cwd=tmp_path)
+    assert_clean_failure(result, *expected, absent=[tmp_path / "valid.json"])
+
+
+def test_duplicate_variant_names(tmp_path):
+    text = (REPO / "params.yaml").read_text().replace("      tanh: {activation: tanh}\n",
+                                                      "      relu: {activation: tanh}\n")
+    (tmp_path / "params.yaml").write_text(text)
+    result = ablations("validate", "--out", "valid.json", cwd=tmp_path)
+    assert_clean_failure(result, "duplicate key 'relu'", absent=[tmp_path / "valid.json"])
+
+
+def test_malformed_yaml(tmp_path):
+    (tmp_path / "params.yaml").write_text("studies: {batchnorm: [\n")
+    assert_clean_failure(ablations("validate", "--out", "v.json", cwd=tmp_path), "malformed YAML")
+
+
+def test_unknown_variant_on_the_command_line(tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(BASE))
+    result = ablations("train", "batchnorm", "relu-typo", "--data", "d", "--out", "m",
+                       "--checkpoint", "c", cwd=tmp_path)
+    assert_clean_failure(result, "studies.batchnorm.variants.relu-typo", "relu-bn", absent=[tmp_path / "m"])
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(n).to_bytes(4, "big") for n in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_mnist_like(folder: Path, images: bytes | None = None) -> None:
+    """A raw dataset folder in the IDX gz format with 20 images of 28x28."""
+    folder.mkdir(parents=True, exist_ok=True)
+    x, y = np.zeros((20, 28, 28), np.uint8), np.arange(20) % 10
+    files = {"train-images-idx3-ubyte.gz": images or idx_bytes(x),
+             "train-labels-idx1-ubyte.gz": idx_bytes(y),
+             "t10k-images-idx3-ubyte.gz": idx_bytes(x), "t10k-labels-idx1-ubyte.gz": idx_bytes(y)}
+    for name, payload in files.items():
+        (folder / name).write_bytes(gzip.compress(payload))
+
+
+def split_params(tmp_path, source="mnist"):
+    params = copy.deepcopy(BASE)
+    params["data"] = {"raw": [source], "prepared": {"d": {"source": source, "scaling": "zero_one"}}}
+    study(params)["data"] = "d"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+@pytest.mark.parametrize("corrupt, expected", [
+    (lambda good: good[:-300], "train-images-idx3-ubyte.gz"),                 # payload too short
+    (lambda good: b"\x00\x00\x99\x03" + good[4:], "train-images-idx3-ubyte.gz"),  # bad type code
+])
+def test_corrupt_idx_is_rejected(tmp_path, corrupt, expected):
+    split_params(tmp_path)
+    good = idx_bytes(np.zeros((20, 28, 28), np.uint8))
+    write_mnist_like(tmp_path / "raw", images=corrupt(good))
+    result = ablations("split", "d", "--raw", "raw", "--out", "split", cwd=tmp_path)
+    assert_clean_failure(result, expected, absent=[tmp_path / "split"])
+
+
+def test_truncated_gzip_is_rejected(tmp_path):
+    split_params(tmp_path)
+    write_mnist_like(tmp_path / "raw")
+    path = tmp_path / "raw" / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-10])
+    result = ablations("split", "d", "--raw", "raw", "--out", "split", cwd=tmp_path)
+    assert_clean_failure(result, "t10k-labels-idx1-ubyte.gz", absent=[tmp_path / "split"])
+
+
+def test_cifar_binary_of_wrong_length(tmp_path):
+    split_params(tmp_path, source="cifar10")
+    folder = tmp_path / "raw" / "cifar-10-batches-bin"
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        (folder / name).write_bytes(bytes(3073 * 2))
+    (folder / "data_batch_3.bin").write_bytes(bytes(3073 * 2 + 5))
+    result = ablations("split", "d", "--raw", "raw", "--out", "split", cwd=tmp_path)
+    assert_clean_failure(result, "data_batch_3.bin", absent=[tmp_path / "split"])
+
+
+def test_missing_dataset_with_no_source_says_where_to_put_files(tmp_path):
+    params = copy.deepcopy(BASE)
+    params["data"]["raw"] = ["mnist"]
+    params["data"]["prepared"]["fmnist_pm1"]["source"] = "mnist"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    mirror = tmp_path / "mirror"
+    (mirror / "mnist").mkdir(parents=True)
+    (mirror / "mnist" / "train-images-idx3-ubyte.gz").write_bytes(b"not the real file")
+    result = ablations("download", "mnist", "--out", "raw/mnist", cwd=tmp_path,
+                       env={"ABLATIONS_DATA_MIRROR": str(mirror)})
+    assert_clean_failure(result, "train-images-idx3-ubyte.gz", absent=[tmp_path / "raw" / "mnist"])
+    assert "sha256" in result.stderr  # the bad mirror copy was reported as such
+
+
+def test_unreachable_tracking_server(tmp_path):
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(BASE))
+    result = ablations("polyfit", "--metrics", "m.json", "--plot", "p.png", cwd=tmp_path,
+                       env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    assert_clean_failure(result, "MLFLOW_TRACKING_URI=http://127.0.0.1:9", "unreachable",
+                         absent=[tmp_path / "m.json", tmp_path / "p.png"])
