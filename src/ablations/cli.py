@@ -25,19 +25,18 @@ def cmd_validate(args) -> None:
     from ablations.io import write_json
 
     params = _params(args)
-    from ablations.models.blocks import check_names  # imports Keras
+    from ablations.models.blocks import build_optimizer  # imports Keras
     from ablations.models.zoo import build_model
 
     for study, spec in params.studies.items():
         shape, classes = params.input_shape(study)
         for name in spec.variants:
             cfg, where = params.variant(study, name), f"studies.{study}.variants.{name}"
-            try:
-                check_names(cfg)
+            try:  # building resolves every Keras name (activation, initializer, ...)
+                build_optimizer(cfg)
+                build_model(cfg, shape, classes)
             except AblationsError as error:
                 raise AblationsError(f"{where}: {error}") from None
-            try:
-                build_model(cfg, shape, classes)
             except ValueError as error:
                 raise AblationsError(
                     f"{where}: the model cannot take {shape} images (data.prepared."

@@ -29,7 +29,6 @@ from ablations.models.blocks import build_optimizer
 from ablations.models.zoo import build_model
 
 
-
 class EpochRecorder(keras.callbacks.Callback):
     """The one place epochs are logged: a row in history.csv and MLflow metrics with step=epoch.
 
@@ -41,9 +40,10 @@ class EpochRecorder(keras.callbacks.Callback):
         self.history_path = history_path
         self.run_id = run_id
         self.client = MlflowClient()
+        self.started: float | None = None  # perf_counter at the current epoch's start
 
     def on_epoch_begin(self, epoch, logs=None):
-        if not hasattr(self, "started"):  # first epoch of this process, maybe a resumed one
+        if self.started is None:  # first epoch of this process, maybe a resumed one
             # `epoch` epochs are done per the backup: drop rows of epochs it never saved.
             rows = [row for row in read_history(self.history_path) if row["epoch"] <= epoch]
             write_history(self.history_path, rows)

@@ -75,13 +75,6 @@ def dense_block(x, units: int, cfg: Variant, name: str):
     return norm_activation(x, cfg, name)
 
 
-def check_names(cfg: Variant) -> None:
-    """Resolve every Keras identifier of a variant now, before any data or training."""
-    weight_options(cfg)
-    activation_layer(cfg.activation, name="check")
-    build_optimizer(cfg)
-
-
 def build_optimizer(cfg: Variant, steps_per_epoch: int = 1) -> keras.optimizers.Optimizer:
     rate = cfg.learning_rate
     if cfg.lr_schedule == "cosine":
