@@ -100,7 +100,8 @@ def test_kill_9_mid_training_resumes_into_the_same_run(tmp_path, tracking_store)
     process.wait()
     done_before = len(read_history(history))
     assert 1 <= done_before < 6, "the kill must land mid-training"
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    resumed = subprocess.run(command, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     rows = read_history(tmp_path / "out" / "history.csv")
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
     run_id = read_json(tmp_path / "out" / "run.json")["run_id"]

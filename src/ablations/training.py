@@ -82,9 +82,12 @@ def _compiled_model(cfg: Variant, arrays: dict[str, np.ndarray]) -> keras.Model:
 
 def _fit(model, cfg: Variant, arrays, checkpoint: Path, run_id: str) -> float:
     """Train with resume-from-backup; return seconds spent in `fit`."""
+    # Backup before the epoch is recorded, so history and MLflow never hold an epoch the backup
+    # lacks; two backups kept, so a kill -9 during a write falls back to the previous one.
     callbacks = [
+        keras.callbacks.BackupAndRestore(
+            str(checkpoint / "backup"), delete_checkpoint=False, double_checkpoint=True),
         EpochRecorder(checkpoint / "history.csv", run_id),
-        keras.callbacks.BackupAndRestore(str(checkpoint / "backup"), delete_checkpoint=False),
         keras.callbacks.TerminateOnNaN(),
     ]
     started = time.perf_counter()
