@@ -77,33 +77,58 @@ def test_diverging_variant_is_recorded_not_crashed(tmp_path, tracking_store):
     assert mlflow.MlflowClient(tracking_store).get_run(run_id).data.tags["diverged"] == "true"
 
 
-def test_kill_9_mid_training_resumes_into_the_same_run(tmp_path, tracking_store):
-    """A real process killed after its first epoch: the rerun finishes the remaining epochs."""
-    data = write_prepared(tmp_path / "data", n=2048, size=16)
+def _train_command(tmp_path, data, out, checkpoint):
+    """The real CLI train command of a 6-epoch variant with dropout and BN."""
     params = {"data": {"raw": ["fashion_mnist"], "prepared": {"d": {"source": "fashion_mnist",
               "scaling": "zero_one"}}},
               "studies": {"unit": {"question": "?", "data": "d", "target_val_accuracy": 0.9,
-                                   "defaults": variant(epochs=6, batch_size=8).model_dump(),
+                                   "defaults": variant(epochs=6, batch_size=8, norm="after")
+                                   .model_dump(),
                                    "variants": {"v": {}}}},
               "polyfit": {"coefficients": [1.0, 2.0], "noise": 0.1, "n": 20, "x_range": [0, 1],
                           "max_degree": 2, "folds": 2, "seed": 0}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    command = [sys.executable, "-m", "ablations.cli", "--params", str(tmp_path / "params.yaml"),
-               "train", "unit", "v", "--data", str(data), "--out", str(tmp_path / "out"),
-               "--checkpoint", str(tmp_path / "ckpt")]
+    return [sys.executable, "-m", "ablations.cli", "--params", str(tmp_path / "params.yaml"),
+            "train", "unit", "v", "--data", str(data), "--out", str(out),
+            "--checkpoint", str(checkpoint)]
+
+
+def _metrics(history_csv):
+    return [{k: v for k, v in row.items() if k != "epoch_seconds"} for row in read_history(history_csv)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """Data and the metrics of the same training run without interruption."""
+    folder = tmp_path_factory.mktemp("reference")
+    data = write_prepared(folder / "data", n=2048, size=16)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}"}
+    command = _train_command(folder, data, folder / "out", folder / "ckpt")
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return data, _metrics(folder / "out" / "history.csv")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+def test_interrupted_training_resumes_to_identical_metrics(tmp_path, tracking_store, uninterrupted,
+                                                           signum):
+    """A real process stopped after an epoch: the rerun resumes into the same MLflow run and
+    ends with exactly the metrics of a training that was never interrupted."""
+    data, reference = uninterrupted
+    command = _train_command(tmp_path, data, tmp_path / "out", tmp_path / "ckpt")
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     history = tmp_path / "ckpt" / "history.csv"
     deadline = time.time() + 240
-    while len(read_history(history)) < 1 and time.time() < deadline and process.poll() is None:
-        time.sleep(0.2)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    while len(read_history(history)) < 2 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    os.kill(process.pid, signum)
+    assert process.wait() != 0
     done_before = len(read_history(history))
-    assert 1 <= done_before < 6, "the kill must land mid-training"
+    assert 2 <= done_before < 6, "the signal must land mid-training"
     resumed = subprocess.run(command, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    rows = read_history(tmp_path / "out" / "history.csv")
-    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert f"Epoch {done_before + 1}/6" in resumed.stdout + resumed.stderr  # resumed, not restarted
+    assert _metrics(tmp_path / "out" / "history.csv") == reference  # bit-identical
     run_id = read_json(tmp_path / "out" / "run.json")["run_id"]
     client = mlflow.MlflowClient(tracking_store)
     steps = [m.step for m in client.get_metric_history(run_id, "val_loss")]

@@ -60,6 +60,49 @@ class EpochRecorder(keras.callbacks.Callback):
         self.client.log_batch(self.run_id, metrics=metrics)
 
 
+class EpochBatches(keras.utils.PyDataset):
+    """Training batches whose order is a function of (seed, epoch) alone.
+
+    Keras' own `shuffle=True` draws from a random stream that restarts with the process, so a
+    resumed training would see other batches than an uninterrupted one; this order does not
+    depend on how many epochs this process has run.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int):
+        super().__init__()
+        self.x, self.y, self.batch_size, self.seed = x, y, batch_size, seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.order = np.random.default_rng([self.seed, epoch]).permutation(len(self.y))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.y) / self.batch_size)
+
+    def __getitem__(self, index: int):
+        # Sorted rows of a random batch: same batch, sequential reads of the memory-mapped file.
+        rows = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
+        return self.x[rows], self.y[rows]
+
+
+class EpochRandomness(keras.callbacks.Callback):
+    """Makes everything random in an epoch a function of (seed, epoch): the batch order and the
+    dropout masks. A resumed training then repeats an uninterrupted one bit for bit, although
+    the backup holds neither the batch order nor the layers' random-stream states."""
+
+    def __init__(self, batches: EpochBatches, seed: int):
+        super().__init__()
+        self.batches, self.seed = batches, seed
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.batches.set_epoch(epoch)
+        # Random layers (Dropout …) draw from a keras.random.SeedGenerator: state = [seed, count].
+        streams = [v for v in self.model.variables if v.path.endswith("seed_generator_state")]
+        for index, stream in enumerate(streams):
+            start = np.random.default_rng([self.seed, epoch, index]).integers(2**31)
+            stream.assign(np.array([start, 0], dtype=stream.dtype))
+
+
 def _seed_everything(seed: int) -> None:
     """Same seed, same machine → same metrics (op determinism costs little on CPU)."""
     keras.utils.set_random_seed(seed)
@@ -84,7 +127,9 @@ def _fit(model, cfg: Variant, arrays, checkpoint: Path, run_id: str) -> float:
     """Train with resume-from-backup; return seconds spent in `fit`."""
     # Backup before the epoch is recorded, so history and MLflow never hold an epoch the backup
     # lacks; two backups kept, so a kill -9 during a write falls back to the previous one.
+    batches = EpochBatches(arrays["x_train"], arrays["y_train"], cfg.batch_size, cfg.seed)
     callbacks = [
+        EpochRandomness(batches, cfg.seed),
         keras.callbacks.BackupAndRestore(
             str(checkpoint / "backup"), delete_checkpoint=False, double_checkpoint=True),
         EpochRecorder(checkpoint / "history.csv", run_id),
@@ -92,9 +137,10 @@ def _fit(model, cfg: Variant, arrays, checkpoint: Path, run_id: str) -> float:
     ]
     started = time.perf_counter()
     model.fit(
-        arrays["x_train"], arrays["y_train"],
+        batches,
         validation_data=(arrays["x_val"], arrays["y_val"]),
-        epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True,
+        epochs=cfg.epochs, validation_batch_size=cfg.batch_size,
+        shuffle=False,  # the batches are shuffled already, reproducibly (EpochRandomness)
         callbacks=callbacks, verbose=2,
     )
     return time.perf_counter() - started
