@@ -25,8 +25,9 @@ from ablations.errors import DataError
 
 
 @pytest.fixture(autouse=True)
-def _no_env_mirror(monkeypatch):
+def _no_env_mirror_no_retry_pause(monkeypatch):
     monkeypatch.delenv(MIRROR_ENV, raising=False)
+    monkeypatch.setattr(sources, "_RETRY_PAUSE_S", 0.0)
 
 
 def sha256(data: bytes) -> str:
@@ -265,7 +266,7 @@ def test_download_corrupt_file_rejected(tmp_path, http_root):
     root, url = http_root
     (root / "labels-idx1-ubyte.gz").write_bytes(LABELS[:-3] + b"bad")
     dest = tmp_path / "dest"
-    with pytest.raises(DataError, match=f"{url}labels-idx1-ubyte.gz: sha256 mismatch"):
+    with pytest.raises(DataError, match=f"{url}labels-idx1-ubyte.gz \\(attempt 3/3\\): sha256 mismatch"):
         fetch(one_file_spec(base_url=url), dest, system_dirs=())
     assert not dest.exists()
 
@@ -286,6 +287,74 @@ def test_download_archive_and_extract(tmp_path, http_root):
     dest = fetch(spec, tmp_path / "dest")
     assert len(list((dest / "cifar-10-batches-bin").iterdir())) == 6
     assert not any(p.name.endswith(".partial") for p in dest.rglob("*"))
+
+
+class _FlakyHandler(http.server.BaseHTTPRequestHandler):
+    """Serves `payload`, spoiling the n-th answer as `faults[n]` says: "cut" (the connection
+    closes half-way through the announced length), "corrupt" (bytes flipped) or None (good)."""
+
+    payload = b""
+    faults: list = []
+    requests = 0
+
+    def do_GET(self):
+        fault = self.faults[min(type(self).requests, len(self.faults) - 1)]
+        type(self).requests += 1
+        body = self.payload
+        if fault == "corrupt":
+            body = bytes(b ^ 0xFF for b in body[:8]) + body[8:]
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.payload)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2] if fault == "cut" else body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def flaky_server():
+    """A real HTTP server on 127.0.0.1 whose answers fail as the test says; yields its class."""
+    handler = type("Flaky", (_FlakyHandler,), {"payload": LABELS, "faults": [None], "requests": 0})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    handler.url = f"http://127.0.0.1:{server.server_address[1]}/"
+    try:
+        yield handler
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_cut_and_corrupted_downloads_are_retried_until_a_verified_copy(tmp_path, flaky_server,
+                                                                      capsys):
+    flaky_server.faults = ["cut", "corrupt", None]
+    dest = tmp_path / "dest"
+    fetch(one_file_spec(base_url=flaky_server.url), dest, mirror=tmp_path / "none", system_dirs=())
+    assert flaky_server.requests == 3
+    assert (dest / "labels-idx1-ubyte.gz").read_bytes() == LABELS
+    assert listing(dest) == ["labels-idx1-ubyte.gz"]  # no partial file kept
+    err = capsys.readouterr().err
+    assert "(attempt 1/3): download incomplete" in err and "(attempt 2/3): sha256 mismatch" in err
+
+
+def test_download_failing_every_attempt_leaves_nothing(tmp_path, flaky_server):
+    flaky_server.faults = ["cut"]
+    dest = tmp_path / "dest"
+    with pytest.raises(DataError, match=r"attempt 3/3\): download incomplete") as error:
+        fetch(one_file_spec(base_url=flaky_server.url), dest, system_dirs=())
+    assert str(error.value).count("download incomplete") == sources.DOWNLOAD_ATTEMPTS
+    assert flaky_server.requests == sources.DOWNLOAD_ATTEMPTS
+    assert not dest.exists()
+
+
+def test_file_missing_on_the_server_is_not_retried(tmp_path, http_root):
+    _, url = http_root
+    with pytest.raises(DataError, match="HTTP 404") as error:
+        fetch(one_file_spec(base_url=url), tmp_path / "dest", system_dirs=())
+    assert "attempt 2/3" not in str(error.value)
 
 
 # --------------------------------------------------------------------------- real datasets

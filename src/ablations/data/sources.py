@@ -40,6 +40,8 @@ MIRROR_ENV = "ABLATIONS_DATA_MIRROR"
 MANIFEST = ".fetched.json"  # records a verified archive's extraction (see _archive_is_current)
 _CHUNK = 1 << 20
 _TIMEOUT_S = 60  # per socket operation, not for the whole download
+DOWNLOAD_ATTEMPTS = 3  # a dropped connection or a corrupted transfer is retried from scratch
+_RETRY_PAUSE_S = 2.0  # seconds before the 2nd attempt, doubled before each later one
 
 
 @dataclass(frozen=True)
@@ -218,8 +220,15 @@ def _fetch_file(spec: DatasetSpec, file: FileSpec, dest: Path,
             return
     url = spec.base_url + file.name if spec.base_url else None
     if url and allow_download:
-        if _install(spec, file, dest, lambda tmp: _download(url, tmp), url, failures):
-            return
+        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+            if attempt > 1:
+                time.sleep(_RETRY_PAUSE_S * 2 ** (attempt - 2))
+            origin = f"{url} (attempt {attempt}/{DOWNLOAD_ATTEMPTS})"
+            try:
+                if _install(spec, file, dest, lambda tmp: _download(url, tmp), origin, failures):
+                    return
+            except _NotOnServer:
+                break  # asking again will not make it appear
     raise DataError(_missing_message(spec, file, dest, sources, url, allow_download, failures))
 
 
@@ -237,6 +246,9 @@ def _install(spec: DatasetSpec, file: FileSpec, dest: Path,
     try:
         try:
             get(tmp)
+        except _NotOnServer as err:
+            _report(failures, f"{origin}: {err}")
+            raise
         except (OSError, urllib.error.URLError, DataError) as err:
             return _report(failures, f"{origin}: {err}")
         problem = _check(tmp, file)
@@ -316,10 +328,23 @@ def _copy(src: Path, tmp: Path) -> None:
         shutil.copyfileobj(reader, writer, _CHUNK)
 
 
+class _NotOnServer(DataError):
+    """HTTP 4xx: the server answered that the file is not there for us (no point retrying)."""
+
+
+def _open_url(url: str):
+    request = urllib.request.Request(url, headers={"User-Agent": "ablations-fetch"})
+    try:
+        return urllib.request.urlopen(request, timeout=_TIMEOUT_S)
+    except urllib.error.HTTPError as err:
+        if 400 <= err.code < 500:
+            raise _NotOnServer(f"HTTP {err.code} {err.reason}") from None
+        raise
+
+
 def _download(url: str, tmp: Path) -> None:
     """Stream `url` into `tmp` with a progress line on stderr (timeout per socket operation)."""
-    request = urllib.request.Request(url, headers={"User-Agent": "ablations-fetch"})
-    with urllib.request.urlopen(request, timeout=_TIMEOUT_S) as response, open(tmp, "wb") as out:
+    with _open_url(url) as response, open(tmp, "wb") as out:
         total = int(response.headers.get("Content-Length") or 0)
         progress = _Progress(url, total)
         while chunk := response.read(_CHUNK):
