@@ -1,9 +1,13 @@
-"""Shared test setup: quiet TensorFlow, no MLflow telemetry, the repo's real params file."""
+"""Shared test setup: quiet TensorFlow, no MLflow telemetry, the repo's real params file;
+tiny data, variants and params files for real trainings."""
 
 import os
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
@@ -25,3 +29,44 @@ def tracking_store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     return uri
+
+
+EPOCHS = 3
+
+
+def write_prepared(folder, n=96, size=8, seed=0):
+    """Standardized arrays the train stage reads: two separable classes of noisy images."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for part, count in (("train", n), ("val", n // 2), ("test", n // 2)):
+        y = np.arange(count) % 2
+        x = rng.normal(size=(count, size, size, 1)).astype(np.float32) + y[:, None, None, None]
+        np.save(folder / f"x_{part}.npy", x)
+        np.save(folder / f"y_{part}.npy", y.astype(np.int64))
+    return folder
+
+
+def variant(**overrides):
+    from ablations.config import Variant
+
+    base = dict(conv_filters=[4], dense_units=[8], epochs=EPOCHS, batch_size=16, seed=7, dropout=0.2)
+    return Variant(**{**base, **overrides})
+
+
+def write_params(folder, variants=("v",), **defaults):
+    """folder/params.yaml: one study `unit` of `variants` (names, all = variant(**defaults))."""
+    params = {"data": {"raw": ["fashion_mnist"], "prepared": {"d": {"source": "fashion_mnist",
+              "scaling": "zero_one"}}},
+              "studies": {"unit": {"question": "?", "data": "d", "target_val_accuracy": 0.9,
+                                   "defaults": variant(**defaults).model_dump(),
+                                   "variants": {name: {} for name in variants}}},
+              "polyfit": {"coefficients": [1.0, 2.0], "noise": 0.1, "n": 20, "x_range": [0, 1],
+                          "max_degree": 2, "folds": 2, "seed": 0}}
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    return folder / "params.yaml"
+
+
+def train_command(params, name, data, out, checkpoint):
+    """The real CLI command that trains variant `name` of study `unit`."""
+    return [sys.executable, "-m", "ablations.cli", "--params", str(params), "train", "unit", name,
+            "--data", str(data), "--out", str(out), "--checkpoint", str(checkpoint)]

@@ -3,38 +3,16 @@
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import mlflow
 import numpy as np
 import pytest
-import yaml
+from conftest import train_command, variant, write_params, write_prepared
 
-from ablations.config import Variant
 from ablations.history import read_history
 from ablations.io import read_json
 from ablations.training import train
-
-EPOCHS = 3
-
-
-def write_prepared(folder, n=96, size=8, seed=0):
-    """Standardized arrays the train stage reads: two separable classes of noisy images."""
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for part, count in (("train", n), ("val", n // 2), ("test", n // 2)):
-        y = np.arange(count) % 2
-        x = rng.normal(size=(count, size, size, 1)).astype(np.float32) + y[:, None, None, None]
-        np.save(folder / f"x_{part}.npy", x)
-        np.save(folder / f"y_{part}.npy", y.astype(np.int64))
-    return folder
-
-
-def variant(**overrides):
-    base = dict(conv_filters=[4], dense_units=[8], epochs=EPOCHS, batch_size=16, seed=7, dropout=0.2)
-    return Variant(**{**base, **overrides})
-
 
 def test_outputs_run_and_history(tmp_path, tracking_store):
     data = write_prepared(tmp_path / "data")
@@ -79,18 +57,8 @@ def test_diverging_variant_is_recorded_not_crashed(tmp_path, tracking_store):
 
 def _train_command(tmp_path, data, out, checkpoint):
     """The real CLI train command of a 6-epoch variant with dropout and BN."""
-    params = {"data": {"raw": ["fashion_mnist"], "prepared": {"d": {"source": "fashion_mnist",
-              "scaling": "zero_one"}}},
-              "studies": {"unit": {"question": "?", "data": "d", "target_val_accuracy": 0.9,
-                                   "defaults": variant(epochs=6, batch_size=8, norm="after")
-                                   .model_dump(),
-                                   "variants": {"v": {}}}},
-              "polyfit": {"coefficients": [1.0, 2.0], "noise": 0.1, "n": 20, "x_range": [0, 1],
-                          "max_degree": 2, "folds": 2, "seed": 0}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    return [sys.executable, "-m", "ablations.cli", "--params", str(tmp_path / "params.yaml"),
-            "train", "unit", "v", "--data", str(data), "--out", str(out),
-            "--checkpoint", str(checkpoint)]
+    params = write_params(tmp_path, epochs=6, batch_size=8, norm="after")
+    return train_command(params, "v", data, out, checkpoint)
 
 
 def _metrics(history_csv):
