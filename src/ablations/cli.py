@@ -3,6 +3,7 @@
 Paths come from the command line that dvc.yaml writes (so each is written once, there);
 hyper-parameters come only from params.yaml, which DVC tracks. Every stage validates the
 whole params file first. A user error prints one `error: …` line and exits with status 2.
+`replay` is no stage: it is run by hand after a tracking outage (see ablations.replay).
 """
 
 from __future__ import annotations
@@ -81,6 +82,14 @@ def cmd_train(args) -> None:
     train(args.study, args.variant, cfg, Path(args.data), Path(args.out), Path(args.checkpoint))
 
 
+def cmd_replay(args) -> None:
+    """Complete a variant's MLflow run from its train outputs after a tracking outage."""
+    cfg = _params(args).variant(args.study, args.variant)
+    from ablations.replay import replay
+
+    replay(args.study, args.variant, cfg, Path(args.out))
+
+
 def cmd_evaluate(args) -> None:
     from ablations.evaluate import evaluate_study
 
@@ -119,6 +128,7 @@ def _parser() -> argparse.ArgumentParser:
     stage("split", cmd_split, "name", "--raw", "--out")
     stage("standardize", cmd_standardize, "name", "--split", "--out")
     stage("train", cmd_train, "study", "variant", "--data", "--out", "--checkpoint")
+    stage("replay", cmd_replay, "study", "variant", "--out")
     stage("evaluate", cmd_evaluate, "study", "--models", "--data", "--metrics")
     stage("plot", cmd_plot, "study", "--models", "--metrics", "--out")
     stage("polyfit", cmd_polyfit, "--metrics", "--plot")

@@ -26,3 +26,8 @@ def write_history(path: Path, rows: list[dict[str, float]]) -> None:
         writer = csv.DictWriter(handle, fieldnames=FIELDS, restval="nan")
         writer.writeheader()
         writer.writerows(rows)
+
+
+def metric_steps(rows: list[dict[str, float]]) -> dict[str, dict[int, float]]:
+    """{metric: {epoch: value}}: the steps MLflow holds for a history (step = epoch)."""
+    return {key: {int(row["epoch"]): row[key] for row in rows if key in row} for key in FIELDS[1:]}

@@ -4,24 +4,47 @@ The store defaults to `sqlite:///<repo>/mlflow.db` by *absolute* path (a relativ
 when `dvc exp run --queue` runs a stage in a copy of the repo); MLFLOW_TRACKING_URI wins.
 Under `mlflow run .`, MLFLOW_RUN_ID names the project's run: stage runs become its children
 instead of all resuming (and overwriting params in) that one run.
+
+A training must outlive its tracking server: `Guard` turns the first failed MLflow call into one
+warning and skips MLflow afterwards; `ablations replay` (replay.py) completes the run later.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import re
 import subprocess
-from collections.abc import Iterator
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import mlflow
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.context.registry import resolve_tags
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from ablations.errors import AblationsError
+from ablations.history import metric_steps
+from ablations.io import read_json, write_json
 
 # A queued DVC experiment runs in <repo>/.dvc/tmp/exps/<run-dir>/; its store is the real repo's.
 _EXP_WORKSPACE = Path(".dvc") / "tmp" / "exps"
+
+# MLflow's defaults retry a failed HTTP request 7 times with exponential backoff (~4 minutes)
+# and wait up to 120 s for each answer: a stopped server would stall training for minutes.
+# With these a refused connection fails in 2-4 s (retries after 0 s and 2 s, plus up to 1 s
+# jitter each) and a server that accepts but never answers in ~50 s. A user's values win.
+_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",  # retries after the first attempt
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",  # seconds; urllib3 waits 0, 2, 4 … s between tries
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",  # seconds to connect, and to wait for an answer
+}
 
 
 def repo_root(start: Path | None = None) -> Path:
@@ -63,6 +86,8 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
 def use_experiment(study: str) -> str:
     """Point MLflow at the store and the study's experiment; return the experiment id."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    for name, value in _HTTP_DEFAULTS.items():  # read by MLflow at each request: set before any
+        os.environ.setdefault(name, value)
     uri = tracking_uri()
     check_server(uri)
     mlflow.set_tracking_uri(uri)
@@ -89,6 +114,10 @@ def run_tags(study: str, variant: str, **extra: Any) -> dict[str, str]:
     return tags
 
 
+def train_tags(study: str, variant: str, seed: int) -> dict[str, str]:
+    return run_tags(study, variant, seed=seed, dvc_stage=f"train_{study}@{variant}")
+
+
 def _project_run_id() -> str | None:
     """Take MLFLOW_RUN_ID (set by `mlflow run`) out of the environment: it is our parent."""
     return os.environ.pop("MLFLOW_RUN_ID", None)
@@ -111,6 +140,53 @@ def run(
         yield active
 
 
+def start_run(study: str, run_name: str, tags: dict[str, str], run_id: str | None = None) -> str:
+    """Create a run in the study's experiment, or mark run `run_id` RUNNING again; return its id.
+
+    Client API only, no active run in this process: when the server is lost, nothing has to
+    tell it that the run ended (MLflow's `with start_run()` would, at exit). The caller ends
+    the run with MlflowClient().set_terminated.
+    """
+    parent = _project_run_id()
+    experiment_id = use_experiment(study)
+    client = MlflowClient()
+    if run_id:
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    if parent:
+        tags = {**tags, MLFLOW_PARENT_RUN_ID: parent}
+    # resolve_tags adds the tags mlflow.start_run adds (user, source, git commit).
+    return client.create_run(experiment_id, tags=resolve_tags(tags), run_name=run_name).info.run_id
+
+
+class Guard:
+    """Runs the MLflow calls of one training. The first failure (server stopped, store locked…)
+    prints one warning line and turns every later call into a no-op: an outage costs seconds,
+    never the training. `ok` tells whether MLflow has received everything so far."""
+
+    def __init__(self, advice: str):
+        self.advice = advice  # what the user should do: where the results are, how to replay
+        self.ok = True
+
+    def __call__(self, when: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        if not self.ok:
+            return
+        try:
+            call(*args, **kwargs)
+        except (MlflowException, OSError) as error:  # requests' errors are OSErrors
+            self.ok = False
+            print(f"ablations: warning: MLflow tracking at {tracking_uri()} failed {when} "
+                  f"({_reason(error)}); {self.advice}", file=sys.stderr, flush=True)
+
+
+def _reason(error: Exception) -> str:
+    """The cause in a few words: MLflow wraps `[Errno 111] Connection refused` in a long text."""
+    errno = re.search(r"\[Errno -?\d+\][^'\"()]*", str(error))
+    if errno:
+        return errno.group(0).strip()
+    return (str(error).splitlines() or [repr(error)])[0][:200]
+
+
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested config → MLflow params ("optimizer_config.momentum": "0.9")."""
     flat: dict[str, str] = {}
@@ -121,6 +197,38 @@ def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             flat[name] = str(value)
     return flat
+
+
+def log_missing_metrics(run_id: str, steps: dict[str, dict[int, float]]) -> int:
+    """Log each {metric: {step: value}} the run does not hold yet; return how many were logged.
+    Idempotent: a step already logged is never logged twice. Non-finite values are skipped
+    (MLflow cannot store NaN well; history.csv keeps them)."""
+    client = MlflowClient()
+    now = int(time.time() * 1000)
+    missing = []
+    for key, values in steps.items():
+        logged = {metric.step for metric in client.get_metric_history(run_id, key)}
+        missing += [Metric(key, float(value), now, step) for step, value in values.items()
+                    if step not in logged and math.isfinite(value)]
+    if missing:
+        client.log_batch(run_id, metrics=missing)  # MLflow splits it into allowed batch sizes
+    return len(missing)
+
+
+def log_result(run_id: str, history: list[dict], fit_seconds: float, diverged: bool) -> int:
+    """A training's results (train and replay): every epoch's metrics the run lacks (epochs
+    trained while the server was down are filled in), fit_seconds and diverged (step 0), the
+    `diverged` tag. Returns how many metric values were logged."""
+    steps = {**metric_steps(history), "fit_seconds": {0: fit_seconds}, "diverged": {0: float(diverged)}}
+    logged = log_missing_metrics(run_id, steps)
+    MlflowClient().set_tag(run_id, "diverged", str(diverged).lower())
+    return logged
+
+
+def mark_complete(run_json: Path, run_id: str | None = None) -> None:
+    """run.json (train output): MLflow holds the whole run, `run_id` if replay made a new one."""
+    info = read_json(run_json)
+    write_json(run_json, {**info, "run_id": run_id or info["run_id"], "tracking_complete": True})
 
 
 def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None) -> None:

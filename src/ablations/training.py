@@ -4,8 +4,13 @@
         --out models/batchnorm/relu-bn --checkpoint checkpoints/batchnorm/relu-bn
 
 Outputs (DVC outs): model.keras, history.csv (one row per epoch), run.json (MLflow run id,
-fit seconds, divergence). The checkpoint folder lives outside the outputs because DVC deletes
-outputs before it re-runs a stage: an interrupted training resumes from its last epoch.
+fit seconds, divergence, whether MLflow holds all of it). The checkpoint folder lives outside
+the outputs because DVC deletes outputs before it re-runs a stage: an interrupted training
+resumes from its last epoch.
+
+A tracking outage does not stop training: after the first failed MLflow call (one warning
+line) MLflow is skipped, the outputs are written with `"tracking_complete": false`, the stage
+exits 0 and `ablations replay` (replay.py) completes the MLflow run later.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from ablations import tracking
@@ -35,10 +40,10 @@ class EpochRecorder(keras.callbacks.Callback):
     Epochs are numbered from 1 (epoch 1 = after one pass over the training data).
     """
 
-    def __init__(self, history_path: Path, run_id: str):
+    def __init__(self, history_path: Path, run_id: str, guard: tracking.Guard):
         super().__init__()
         self.history_path = history_path
-        self.run_id = run_id
+        self.run_id, self.guard = run_id, guard
         self.client = MlflowClient()
         self.started: float | None = None  # perf_counter at the current epoch's start
 
@@ -57,7 +62,7 @@ class EpochRecorder(keras.callbacks.Callback):
             Metric(key, value, int(time.time() * 1000), row["epoch"])
             for key, value in row.items() if key != "epoch" and math.isfinite(value)
         ]
-        self.client.log_batch(self.run_id, metrics=metrics)
+        self.guard(f"after epoch {row['epoch']}", self.client.log_batch, self.run_id, metrics=metrics)
 
 
 class EpochBatches(keras.utils.PyDataset):
@@ -123,7 +128,7 @@ def _compiled_model(cfg: Variant, arrays: dict[str, np.ndarray]) -> keras.Model:
     return model
 
 
-def _fit(model, cfg: Variant, arrays, checkpoint: Path, run_id: str) -> float:
+def _fit(model, cfg: Variant, arrays, checkpoint: Path, run_id: str, guard: tracking.Guard) -> float:
     """Train with resume-from-backup; return seconds spent in `fit`."""
     # Backup before the epoch is recorded, so history and MLflow never hold an epoch the backup
     # lacks; two backups kept, so a kill -9 during a write falls back to the previous one.
@@ -132,7 +137,7 @@ def _fit(model, cfg: Variant, arrays, checkpoint: Path, run_id: str) -> float:
         EpochRandomness(batches, cfg.seed),
         keras.callbacks.BackupAndRestore(
             str(checkpoint / "backup"), delete_checkpoint=False, double_checkpoint=True),
-        EpochRecorder(checkpoint / "history.csv", run_id),
+        EpochRecorder(checkpoint / "history.csv", run_id, guard),
         keras.callbacks.TerminateOnNaN(),
     ]
     started = time.perf_counter()
@@ -146,13 +151,17 @@ def _fit(model, cfg: Variant, arrays, checkpoint: Path, run_id: str) -> float:
     return time.perf_counter() - started
 
 
-def _log_model(model: keras.Model, sample: np.ndarray) -> None:
-    from mlflow.models import infer_signature
+def log_model(model: keras.Model, run_id: str) -> None:
+    """Log `model` into run `run_id` (train and replay). Model.log is what mlflow.keras.log_model
+    calls, with the run given explicitly instead of taken from an active run."""
+    import mlflow.keras
+    from mlflow.models import Model, infer_signature
 
+    # The signature holds shapes and dtypes only: a zero batch gives the same as real images.
+    sample = np.zeros((2, *model.input_shape[1:]), dtype=model.inputs[0].dtype)
     signature = infer_signature(sample, model.predict(sample, verbose=0))
-    tracking.mlflow.keras.log_model(
-        model, name="model", signature=signature, pip_requirements=tracking.pip_requirements()
-    )
+    Model.log(None, mlflow.keras, name="model", run_id=run_id, model=model, signature=signature,
+              pip_requirements=tracking.pip_requirements())
 
 
 def _resume_run_id(checkpoint: Path) -> str | None:
@@ -167,27 +176,40 @@ def train(study: str, variant: str, cfg: Variant, data_dir: Path, out: Path, che
     arrays = load_prepared(data_dir)
     _seed_everything(cfg.seed)
     model = _compiled_model(cfg, arrays)
-    tags = tracking.run_tags(study, variant, seed=cfg.seed, dvc_stage=f"train_{study}@{variant}")
-    with tracking.run(study, variant, tags, run_id=_resume_run_id(checkpoint)) as active:
-        run_id = active.info.run_id
-        write_json(checkpoint / "run.json", {"run_id": run_id})
-        tracking.mlflow.log_params(tracking.flatten(cfg.model_dump()))
-        fit_seconds = _fit(model, cfg, arrays, checkpoint, run_id)
+    run_id = tracking.start_run(study, variant, tracking.train_tags(study, variant, cfg.seed),
+                                run_id=_resume_run_id(checkpoint))
+    client = MlflowClient()  # after start_run, which sets the tracking URI
+    write_json(checkpoint / "run.json", {"run_id": run_id})
+    guard = tracking.Guard(
+        f"training goes on, results are kept in {out}; once the server is back run: "
+        f"ablations replay {study} {variant} --out {out}")
+    try:
+        params = [Param(k, v) for k, v in tracking.flatten(cfg.model_dump()).items()]
+        guard("before training", client.log_batch, run_id, params=params)
+        fit_seconds = _fit(model, cfg, arrays, checkpoint, run_id, guard)
         history = read_history(checkpoint / "history.csv")
         diverged = any(not math.isfinite(row["loss"]) for row in history) or len(history) < cfg.epochs
-        tracking.mlflow.set_tag("diverged", str(diverged).lower())
-        tracking.mlflow.log_metrics({"fit_seconds": fit_seconds, "diverged": float(diverged)})
+        guard("after training", tracking.log_result, run_id, history, fit_seconds, diverged)
         _save_outputs(model, out, checkpoint, run_id, fit_seconds, diverged)
-        _log_model(model, np.asarray(arrays["x_val"][:2]))
+        guard("while logging the model", log_model, model, run_id)
+        guard("while ending the run", client.set_terminated, run_id, "FINISHED")
+    except BaseException:  # a crash or Ctrl-C: the run is FAILED (a resume makes it RUNNING)
+        guard("while ending the failed run", client.set_terminated, run_id, "FAILED")
+        raise
+    if guard.ok:
+        tracking.mark_complete(out / "run.json")
     shutil.rmtree(checkpoint)  # done: the next run of this stage starts afresh
     return run_id
 
 
 def _save_outputs(model, out: Path, checkpoint: Path, run_id: str, fit_seconds: float, diverged):
-    """DVC outputs first (before model logging), so a tracking outage loses no training."""
+    """DVC outputs first (before model logging), so a tracking outage loses no training.
+    run.json says tracking_complete false until MLflow holds the whole run."""
     with atomic_dir(out) as tmp:
         model.save(tmp / "model.keras")
         shutil.copyfile(checkpoint / "history.csv", tmp / "history.csv")
         write_json(tmp / "run.json", {
             "run_id": run_id, "fit_seconds": fit_seconds, "diverged": diverged,
+            "tracking_complete": False,
         })
+

@@ -1,0 +1,103 @@
+"""`ablations replay <study> <variant> --out <dir>`: complete a variant's MLflow run from its
+DVC outputs, without retraining.
+
+Outage → replay: when the tracking server stops during `ablations train`, training goes on.
+The first failed MLflow call prints one warning line, MLflow is not called again by that
+training, and the outputs (model.keras, history.csv, run.json with "tracking_complete": false)
+are written as usual: the stage exits 0 and DVC caches it. The MLflow run stays RUNNING with
+whatever it received before the outage. Once the server is back, replay logs what the run lacks
+(epoch metrics, params, fit_seconds, diverged, the model), marks it FINISHED and rewrites
+run.json with "tracking_complete": true; `dvc commit -f train_<study>@<variant>` then records
+that edit (an output changed behind DVC's back makes `dvc repro` retrain). Replay is
+idempotent: a second one logs nothing. If run.json's run is not in the store (another
+MLFLOW_TRACKING_URI, a deleted run), a new run with the usual tags receives everything.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlflow.entities import LifecycleStage, LoggedModelStatus, Param, Run
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
+from mlflow.tracking import MlflowClient
+
+from ablations import tracking
+from ablations.config import Variant
+from ablations.errors import AblationsError
+from ablations.history import read_history
+from ablations.io import read_json
+
+
+def replay(study: str, variant: str, cfg: Variant, out: Path) -> str:
+    """Log into MLflow what the run of `out` lacks; return the run id it went to."""
+    out = Path(out)
+    for name in ("run.json", "history.csv", "model.keras"):
+        if not (out / name).exists():
+            raise AblationsError(f"{out / name}: missing; run the train stage of {study}@{variant}")
+    info = read_json(out / "run.json")
+    tracking.use_experiment(study)  # an unreachable server: `error: …`, exit 2
+    client = MlflowClient()
+    run = _run_or_none(client, info["run_id"])
+    if run is None:
+        run = client.get_run(
+            tracking.start_run(study, variant, tracking.train_tags(study, variant, cfg.seed)))
+        print(f"run {info['run_id']} is not in {tracking.tracking_uri()}: "
+              f"created run {run.info.run_id} for {study}@{variant}")
+    run_id = run.info.run_id
+
+    params = _log_params(client, run, cfg)
+    history = read_history(out / "history.csv")
+    metrics = tracking.log_result(run_id, history, info["fit_seconds"], info["diverged"])
+    new_model = not _has_model(client, run)
+    if new_model:  # Keras only here: its import costs ~10 s
+        import keras
+
+        from ablations.training import log_model
+
+        log_model(keras.saving.load_model(out / "model.keras", safe_mode=True), run_id)
+    if run.info.status != "FINISHED":  # only then: ending it again would move its end time
+        client.set_terminated(run_id, "FINISHED")
+    if not info.get("tracking_complete") or info["run_id"] != run_id:
+        tracking.mark_complete(out / "run.json", run_id)
+        print(f"{out / 'run.json'}: tracking_complete; record it with "
+              f"`dvc commit -f train_{study}@{variant}` (else dvc repro retrains it)")
+    print(f"replay {study}@{variant} → run {run_id}: {metrics} metric values, {params} params, "
+          f"model {'logged' if new_model else 'already logged'}; run FINISHED")
+    return run_id
+
+
+def _run_or_none(client: MlflowClient, run_id: str) -> Run | None:
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as error:
+        if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return None
+        raise
+    return None if run.info.lifecycle_stage == LifecycleStage.DELETED else run
+
+
+def _log_params(client: MlflowClient, run: Run, cfg: Variant) -> int:
+    """Log the params the run lacks. A param MLflow holds with another value means params.yaml
+    changed since training: the model is not that config's, so refuse (MLflow would too)."""
+    logged = run.data.params
+    params = tracking.flatten(cfg.model_dump())
+    changed = sorted(key for key, value in params.items() if logged.get(key, value) != value)
+    if changed:
+        raise AblationsError(
+            f"run {run.info.run_id} was trained with "
+            + ", ".join(f"{key}={logged[key]}" for key in changed)
+            + f" but params.yaml now says {', '.join(f'{k}={params[k]}' for k in changed)}: "
+            "retrain (dvc repro) instead of replaying")
+    missing = [Param(key, value) for key, value in params.items() if key not in logged]
+    if missing:
+        client.log_batch(run.info.run_id, params=missing)
+    return len(missing)
+
+
+def _has_model(client: MlflowClient, run: Run) -> bool:
+    """A model whose upload finished (one cut off by the outage stays PENDING)."""
+    models = client.search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run.info.run_id}'")
+    return any(model.status == LoggedModelStatus.READY for model in models)
