@@ -1,5 +1,6 @@
 """Tracking faults with real processes: a tracking server stopped mid-training (the training
-finishes, `ablations replay` completes the run later)."""
+finishes, `ablations replay` completes the run later) and concurrent trainings on one SQLite
+store."""
 
 import os
 import signal
@@ -163,3 +164,27 @@ def test_replay_with_the_server_down_is_a_one_line_error(tmp_path):
     assert done.stderr.startswith("error: MLFLOW_TRACKING_URI=http://127.0.0.1:")
     assert len(done.stderr.splitlines()) == 1
 
+
+def test_concurrent_trainings_share_one_sqlite_store(tmp_path):
+    """4 processes create the store, the experiment and their runs at the same moment."""
+    names = ["a", "b", "c", "d"]
+    data = write_prepared(tmp_path / "data")
+    params = write_params(tmp_path, names)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    trainings = [
+        subprocess.Popen(train_command(params, name, data, tmp_path / name, tmp_path / f"ckpt-{name}"),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(uri))
+        for name in names
+    ]
+    errors = [training.communicate(timeout=300)[1] for training in trainings]
+    for training, error in zip(trainings, errors):
+        assert training.returncode == 0, error[-3000:]
+        assert "database is locked" not in error and "ablations: warning" not in error, error[-3000:]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("unit").experiment_id])
+    assert sorted(run.data.tags["variant"] for run in runs) == names
+    for run in runs:
+        assert run.info.status == "FINISHED"
+        for key in FIELDS[1:]:
+            assert _steps(client, run.info.run_id, key) == [1, 2, 3], (run.data.tags["variant"], key)
+        assert read_json(tmp_path / run.data.tags["variant"] / "run.json")["tracking_complete"] is True

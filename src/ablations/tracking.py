@@ -12,15 +12,22 @@ warning and skips MLflow afterwards; `ablations replay` (replay.py) completes th
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 import mlflow
 from mlflow.entities import Metric
@@ -91,7 +98,25 @@ def use_experiment(study: str) -> str:
     uri = tracking_uri()
     check_server(uri)
     mlflow.set_tracking_uri(uri)
-    return mlflow.set_experiment(study).experiment_id
+    with _first_use_lock(uri):
+        return mlflow.set_experiment(study).experiment_id
+
+
+@contextlib.contextmanager
+def _first_use_lock(uri: str) -> Iterator[None]:
+    """Processes opening one SQLite store take turns while MLflow creates its tables (a run of
+    database migrations) and the study's experiment: trainings started together would fail
+    both ("Online migration expected to match one row", UNIQUE constraint). Servers and other
+    databases handle their own concurrency. The lock file lives in the temp folder, not in
+    the repo."""
+    if not uri.startswith("sqlite:///") or fcntl is None:
+        yield
+        return
+    database = Path(uri.removeprefix("sqlite:///").split("?")[0]).resolve()
+    key = hashlib.sha256(str(database).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"ablations-mlflow-{key}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def _git_commit() -> str | None:
