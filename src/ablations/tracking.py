@@ -12,13 +12,11 @@ warning and skips MLflow afterwards; `ablations replay` (replay.py) completes th
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -107,16 +105,19 @@ def _first_use_lock(uri: str) -> Iterator[None]:
     """Processes opening one SQLite store take turns while MLflow creates its tables (a run of
     database migrations) and the study's experiment: trainings started together would fail
     both ("Online migration expected to match one row", UNIQUE constraint). Servers and other
-    databases handle their own concurrency. The lock file lives in the temp folder, not in
-    the repo."""
+    databases handle their own concurrency. The lock is on the store's folder: no lock file
+    is left behind (deleting one safely is not possible)."""
     if not uri.startswith("sqlite:///") or fcntl is None:
         yield
         return
-    database = Path(uri.removeprefix("sqlite:///").split("?")[0]).resolve()
-    key = hashlib.sha256(str(database).encode()).hexdigest()[:16]
-    with open(Path(tempfile.gettempdir()) / f"ablations-mlflow-{key}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    folder = Path(uri.removeprefix("sqlite:///").split("?")[0]).resolve().parent
+    folder.mkdir(parents=True, exist_ok=True)  # as MLflow would
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
         yield
+    finally:
+        os.close(handle)  # releases the lock
 
 
 def _git_commit() -> str | None:
