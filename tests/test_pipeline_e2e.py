@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,37 @@ def test_second_repro_is_a_no_op_and_one_variant_edit_reruns_only_it(pipeline):
     changed = set(json.loads(status))
     # validate re-checks any params.yaml edit; its output is constant, so it triggers nothing.
     assert changed == {"validate", "train_batchnorm@relu-bn", "evaluate@batchnorm"}, changed
+
+
+def test_queued_experiments_run_two_at_once_and_keep_every_mlflow_run(pipeline):
+    """`dvc exp run --queue` + `dvc queue start -j 2`: the stages run in copies of the repo
+    under .dvc/tmp/exps, and their MLflow runs still land in the repo's own store."""
+    repo, env, _ = pipeline
+    run(["git", "checkout", "params.yaml"], repo, env)
+    run(["git", "add", "-A"], repo, env)  # the lock of the first repro: experiments reuse it
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "repro"], repo, env)
+    rates = ("0.002", "0.003")
+    for rate in rates:
+        run(["dvc", "exp", "run", "--queue", "-n", f"lr-{rate}",
+             "-S", f"+studies.batchnorm.variants.relu.learning_rate={rate}"], repo, env)
+    run(["dvc", "queue", "start", "-j", "2"], repo, env)
+    deadline = time.time() + 400
+    while time.time() < deadline:
+        status = run(["dvc", "queue", "status"], repo, env).stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    assert status.count("Success") == len(rates), status
+
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("batchnorm")
+    runs = client.search_runs([experiment.experiment_id], "tags.variant = 'relu'")
+    by_experiment = {r.data.tags.get("dvc_exp_name"): r for r in runs}
+    assert {f"lr-{rate}" for rate in rates} <= set(by_experiment), by_experiment.keys()
+    for rate in rates:
+        kept = by_experiment[f"lr-{rate}"]
+        assert kept.info.status == "FINISHED" and kept.data.params["learning_rate"] == rate
+        steps = [m.step for m in client.get_metric_history(kept.info.run_id, "val_loss")]
+        assert steps == list(range(1, EPOCHS + 1))
