@@ -69,7 +69,7 @@ def _metrics(history_csv):
 def uninterrupted(tmp_path_factory):
     """Data and the metrics of the same training run without interruption."""
     folder = tmp_path_factory.mktemp("reference")
-    data = write_prepared(folder / "data", n=2048, size=16)
+    data = write_prepared(folder / "data", n=1024, size=16)
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}"}
     command = _train_command(folder, data, folder / "out", folder / "ckpt")
     done = subprocess.run(command, capture_output=True, text=True, env=env)
