@@ -53,20 +53,24 @@ def variant(**overrides):
     return Variant(**{**base, **overrides})
 
 
-def write_params(folder, variants=("v",), **defaults):
-    """folder/params.yaml: one study `unit` of `variants` (names, all = variant(**defaults))."""
+def write_params(folder, variants=("v",), seeds=(7,), overrides=None, **defaults):
+    """folder/params.yaml: one study `unit` on prepared data `d`, whose variants (all =
+    variant(**defaults), plus `overrides[name]`) run once per seed; the first is the baseline."""
+    study_defaults = {k: v for k, v in variant(**defaults).model_dump().items() if k != "seed"}
     params = {"data": {"raw": ["fashion_mnist"], "prepared": {"d": {"source": "fashion_mnist",
               "scaling": "zero_one"}}},
               "studies": {"unit": {"question": "?", "data": "d", "target_val_accuracy": 0.9,
-                                   "defaults": variant(**defaults).model_dump(),
-                                   "variants": {name: {} for name in variants}}},
+                                   "seeds": list(seeds), "baseline": variants[0],
+                                   "defaults": study_defaults,
+                                   "variants": {name: (overrides or {}).get(name, {})
+                                                for name in variants}}},
               "polyfit": {"coefficients": [1.0, 2.0], "noise": 0.1, "n": 20, "x_range": [0, 1],
                           "max_degree": 2, "folds": 2, "seed": 0}}
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
     return folder / "params.yaml"
 
 
-def train_command(params, name, data, out, checkpoint):
-    """The real CLI command that trains variant `name` of study `unit`."""
-    return [sys.executable, "-m", "ablations.cli", "--params", str(params), "train", "unit", name,
-            "--data", str(data), "--out", str(out), "--checkpoint", str(checkpoint)]
+def train_command(params, data_root, out, checkpoints, *variants):
+    """The real CLI command that trains study `unit` (data_root holds prepared dataset `d`)."""
+    return [sys.executable, "-m", "ablations.cli", "--params", str(params), "train", "unit",
+            *variants, "--data", str(data_root), "--out", str(out), "--checkpoints", str(checkpoints)]

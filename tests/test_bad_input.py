@@ -68,6 +68,14 @@ CONFIG_CASES = {
                                    ["cannot take (4, 4, 1)", "data.prepared.fmnist_pm1.size"]),
     "unknown prepared data": (lambda p: study(p).update(data="cifar"), ["studies.batchnorm.data"]),
     "polyfit folds": (lambda p: p["polyfit"].update(folds=1), ["polyfit.folds"]),
+    "baseline not a variant": (lambda p: study(p).update(baseline="sigmoid"),
+                               ["studies.batchnorm", "baseline 'sigmoid'", "relu-bn"]),
+    "seed set per variant": (lambda p: study(p)["variants"]["relu"].update(seed=3),
+                             ["relu.seed", "`seeds`"]),
+    "init_from no such variant": (lambda p: study(p)["variants"]["relu"].update(init_from="vgg"),
+                                  ["variants.relu.init_from", "'vgg'", "tanh-bn"]),
+    "classes repeated": (lambda p: p["data"]["prepared"]["fmnist_pm1"].update(classes=[1, 1]),
+                         ["data.prepared.fmnist_pm1", "classes must be distinct"]),
 }
 
 
@@ -96,8 +104,8 @@ def test_malformed_yaml(tmp_path):
 
 def test_unknown_variant_on_the_command_line(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(BASE))
-    result = ablations("train", "batchnorm", "relu-typo", "--data", "d", "--out", "m",
-                       "--checkpoint", "c", cwd=tmp_path)
+    result = ablations("train", "batchnorm", "relu", "relu-typo", "--data", "d", "--out", "m",
+                       "--checkpoints", "c", cwd=tmp_path)
     assert_clean_failure(result, "studies.batchnorm.variants.relu-typo", "relu-bn", absent=[tmp_path / "m"])
 
 
@@ -121,6 +129,7 @@ def write_mnist_like(folder: Path, images: bytes | None = None) -> None:
 def split_params(tmp_path, source="mnist"):
     params = copy.deepcopy(BASE)
     params["data"] = {"raw": [source], "prepared": {"d": {"source": source, "scaling": "zero_one"}}}
+    params["studies"] = {"batchnorm": study(params)}
     study(params)["data"] = "d"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
 
@@ -160,7 +169,8 @@ def test_cifar_binary_of_wrong_length(tmp_path):
 def test_missing_dataset_with_no_source_says_where_to_put_files(tmp_path):
     params = copy.deepcopy(BASE)
     params["data"]["raw"] = ["mnist"]
-    params["data"]["prepared"]["fmnist_pm1"]["source"] = "mnist"
+    for prepared in params["data"]["prepared"].values():
+        prepared["source"] = "mnist"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     mirror = tmp_path / "mirror"
     (mirror / "mnist").mkdir(parents=True)

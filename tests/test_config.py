@@ -27,7 +27,17 @@ def test_repo_params_resolve_every_variant(repo_params):
     assert len(study.variants) == 8
     cfg = repo_params.variant("batchnorm", "tanh-bn-dropout")
     assert (cfg.activation, cfg.norm, cfg.dropout) == ("tanh", "before", 0.5)
-    assert cfg.batch_size == 256  # from the study defaults
+    assert cfg.batch_size == 128 and cfg.seed == 0  # from the study defaults and seeds
+    assert repo_params.variant("batchnorm", "relu", seed=2).seed == 2
+    assert len(study.units()) == 8 * len(study.seeds)
+
+
+def test_transfer_sources_train_first_and_variant_data(repo_params):
+    transfer = repo_params.studies["transfer"]
+    assert [variant for variant, _ in transfer.units()][: len(transfer.seeds)] == ["source"] * len(transfer.seeds)
+    assert repo_params.variant_data("transfer", "source") == "fmnist_source"
+    assert repo_params.variant_data("transfer", "finetune") == "fmnist_target"
+    assert repo_params.input_shape("fmnist_target") == ((28, 28, 1), 5)
 
 
 @pytest.mark.parametrize("mutate, expected", [

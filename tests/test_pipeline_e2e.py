@@ -26,12 +26,24 @@ pytestmark = pytest.mark.skipif(not FASHION.exists(), reason="needs Debian's dat
 
 
 def shrink(params: dict) -> dict:
-    data = params["data"]["prepared"]["fmnist_pm1"]
-    data.update(max_train=400, max_test=200)
-    study = params["studies"]["batchnorm"]
-    study["defaults"].update(epochs=EPOCHS, batch_size=64, conv_filters=[4, 8], dense_units=[16])
-    study["variants"] = {"relu": {}, "relu-bn": {"norm": "before"}}
-    study["target_val_accuracy"] = 0.3
+    """Two studies of the real params.yaml, cut down: batchnorm (2 variants x 2 seeds) and
+    transfer (pretraining on one class subset, fine-tuning on another)."""
+    prepared = params["data"]["prepared"]
+    params["data"]["prepared"] = {name: prepared[name]
+                                  for name in ("fmnist_pm1", "fmnist_source", "fmnist_target")}
+    for data in params["data"]["prepared"].values():
+        data.update(max_train=300, max_val=200, max_test=200)
+    params["studies"] = {name: params["studies"][name] for name in ("batchnorm", "transfer")}
+    for study in params["studies"].values():
+        study["defaults"].update(epochs=EPOCHS, batch_size=64, dense_units=[16])
+        study["target_val_accuracy"] = 0.3
+    batchnorm, transfer = params["studies"]["batchnorm"], params["studies"]["transfer"]
+    batchnorm["defaults"]["conv_filters"] = [4, 8]
+    batchnorm["variants"] = {"relu": {}, "relu-bn": {"norm": "before"}}
+    batchnorm["seeds"] = [0, 1]
+    transfer["variants"] = {name: transfer["variants"][name] for name in ("source", "scratch", "finetune")}
+    transfer["variants"]["source"]["epochs"] = 1
+    transfer["seeds"] = [0]
     params["polyfit"].update(max_degree=4, n=60, folds=3)
     return params
 
@@ -69,14 +81,18 @@ def pipeline(tmp_path_factory):
 def test_stages_ran_and_lock_records_them(pipeline):
     repo, _, _ = pipeline
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-    for stage in ("download@fashion_mnist", "split@fmnist_pm1", "standardize@fmnist_pm1",
-                  "train_batchnorm@relu", "train_batchnorm@relu-bn", "evaluate@batchnorm",
-                  "plot@batchnorm", "polyfit"):
+    for stage in ("download@fashion_mnist", "split@fmnist_pm1", "standardize@fmnist_target",
+                  "train@batchnorm", "train@transfer", "evaluate@batchnorm", "evaluate@transfer",
+                  "report", "polyfit"):
         assert stage in lock, stage
     for name in ("relu", "relu-bn"):
-        folder = repo / "models" / "batchnorm" / name
-        assert {"model.keras", "history.csv", "run.json"} <= {p.name for p in folder.iterdir()}
-    assert not (repo / "checkpoints" / "batchnorm" / "relu").exists()  # cleaned after success
+        for seed in (0, 1):
+            folder = repo / "models" / "batchnorm" / name / f"seed{seed}"
+            assert {"model.keras", "history.csv", "run.json", "test_predictions.npy"} <= {
+                p.name for p in folder.iterdir()}
+    assert not list((repo / "checkpoints").rglob("*.csv"))  # cleaned after success
+    labels = json.loads((repo / "data" / "prepared" / "fmnist_target" / "classes.json").read_text())
+    assert labels == ["Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
 def test_metrics_and_plots(pipeline):
@@ -105,7 +121,7 @@ def test_mlflow_runs_have_params_history_and_a_loadable_model(pipeline):
     client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("batchnorm")
     runs = client.search_runs([experiment.experiment_id], "tags.variant = 'relu-bn'")
-    assert len(runs) == 1
+    assert sorted(r.info.run_name for r in runs) == ["relu-bn/seed0", "relu-bn/seed1"]
     run_ = runs[0]
     assert run_.info.status == "FINISHED"
     assert run_.data.params["norm"] == "before" and run_.data.params["epochs"] == str(EPOCHS)
@@ -131,7 +147,9 @@ def test_second_repro_is_a_no_op_and_one_variant_edit_reruns_only_it(pipeline):
     status = run(["dvc", "status", "--json"], repo, env).stdout
     changed = set(json.loads(status))
     # validate re-checks any params.yaml edit; its output is constant, so it triggers nothing.
-    assert changed == {"validate", "train_batchnorm@relu-bn", "evaluate@batchnorm"}, changed
+    assert changed == {"validate", "train@batchnorm", "evaluate@batchnorm"}, changed
+    second = run(["dvc", "repro"], repo, env)
+    assert "train batchnorm: 2 to train, 2 current, 0 removed" in second.stdout  # relu kept
 
 
 def test_queued_experiments_run_two_at_once_and_keep_every_mlflow_run(pipeline):

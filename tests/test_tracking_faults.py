@@ -88,7 +88,7 @@ def _steps(client, run_id, key):
 
 def _replay(params, out, uri):
     command = [sys.executable, "-m", "ablations.cli", "--params", str(params),
-               "replay", "unit", "v", "--out", str(out)]
+               "replay", "unit", "v", "--seed", "7", "--out", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, env=_env(uri), timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -101,12 +101,13 @@ def _wait_for(condition, process, seconds=90):
 
 
 def test_server_stopped_mid_training_then_replay(tmp_path, server):
-    data = write_prepared(tmp_path / "data", n=1024, size=16)
+    write_prepared(tmp_path / "data" / "d", n=1024, size=16)
     params = write_params(tmp_path, epochs=EPOCHS, batch_size=8)
-    out, checkpoint = tmp_path / "out", tmp_path / "ckpt"
+    out, checkpoint = tmp_path / "out" / "v" / "seed7", tmp_path / "ckpt" / "v" / "seed7"
     stderr = tmp_path / "train.err"
     with open(stderr, "w") as errors:
-        training = subprocess.Popen(train_command(params, "v", data, out, checkpoint),
+        command = train_command(params, tmp_path / "data", tmp_path / "out", tmp_path / "ckpt")
+        training = subprocess.Popen(command,
                                     stdout=subprocess.DEVNULL, stderr=errors, env=_env(server.uri))
         _wait_for(lambda: read_history(checkpoint / "history.csv"), training)
         server.stop()
@@ -120,8 +121,9 @@ def test_server_stopped_mid_training_then_replay(tmp_path, server):
     # The training finished and kept everything; one warning says how to complete the run.
     warnings = [line for line in stderr.read_text().splitlines() if "ablations: warning" in line]
     assert len(warnings) == 1, stderr.read_text()[-3000:]
-    assert f"ablations replay unit v --out {out}" in warnings[0]
-    assert {p.name for p in out.iterdir()} == {"model.keras", "history.csv", "run.json"}
+    assert f"ablations replay unit v --seed 7 --out {out}" in warnings[0]
+    assert {p.name for p in out.iterdir()} == {
+        "model.keras", "history.csv", "run.json", "test_predictions.npy"}
     assert [row["epoch"] for row in read_history(out / "history.csv")] == list(range(1, EPOCHS + 1))
     info = read_json(out / "run.json")
     assert info["tracking_complete"] is False
@@ -168,11 +170,12 @@ def test_replay_with_the_server_down_is_a_one_line_error(tmp_path):
 def test_concurrent_trainings_share_one_sqlite_store(tmp_path):
     """4 processes create the store, the experiment and their runs at the same moment."""
     names = ["a", "b", "c", "d"]
-    data = write_prepared(tmp_path / "data")
+    write_prepared(tmp_path / "data" / "d")
     params = write_params(tmp_path, names)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     trainings = [
-        subprocess.Popen(train_command(params, name, data, tmp_path / name, tmp_path / f"ckpt-{name}"),
+        subprocess.Popen(train_command(params, tmp_path / "data", tmp_path / "out",
+                                       tmp_path / "ckpt", name),
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(uri))
         for name in names
     ]
@@ -187,4 +190,5 @@ def test_concurrent_trainings_share_one_sqlite_store(tmp_path):
         assert run.info.status == "FINISHED"
         for key in FIELDS[1:]:
             assert _steps(client, run.info.run_id, key) == [1, 2, 3], (run.data.tags["variant"], key)
-        assert read_json(tmp_path / run.data.tags["variant"] / "run.json")["tracking_complete"] is True
+        unit = tmp_path / "out" / run.data.tags["variant"] / "seed7"
+        assert read_json(unit / "run.json")["tracking_complete"] is True

@@ -8,57 +8,112 @@ import time
 import mlflow
 import numpy as np
 import pytest
-from conftest import train_command, variant, write_params, write_prepared
+from conftest import train_command, write_params, write_prepared
 
+from ablations.config import load_params
 from ablations.history import read_history
 from ablations.io import read_json
-from ablations.training import train
+from ablations.training import train_study
+from ablations.units import plan, remove_stale
+
+
+def _train(tmp_path, params_path, *only):
+    """Train study `unit` of `params_path` the way `ablations train` does; return the trained
+    units' run ids."""
+    units = plan(load_params(params_path), "unit", tmp_path / "data", tmp_path / "out",
+                 tmp_path / "ckpt", only=list(only) or None)
+    if not only:
+        remove_stale(tmp_path / "out", units)
+    return train_study("unit", [unit for unit in units if not unit.is_current()])
+
+
+def _info(tmp_path, name, seed=7):
+    return read_json(tmp_path / "out" / name / f"seed{seed}" / "run.json")
+
 
 def test_outputs_run_and_history(tmp_path, tracking_store):
-    data = write_prepared(tmp_path / "data")
-    run_id = train("unit", "v", variant(), data, tmp_path / "out", tmp_path / "ckpt")
-    assert {p.name for p in (tmp_path / "out").iterdir()} == {"model.keras", "history.csv", "run.json"}
-    assert [row["epoch"] for row in read_history(tmp_path / "out" / "history.csv")] == [1, 2, 3]
-    assert not (tmp_path / "ckpt").exists()
+    write_prepared(tmp_path / "data" / "d")
+    [run_id] = _train(tmp_path, write_params(tmp_path, norm="before"))
+    out = tmp_path / "out" / "v" / "seed7"
+    assert {p.name for p in out.iterdir()} == {
+        "model.keras", "history.csv", "run.json", "test_predictions.npy", "bn_params.npz"}
+    assert [row["epoch"] for row in read_history(out / "history.csv")] == [1, 2, 3]
+    info = _info(tmp_path, "v")
+    predictions = np.load(out / "test_predictions.npy")
+    labels = np.load(tmp_path / "data" / "d" / "y_test.npy")
+    assert info["test_accuracy"] == pytest.approx(np.mean(predictions == labels))
+    assert info["test_accuracy"] > 0.5 and info["seed"] == 7 and info["tracking_complete"]
+    bn = np.load(out / "bn_params.npz")
+    assert {"block1_bn/gamma", "block1_bn/beta", "fc1_bn/gamma"} <= set(bn.files)
+    assert not (tmp_path / "ckpt").exists() or not any((tmp_path / "ckpt").rglob("*.csv"))
     run = mlflow.MlflowClient(tracking_store).get_run(run_id)
-    assert run.info.status == "FINISHED"
+    assert run.info.status == "FINISHED" and run.info.run_name == "v/seed7"
     assert run.data.tags["study"] == "unit" and run.data.tags["diverged"] == "false"
-    assert run.data.params["dropout"] == "0.2"
+    assert run.data.params["dropout"] == "0.2" and run.data.params["seed"] == "7"
+    assert run.data.metrics["test_accuracy"] == pytest.approx(info["test_accuracy"])
 
 
-def test_same_seed_gives_identical_history(tmp_path, tracking_store):
-    data = write_prepared(tmp_path / "data")
-    histories = []
-    for attempt in ("a", "b"):
-        train("unit", attempt, variant(), data, tmp_path / attempt, tmp_path / f"ckpt-{attempt}")
-        rows = read_history(tmp_path / attempt / "history.csv")
-        histories.append([(r["loss"], r["val_accuracy"]) for r in rows])
-    assert histories[0] == histories[1]
+def test_same_seed_identical_other_seed_different(tmp_path, tracking_store):
+    write_prepared(tmp_path / "data" / "d")
+    _train(tmp_path, write_params(tmp_path, ["a", "b"], seeds=[7, 8]))
+    history = {(name, seed): [(r["loss"], r["val_accuracy"]) for r in read_history(
+        tmp_path / "out" / name / f"seed{seed}" / "history.csv")] for name in "ab" for seed in (7, 8)}
+    assert history["a", 7] == history["b", 7]
+    assert history["a", 7] != history["a", 8]
+
+
+def test_only_changed_units_retrain_and_removed_ones_go(tmp_path, tracking_store):
+    """The stage's output persists: a unit whose config, data and code are unchanged is kept."""
+    write_prepared(tmp_path / "data" / "d")
+    assert len(_train(tmp_path, write_params(tmp_path, ["a", "b", "c"]))) == 3
+    before = {name: _info(tmp_path, name) for name in "abc"}
+    assert _train(tmp_path, write_params(tmp_path, ["a", "b", "c"])) == []  # all current
+    changed = write_params(tmp_path, ["a", "b"], seeds=[7, 9], overrides={"b": {"dropout": 0.0}})
+    retrained = _train(tmp_path, changed)
+    assert len(retrained) == 3  # b/seed7 (changed config), a/seed9 and b/seed9 (new seed)
+    assert _info(tmp_path, "a") == before["a"]  # kept as it was
+    assert _info(tmp_path, "b")["run_id"] != before["b"]["run_id"]
+    assert not (tmp_path / "out" / "c").exists()  # no longer in the study
+
+
+def test_transfer_starts_from_the_source_and_freezes_it(tmp_path, tracking_store):
+    import keras
+
+    write_prepared(tmp_path / "data" / "d")
+    params = write_params(tmp_path, ["source", "frozen"],
+                          overrides={"frozen": {"init_from": "source", "freeze": True}})
+    _train(tmp_path, params, "frozen")  # trains its source first
+    load = lambda name: keras.saving.load_model(tmp_path / "out" / name / "seed7" / "model.keras")
+    source, frozen = load("source"), load("frozen")
+    for layer in ("block1_conv", "fc1_dense"):
+        for mine, theirs in zip(frozen.get_layer(layer).get_weights(), source.get_layer(layer).get_weights()):
+            np.testing.assert_array_equal(mine, theirs)  # copied, then kept fixed
+    assert not np.array_equal(frozen.get_layer("head").get_weights()[0],
+                              source.get_layer("head").get_weights()[0])
 
 
 def test_a_crash_inside_training_leaves_the_run_failed_and_no_output(tmp_path, tracking_store):
-    data = write_prepared(tmp_path / "data")
+    data = write_prepared(tmp_path / "data" / "d")
     np.save(data / "x_val.npy", np.zeros((4, 5, 5, 1), np.float32))  # wrong image size
     with pytest.raises(Exception):
-        train("unit", "broken", variant(), data, tmp_path / "out", tmp_path / "ckpt")
+        _train(tmp_path, write_params(tmp_path, ["broken"]))
     runs = mlflow.MlflowClient(tracking_store).search_runs(
         [mlflow.get_experiment_by_name("unit").experiment_id])
     assert [r.info.status for r in runs] == ["FAILED"]
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out" / "broken" / "seed7").exists()
 
 
 def test_diverging_variant_is_recorded_not_crashed(tmp_path, tracking_store):
-    data = write_prepared(tmp_path / "data")
-    run_id = train("unit", "ones", variant(learning_rate=1e6, optimizer="sgd"), data,
-                   tmp_path / "out", tmp_path / "ckpt")
-    assert read_json(tmp_path / "out" / "run.json")["diverged"] is True
+    write_prepared(tmp_path / "data" / "d")
+    [run_id] = _train(tmp_path, write_params(tmp_path, ["ones"], learning_rate=1e6, optimizer="sgd"))
+    assert _info(tmp_path, "ones")["diverged"] is True
     assert mlflow.MlflowClient(tracking_store).get_run(run_id).data.tags["diverged"] == "true"
 
 
-def _train_command(tmp_path, data, out, checkpoint):
+def _train_command(tmp_path, data_root):
     """The real CLI train command of a 6-epoch variant with dropout and BN."""
     params = write_params(tmp_path, epochs=6, batch_size=8, norm="after")
-    return train_command(params, "v", data, out, checkpoint)
+    return train_command(params, data_root, tmp_path / "out", tmp_path / "ckpt")
 
 
 def _metrics(history_csv):
@@ -69,12 +124,11 @@ def _metrics(history_csv):
 def uninterrupted(tmp_path_factory):
     """Data and the metrics of the same training run without interruption."""
     folder = tmp_path_factory.mktemp("reference")
-    data = write_prepared(folder / "data", n=1024, size=16)
+    write_prepared(folder / "data" / "d", n=1024, size=16)
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}"}
-    command = _train_command(folder, data, folder / "out", folder / "ckpt")
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    done = subprocess.run(_train_command(folder, folder / "data"), capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    return data, _metrics(folder / "out" / "history.csv")
+    return folder / "data", _metrics(folder / "out" / "v" / "seed7" / "history.csv")
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
@@ -83,9 +137,9 @@ def test_interrupted_training_resumes_to_identical_metrics(tmp_path, tracking_st
     """A real process stopped after an epoch: the rerun resumes into the same MLflow run and
     ends with exactly the metrics of a training that was never interrupted."""
     data, reference = uninterrupted
-    command = _train_command(tmp_path, data, tmp_path / "out", tmp_path / "ckpt")
+    command = _train_command(tmp_path, data)
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    history = tmp_path / "ckpt" / "history.csv"
+    history = tmp_path / "ckpt" / "v" / "seed7" / "history.csv"
     deadline = time.time() + 240
     while len(read_history(history)) < 2 and time.time() < deadline and process.poll() is None:
         time.sleep(0.1)
@@ -96,8 +150,8 @@ def test_interrupted_training_resumes_to_identical_metrics(tmp_path, tracking_st
     resumed = subprocess.run(command, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Epoch {done_before + 1}/6" in resumed.stdout + resumed.stderr  # resumed, not restarted
-    assert _metrics(tmp_path / "out" / "history.csv") == reference  # bit-identical
-    run_id = read_json(tmp_path / "out" / "run.json")["run_id"]
+    assert _metrics(tmp_path / "out" / "v" / "seed7" / "history.csv") == reference  # bit-identical
+    run_id = _info(tmp_path, "v")["run_id"]
     client = mlflow.MlflowClient(tracking_store)
     steps = [m.step for m in client.get_metric_history(run_id, "val_loss")]
     assert sorted(steps) == [1, 2, 3, 4, 5, 6]  # no duplicate, no missing epoch

@@ -26,22 +26,30 @@ def cmd_validate(args) -> None:
     from ablations.io import write_json
 
     params = _params(args)
-    from ablations.models.blocks import build_optimizer  # imports Keras
-    from ablations.models.zoo import build_model
+    from ablations.models.blocks import activation_layer, build_optimizer, weight_options
+    from ablations.models.zoo import build_model  # imports Keras
 
+    built = set()  # architectures × image shapes built so far: building is what takes time
     for study, spec in params.studies.items():
-        shape, classes = params.input_shape(study)
         for name in spec.variants:
             cfg, where = params.variant(study, name), f"studies.{study}.variants.{name}"
-            try:  # building resolves every Keras name (activation, initializer, ...)
+            data = params.variant_data(study, name)
+            shape, classes = params.input_shape(data)
+            architecture = (cfg.model, tuple(cfg.conv_filters), cfg.kernel_size, cfg.padding,
+                            tuple(cfg.dense_units), shape)
+            try:  # every Keras name (activation, initializer, ...) resolved for every variant
+                activation_layer(cfg.activation, "check")
+                weight_options(cfg)
                 build_optimizer(cfg)
-                build_model(cfg, shape, classes)
+                if architecture not in built:  # and each network built once, to check shapes
+                    build_model(cfg, shape, classes)
+                    built.add(architecture)
             except AblationsError as error:
                 raise AblationsError(f"{where}: {error}") from None
             except ValueError as error:
                 raise AblationsError(
                     f"{where}: the model cannot take {shape} images (data.prepared."
-                    f"{spec.data}.size): {str(error).splitlines()[0]}") from None
+                    f"{data}.size): {str(error).splitlines()[0]}") from None
     # Constant content: downstream stages re-run for their own params, not for this file.
     write_json(Path(args.out), {"params": "valid"})
 
@@ -75,33 +83,48 @@ def _prepared(args):
 
 
 def cmd_train(args) -> None:
-    params = _params(args)
-    cfg = params.variant(args.study, args.variant)
-    from ablations.training import train  # imports Keras: after the params are known good
+    """Train every (variant, seed) of a study whose outputs are not current, or only VARIANTs."""
+    from ablations import units
 
-    train(args.study, args.variant, cfg, Path(args.data), Path(args.out), Path(args.checkpoint))
+    params = _params(args)
+    if args.study not in params.studies:
+        raise AblationsError(f"studies.{args.study}: no such study (have {sorted(params.studies)})")
+    planned = units.plan(params, args.study, Path(args.data), Path(args.out),
+                         Path(args.checkpoints), only=args.variants)
+    removed = [] if args.variants else units.remove_stale(Path(args.out), planned)
+    todo = [unit for unit in planned if not unit.is_current()]
+    print(f"train {args.study}: {len(todo)} to train, {len(planned) - len(todo)} current, "
+          f"{len(removed)} removed", flush=True)
+    if todo:
+        from ablations.training import train_study  # imports Keras: only when there is work
+
+        train_study(args.study, todo)
 
 
 def cmd_replay(args) -> None:
-    """Complete a variant's MLflow run from its train outputs after a tracking outage."""
-    cfg = _params(args).variant(args.study, args.variant)
+    """Complete a unit's MLflow run from its train outputs after a tracking outage."""
+    params = _params(args)
+    seed = params.studies[args.study].seeds[0] if args.seed is None else args.seed
+    cfg = params.variant(args.study, args.variant, seed)
     from ablations.replay import replay
 
     replay(args.study, args.variant, cfg, Path(args.out))
 
 
 def cmd_evaluate(args) -> None:
+    """Statistics over seeds, verdicts and figures of one study (no Keras import)."""
     from ablations.evaluate import evaluate_study
 
     params = _params(args)
-    evaluate_study(params, args.study, Path(args.models), Path(args.data), Path(args.metrics))
+    evaluate_study(params, args.study, Path(args.models), Path(args.data), Path(args.metrics),
+                   Path(args.plots))
 
 
-def cmd_plot(args) -> None:
-    from ablations.plots import plot_study
+def cmd_report(args) -> None:
+    """reports/index.html: every study's question, table, figures and verdict on one page."""
+    from ablations.report import build_report
 
-    _params(args)
-    plot_study(args.study, Path(args.models), Path(args.metrics), Path(args.out))
+    build_report(_params(args), Path(args.metrics), Path(args.plots), Path(args.out))
 
 
 def cmd_polyfit(args) -> None:
@@ -122,22 +145,26 @@ def _parser() -> argparse.ArgumentParser:
         for argument in arguments:
             command.add_argument(argument)
         command.set_defaults(func=func)
+        return command
 
     stage("validate", cmd_validate, "--out")
     stage("download", cmd_download, "dataset", "--out")
     stage("split", cmd_split, "name", "--raw", "--out")
     stage("standardize", cmd_standardize, "name", "--split", "--out")
-    stage("train", cmd_train, "study", "variant", "--data", "--out", "--checkpoint")
-    stage("replay", cmd_replay, "study", "variant", "--out")
-    stage("evaluate", cmd_evaluate, "study", "--models", "--data", "--metrics")
-    stage("plot", cmd_plot, "study", "--models", "--metrics", "--out")
+    train = stage("train", cmd_train, "study", "--data", "--out", "--checkpoints")
+    train.add_argument("variants", nargs="*", metavar="variant",
+                       help="train only these variants (default: all, and remove stale ones)")
+    replay = stage("replay", cmd_replay, "study", "variant", "--out")
+    replay.add_argument("--seed", type=int, help="which seed's run (default: the study's first)")
+    stage("evaluate", cmd_evaluate, "study", "--models", "--data", "--metrics", "--plots")
+    stage("report", cmd_report, "--metrics", "--plots", "--out")
     stage("polyfit", cmd_polyfit, "--metrics", "--plot")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    missing = [k for k, v in vars(args).items() if v is None]
+    missing = [k for k, v in vars(args).items() if v is None and k != "seed"]
     if missing:
         print(f"error: missing option(s): {', '.join('--' + m for m in missing)}", file=sys.stderr)
         return 2

@@ -38,8 +38,18 @@ class PreparedData(Strict):
     size: PositiveInt | None = None  # pad/resize images to size x size pixels; None keeps them
     val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
     max_train: PositiveInt | None = None  # cap on training images (stratified); None = all
+    max_val: PositiveInt | None = None  # validation is run every epoch: a cap saves time
     max_test: PositiveInt | None = None
+    # Keep only these classes, relabelled 0..k-1 in this order (e.g. a transfer source/target
+    # pair from one dataset); None keeps every class.
+    classes: list[Annotated[int, Field(ge=0)]] | None = None
     seed: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _classes_distinct(self) -> PreparedData:
+        if self.classes is not None and len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes must be distinct (got {self.classes})")
+        return self
 
 
 class DataConfig(Strict):
@@ -60,7 +70,8 @@ class DataConfig(Strict):
 class Variant(Strict):
     """Everything one training can change; study defaults ⊕ variant overrides."""
 
-    model: Literal["cnn"] = "cnn"
+    model: Literal["cnn", "alexnet", "resnet50", "xception"] = "cnn"
+    data: str | None = None  # a key of data.prepared; None = the study's data
     conv_filters: list[PositiveInt]  # one conv block per entry, each followed by max-pooling
     kernel_size: PositiveInt = 3
     padding: Literal["same", "valid"] = "same"
@@ -82,21 +93,48 @@ class Variant(Strict):
     lr_schedule: Literal["constant", "cosine"] = "constant"
     epochs: PositiveInt
     batch_size: PositiveInt
-    seed: Annotated[int, Field(ge=0)] = 0
+    # Transfer: start from the weights of variant `init_from` of the same study (same seed,
+    # trained first), all layers but the head; `freeze` keeps those layers fixed.
+    init_from: str | None = None
+    freeze: bool = False
+    # Pretrained backbone weights from a local file (e.g. Xception ImageNet .h5), checked
+    # against its sha256 before loading; None = random initialization.
+    weights_file: str | None = None
+    weights_sha256: str | None = None
+    mixed_precision: bool = False  # float16 compute (GPU runs); float32 variables either way
+    seed: Annotated[int, Field(ge=0)] = 0  # set per run from the study's `seeds`
 
 
 class Study(Strict):
     question: str
     data: str  # a key of data.prepared
+    # Every variant is trained once per seed; results are mean ± 95% confidence interval.
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(default=[0], min_length=1)
+    baseline: str  # the variant every other one is compared with in the verdict
     target_val_accuracy: Annotated[float, Field(gt=0.0, le=1.0)]  # for epochs-to-target
     defaults: dict[str, Any]
     variants: dict[str, dict[str, Any] | None]
 
     @model_validator(mode="after")
-    def _has_variants(self) -> Study:
+    def _check(self) -> Study:
         if not self.variants:
             raise ValueError("a study needs at least one variant")
+        if self.baseline not in self.variants:
+            raise ValueError(f"baseline {self.baseline!r} is not one of the variants {sorted(self.variants)}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct (got {self.seeds})")
+        for name, overrides in {"defaults": self.defaults, **self.variants}.items():
+            if "seed" in (overrides or {}):
+                raise ValueError(f"{name}.seed: not allowed, set the study's `seeds` list instead")
         return self
+
+    def units(self) -> list[tuple[str, int]]:
+        """(variant, seed) of every training of the study, sources of transfers first."""
+        names = list(self.variants)
+        sources = {(self.variants[n] or {}).get("init_from") or self.defaults.get("init_from")
+                   for n in names}
+        ordered = [n for n in names if n in sources] + [n for n in names if n not in sources]
+        return [(name, seed) for name in ordered for seed in self.seeds]
 
 
 class Params(Strict):
@@ -114,17 +152,23 @@ class Params(Strict):
                 )
         return self
 
-    def input_shape(self, study: str) -> tuple[tuple[int, int, int], int]:
-        """(image shape, number of classes) that the study's models receive."""
-        prepared = self.data.prepared[self.studies[study].data]
+    def input_shape(self, data: str) -> tuple[tuple[int, int, int], int]:
+        """(image shape, number of classes) of prepared dataset `data`."""
+        prepared = self.data.prepared[data]
         height, width, channels = IMAGE_SHAPES[prepared.source]
         if prepared.size:
             height = width = prepared.size
-        return (height, width, channels), len(CLASS_NAMES[prepared.source])
+        classes = prepared.classes or CLASS_NAMES[prepared.source]
+        return (height, width, channels), len(classes)
 
-    def variant(self, study: str, name: str) -> Variant:
-        """The resolved config of one variant (already validated by `load_params`)."""
-        return resolve_variant(self, study, name)
+    def variant(self, study: str, name: str, seed: int | None = None) -> Variant:
+        """The resolved config of one variant (already validated by `load_params`); `seed`
+        defaults to the study's first."""
+        return resolve_variant(self, study, name, seed)
+
+    def variant_data(self, study: str, name: str) -> str:
+        """The prepared dataset a variant trains on."""
+        return self.variant(study, name).data or self.studies[study].data
 
 
 _BOUNDS = (("Input should be greater than or equal to", "must be >="),
@@ -140,6 +184,8 @@ def _describe(item: dict[str, Any], prefix: str) -> str:
     if item["type"] == "missing":
         return f"{path}: required key is missing"
     message = item["msg"].removeprefix("Value error, ")
+    if item["type"] == "value_error":  # our own checks: the message names the value already
+        return f"{path}: {message}"
     for verbose, short in _BOUNDS:
         message = message.replace(verbose, short)
     return f"{path}: {message} (got {item['input']!r})"
@@ -150,7 +196,7 @@ def format_errors(error: ValidationError, prefix: str = "") -> str:
     return "; ".join(_describe(item, prefix) for item in error.errors())
 
 
-def resolve_variant(params: Params, study: str, name: str) -> Variant:
+def resolve_variant(params: Params, study: str, name: str, seed: int | None = None) -> Variant:
     if study not in params.studies:
         raise ConfigError(f"studies.{study}: no such study (have {sorted(params.studies)})")
     spec = params.studies[study]
@@ -158,11 +204,25 @@ def resolve_variant(params: Params, study: str, name: str) -> Variant:
         raise ConfigError(
             f"studies.{study}.variants.{name}: no such variant (have {sorted(spec.variants)})"
         )
-    merged = {**spec.defaults, **(spec.variants[name] or {})}
+    merged = {**spec.defaults, **(spec.variants[name] or {}),
+              "seed": spec.seeds[0] if seed is None else seed}
+    where = f"studies.{study}.variants.{name}"
     try:
-        return Variant(**merged)
+        cfg = Variant(**merged)
     except ValidationError as error:
-        raise ConfigError(format_errors(error, f"studies.{study}.variants.{name}")) from None
+        raise ConfigError(format_errors(error, where)) from None
+    if cfg.data is not None and cfg.data not in params.data.prepared:
+        raise ConfigError(f"{where}.data: {cfg.data!r} is not one of data.prepared "
+                          f"{sorted(params.data.prepared)}")
+    if cfg.init_from is not None:
+        source = spec.variants.get(cfg.init_from, False)
+        if source is False or cfg.init_from == name:
+            raise ConfigError(f"{where}.init_from: {cfg.init_from!r} is not another variant of "
+                              f"the study (have {sorted(spec.variants)})")
+        if (source or {}).get("init_from") or spec.defaults.get("init_from"):
+            raise ConfigError(f"{where}.init_from: {cfg.init_from!r} itself starts from another "
+                              "variant; chains are not supported")
+    return cfg
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -52,3 +52,8 @@ def write_json(path: Path, data: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def unit_dir(study_dir: Path, variant: str, seed: int) -> Path:
+    """Outputs of one training (variant × seed) inside a study's models folder."""
+    return Path(study_dir) / variant / f"seed{seed}"

@@ -1,5 +1,5 @@
-"""`ablations replay <study> <variant> --out <dir>`: complete a variant's MLflow run from its
-DVC outputs, without retraining.
+"""`ablations replay <study> <variant> --seed <k> --out <dir>`: complete the MLflow run of one
+unit (variant × seed) from its DVC outputs, without retraining.
 
 Outage → replay: when the tracking server stops during `ablations train`, training goes on.
 The first failed MLflow call prints one warning line, MLflow is not called again by that
@@ -7,8 +7,8 @@ training, and the outputs (model.keras, history.csv, run.json with "tracking_com
 are written as usual: the stage exits 0 and DVC caches it. The MLflow run stays RUNNING with
 whatever it received before the outage. Once the server is back, replay logs what the run lacks
 (epoch metrics, params, fit_seconds, diverged, the model), marks it FINISHED and rewrites
-run.json with "tracking_complete": true; `dvc commit -f train_<study>@<variant>` then records
-that edit (an output changed behind DVC's back makes `dvc repro` retrain). Replay is
+run.json with "tracking_complete": true; `dvc commit -f train@<study>` then records
+that edit (an output changed behind DVC's back makes `dvc repro` re-run the stage). Replay is
 idempotent: a second one logs nothing. If run.json's run is not in the store (another
 MLFLOW_TRACKING_URI, a deleted run), a new run with the usual tags receives everything.
 """
@@ -34,14 +34,15 @@ def replay(study: str, variant: str, cfg: Variant, out: Path) -> str:
     out = Path(out)
     for name in ("run.json", "history.csv", "model.keras"):
         if not (out / name).exists():
-            raise AblationsError(f"{out / name}: missing; run the train stage of {study}@{variant}")
+            raise AblationsError(f"{out / name}: missing; run the train stage: dvc repro train@{study}")
     info = read_json(out / "run.json")
     tracking.use_experiment(study)  # an unreachable server: `error: …`, exit 2
     client = MlflowClient()
     run = _run_or_none(client, info["run_id"])
     if run is None:
         run = client.get_run(
-            tracking.start_run(study, variant, tracking.train_tags(study, variant, cfg.seed)))
+            tracking.start_run(study, f"{variant}/seed{cfg.seed}",
+                               tracking.train_tags(study, variant, cfg.seed)))
         print(f"run {info['run_id']} is not in {tracking.tracking_uri()}: "
               f"created run {run.info.run_id} for {study}@{variant}")
     run_id = run.info.run_id
@@ -61,7 +62,7 @@ def replay(study: str, variant: str, cfg: Variant, out: Path) -> str:
     if not info.get("tracking_complete") or info["run_id"] != run_id:
         tracking.mark_complete(out / "run.json", run_id)
         print(f"{out / 'run.json'}: tracking_complete; record it with "
-              f"`dvc commit -f train_{study}@{variant}` (else dvc repro retrains it)")
+              f"`dvc commit -f train@{study}` (else dvc repro re-runs the stage)")
     print(f"replay {study}@{variant} → run {run_id}: {metrics} metric values, {params} params, "
           f"model {'logged' if new_model else 'already logged'}; run FINISHED")
     return run_id

@@ -141,7 +141,7 @@ def run_tags(study: str, variant: str, **extra: Any) -> dict[str, str]:
 
 
 def train_tags(study: str, variant: str, seed: int) -> dict[str, str]:
-    return run_tags(study, variant, seed=seed, dvc_stage=f"train_{study}@{variant}")
+    return run_tags(study, variant, seed=seed, dvc_stage=f"train@{study}")
 
 
 def _project_run_id() -> str | None:

@@ -1,16 +1,18 @@
-"""train stage: fit one variant, log it to MLflow, save the model and its history.
+"""train stage: fit every (variant, seed) unit of a study in one process, log each to MLflow.
 
-    ablations train batchnorm relu-bn --data data/prepared/fmnist_pm1 \
-        --out models/batchnorm/relu-bn --checkpoint checkpoints/batchnorm/relu-bn
+    ablations train batchnorm [relu-bn …] --data data/prepared --out models/batchnorm \
+        --checkpoints checkpoints/batchnorm
 
-Outputs (DVC outs): model.keras, history.csv (one row per epoch), run.json (MLflow run id,
-fit seconds, divergence, whether MLflow holds all of it). The checkpoint folder lives outside
-the outputs because DVC deletes outputs before it re-runs a stage: an interrupted training
-resumes from its last epoch.
+Per unit, in models/<study>/<variant>/seed<k>/ (see ablations.units for which units run):
+model.keras, history.csv (one row per epoch), test_predictions.npy (predicted class per test
+image), bn_params.npz (gamma/beta of every BatchNorm layer, if any) and run.json (MLflow run
+id, fingerprint, fit seconds, test loss/accuracy, divergence, whether MLflow holds all of it).
+Test metrics are computed here, with the model in memory, so no later stage imports Keras.
 
-A tracking outage does not stop training: after the first failed MLflow call (one warning
-line) MLflow is skipped, the outputs are written with `"tracking_complete": false`, the stage
-exits 0 and `ablations replay` (replay.py) completes the MLflow run later.
+The checkpoint folder lives outside the outputs: an interrupted training resumes from its
+last epoch. A tracking outage does not stop training: after the first failed MLflow call (one
+warning line) MLflow is skipped for that unit, its run.json says `"tracking_complete": false`
+and `ablations replay` (replay.py) completes the MLflow run later.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from ablations.data.prepare import load_prepared
 from ablations.history import FIELDS, read_history, write_history
 from ablations.io import atomic_dir, read_json, write_json
 from ablations.models.blocks import build_optimizer
-from ablations.models.zoo import build_model
+from ablations.models.zoo import build_model, transfer_weights
+from ablations.units import Unit
 
 
 class EpochRecorder(keras.callbacks.Callback):
@@ -145,9 +148,14 @@ def _seed_everything(seed: int) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def _compiled_model(cfg: Variant, arrays: dict[str, np.ndarray]) -> keras.Model:
-    num_classes = int(np.max(arrays["y_train"])) + 1
+def _compiled_model(cfg: Variant, arrays: dict[str, np.ndarray], num_classes: int,
+                    source: Path | None) -> keras.Model:
+    # float16 compute on GPUs that have it; variables and the loss stay float32.
+    keras.config.set_dtype_policy("mixed_float16" if cfg.mixed_precision else "float32")
     model = build_model(cfg, tuple(arrays["x_train"].shape[1:]), num_classes)
+    if source is not None:  # transfer: every layer but the head from the source unit's model
+        transfer_weights(keras.saving.load_model(source / "model.keras", safe_mode=True),
+                         model, cfg.freeze)
     model.compile(
         optimizer=build_optimizer(cfg, math.ceil(len(arrays["y_train"]) / cfg.batch_size)),
         loss="sparse_categorical_crossentropy",
@@ -197,47 +205,98 @@ def _resume_run_id(checkpoint: Path) -> str | None:
     return read_json(state)["run_id"] if state.exists() else None
 
 
-def train(study: str, variant: str, cfg: Variant, data_dir: Path, out: Path, checkpoint: Path):
-    """Fit one variant and write model.keras, history.csv and run.json into `out`."""
-    out, checkpoint = Path(out), Path(checkpoint)
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None  # JSON has no NaN
+
+
+def test_results(model: keras.Model, arrays, batch_size: int) -> tuple[dict[str, float | None], np.ndarray]:
+    """(test loss and accuracy, predicted class per test image) from one pass over the test set."""
+    probabilities = np.asarray(model.predict(arrays["x_test"], batch_size=batch_size, verbose=0),
+                               dtype=np.float64)
+    labels = np.asarray(arrays["y_test"])
+    predicted = probabilities.argmax(axis=1).astype(np.int16)
+    picked = probabilities[np.arange(len(labels)), labels]
+    loss = float(-np.mean(np.log(np.clip(picked, 1e-7, 1.0))))  # Keras' clipping epsilon
+    accuracy = float(np.mean(predicted == labels))
+    return {"test_loss": _finite_or_none(loss), "test_accuracy": accuracy}, predicted
+
+
+def bn_parameters(model: keras.Model) -> dict[str, np.ndarray]:
+    """{"<layer>/gamma": …, "<layer>/beta": …} of every BatchNormalization layer, nested ones too."""
+    found = {}
+    for layer in model._flatten_layers(include_self=False):  # noqa: SLF001 (Keras' own walk)
+        if isinstance(layer, keras.layers.BatchNormalization):
+            for name in ("gamma", "beta"):
+                weight = getattr(layer, name)
+                if weight is not None:
+                    found[f"{layer.name}/{name}"] = keras.ops.convert_to_numpy(weight)
+    return found
+
+
+def _num_classes(data_dir: Path, arrays) -> int:
+    classes = data_dir / "classes.json"
+    return len(read_json(classes)) if classes.exists() else int(np.max(arrays["y_train"])) + 1
+
+
+def train_unit(study: str, unit: Unit, arrays: dict[str, np.ndarray]) -> str:
+    """Fit one (variant, seed) and write its outputs into `unit.out`; return its MLflow run id."""
+    cfg, checkpoint = unit.cfg, unit.checkpoint
     checkpoint.mkdir(parents=True, exist_ok=True)
-    arrays = load_prepared(data_dir)
+    keras.backend.clear_session()  # drop the previous unit's graph and layer names
     _seed_everything(cfg.seed)
-    model = _compiled_model(cfg, arrays)
-    run_id = tracking.start_run(study, variant, tracking.train_tags(study, variant, cfg.seed),
+    model = _compiled_model(cfg, arrays, _num_classes(unit.data_dir, arrays), unit.source)
+    run_id = tracking.start_run(study, unit.name, tracking.train_tags(study, unit.variant, cfg.seed),
                                 run_id=_resume_run_id(checkpoint))
     client = MlflowClient()  # after start_run, which sets the tracking URI
     write_json(checkpoint / "run.json", {"run_id": run_id})
     guard = tracking.Guard(
-        f"training goes on, results are kept in {out}; once the server is back run: "
-        f"ablations replay {study} {variant} --out {out}")
+        f"training goes on, results are kept in {unit.out}; once the server is back run: "
+        f"ablations replay {study} {unit.variant} --seed {cfg.seed} --out {unit.out}")
     try:
         params = [Param(k, v) for k, v in tracking.flatten(cfg.model_dump()).items()]
         guard("before training", client.log_batch, run_id, params=params)
         fit_seconds = _fit(model, cfg, arrays, checkpoint, run_id, guard)
         history = read_history(checkpoint / "history.csv")
         diverged = any(not math.isfinite(row["loss"]) for row in history) or len(history) < cfg.epochs
+        test, predictions = test_results(model, arrays, max(cfg.batch_size, 512))
         guard("after training", tracking.log_result, run_id, history, fit_seconds, diverged)
-        _save_outputs(model, out, checkpoint, run_id, fit_seconds, diverged)
+        guard("after testing", tracking.log_metrics, run_id,
+              {k: v for k, v in test.items() if v is not None})
+        info = {"run_id": run_id, "seed": cfg.seed, "fingerprint": unit.fingerprint,
+                "fit_seconds": fit_seconds, "diverged": diverged, **test}
+        _save_outputs(model, unit.out, checkpoint, info, predictions)
         guard("while logging the model", log_model, model, run_id)
         guard("while ending the run", client.set_terminated, run_id, "FINISHED")
     except BaseException:  # a crash or Ctrl-C: the run is FAILED (a resume makes it RUNNING)
         guard("while ending the failed run", client.set_terminated, run_id, "FAILED")
         raise
     if guard.ok:
-        tracking.mark_complete(out / "run.json")
-    shutil.rmtree(checkpoint)  # done: the next run of this stage starts afresh
+        tracking.mark_complete(unit.out / "run.json")
+    shutil.rmtree(checkpoint)  # done: the next training of this unit starts afresh
     return run_id
 
 
-def _save_outputs(model, out: Path, checkpoint: Path, run_id: str, fit_seconds: float, diverged):
+def train_study(study: str, units: list[Unit]) -> list[str]:
+    """Train the units that are not current, in order (transfer sources come first)."""
+    todo = [unit for unit in units if not unit.is_current()]
+    arrays_of: dict[Path, dict[str, np.ndarray]] = {}  # memory-mapped, shared by the units
+    run_ids = []
+    for index, unit in enumerate(todo, start=1):
+        print(f"train {study} {unit.name} ({index}/{len(todo)})", flush=True)
+        if unit.data_dir not in arrays_of:
+            arrays_of[unit.data_dir] = load_prepared(unit.data_dir)
+        run_ids.append(train_unit(study, unit, arrays_of[unit.data_dir]))
+    return run_ids
+
+
+def _save_outputs(model, out: Path, checkpoint: Path, info: dict, predictions: np.ndarray):
     """DVC outputs first (before model logging), so a tracking outage loses no training.
     run.json says tracking_complete false until MLflow holds the whole run."""
     with atomic_dir(out) as tmp:
         model.save(tmp / "model.keras")
         shutil.copyfile(checkpoint / "history.csv", tmp / "history.csv")
-        write_json(tmp / "run.json", {
-            "run_id": run_id, "fit_seconds": fit_seconds, "diverged": diverged,
-            "tracking_complete": False,
-        })
-
+        np.save(tmp / "test_predictions.npy", predictions)
+        bn = bn_parameters(model)
+        if bn:
+            np.savez(tmp / "bn_params.npz", **bn)
+        write_json(tmp / "run.json", {**info, "tracking_complete": False})

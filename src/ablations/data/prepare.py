@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from ablations.config import PreparedData
-from ablations.data.formats import load_raw
+from ablations.data.formats import RawData, load_raw
 from ablations.errors import DataError
 from ablations.io import atomic_dir, read_json, write_json
 
@@ -32,14 +32,35 @@ def _stratified_cap(x, y, limit: int | None, seed: int):
     return x[kept], y[kept]
 
 
+def _keep_classes(raw: RawData, classes: list[int] | None, source: str) -> RawData:
+    """Only the images of `classes`, relabelled 0..k-1 in that order (None: all classes)."""
+    if classes is None:
+        return raw
+    present = set(np.unique(raw.y_train).tolist())
+    missing = [c for c in classes if c not in present]
+    if missing:
+        raise DataError(f"classes: {missing} not in the training images of {source} "
+                        f"(allowed 0..{len(raw.class_names) - 1})")
+    def keep(x, y):
+        kept = np.isin(y, classes)
+        # the new label of an image is the position of its class in `classes`
+        return x[kept], np.argmax(y[kept, None] == np.asarray(classes), axis=1).astype(np.int64)
+
+    return RawData(*keep(raw.x_train, raw.y_train), *keep(raw.x_test, raw.y_test),
+                   class_names=tuple(raw.class_names[c] for c in classes))
+
+
 def split(cfg: PreparedData, raw_dir: Path, out_dir: Path) -> dict[str, int]:
-    """Stratified, seeded train/validation split of the official training set; test kept apart."""
-    raw = load_raw(cfg.source, Path(raw_dir))
+    """Stratified, seeded train/validation split of the official training set; test kept apart.
+
+    Class selection comes first, so the caps count images of the kept classes only."""
+    raw = _keep_classes(load_raw(cfg.source, Path(raw_dir)), cfg.classes, cfg.source)
     x_train, x_val, y_train, y_val = train_test_split(
         raw.x_train, raw.y_train, test_size=cfg.val_fraction,
         stratify=raw.y_train, random_state=cfg.seed,
     )
     x_train, y_train = _stratified_cap(x_train, y_train, cfg.max_train, cfg.seed)
+    x_val, y_val = _stratified_cap(x_val, y_val, cfg.max_val, cfg.seed)
     x_test, y_test = _stratified_cap(raw.x_test, raw.y_test, cfg.max_test, cfg.seed)
     arrays = {"train": (x_train, y_train), "val": (x_val, y_val), "test": (x_test, y_test)}
     with atomic_dir(out_dir) as tmp:

@@ -51,8 +51,9 @@ def norm_activation(x, cfg: Variant, name: str):
     return x
 
 
-def conv_block(x, filters: int, cfg: Variant, name: str):
-    """Conv2D → 2x2 max-pooling → norm/activation.
+def conv_block(x, filters: int, cfg: Variant, name: str, kernel_size: int | None = None,
+               pool: bool = True):
+    """Conv2D → [2x2 max-pooling] → norm/activation; `kernel_size` defaults to cfg's.
 
     Pooling first: max-pooling commutes with monotone activations (ReLU, tanh, ELU, LeakyReLU),
     so the function is the same as conv → activation → pool while BatchNorm and the activation
@@ -60,10 +61,11 @@ def conv_block(x, filters: int, cfg: Variant, name: str):
     pooling.
     """
     x = layers.Conv2D(
-        filters, cfg.kernel_size, padding=cfg.padding, use_bias=cfg.conv_bias,
+        filters, kernel_size or cfg.kernel_size, padding=cfg.padding, use_bias=cfg.conv_bias,
         name=f"{name}_conv", **weight_options(cfg),
     )(x)
-    x = layers.MaxPooling2D(2, name=f"{name}_pool")(x)
+    if pool:
+        x = layers.MaxPooling2D(2, name=f"{name}_pool")(x)
     return norm_activation(x, cfg, name)
 
 

@@ -1,12 +1,50 @@
-"""Whole networks, selected by the `model` key of a variant."""
+"""Whole networks, selected by the `model` key of a variant.
+
+Every network ends in a softmax Dense layer named "head": transfer (`transfer_weights`) copies
+every layer but that one, so a pretrained network gets a fresh classifier for its new classes.
+"""
 
 from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
 
 import keras
 from keras import layers
 
 from ablations.config import Variant
+from ablations.errors import ConfigError, DataError
 from ablations.models.blocks import conv_block, dense_block, weight_options
+
+HEAD = "head"
+
+
+def _inputs(cfg: Variant, input_shape: tuple[int, ...]):
+    """(Input, tensor after the optional input BatchNorm and input dropout)."""
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = inputs
+    if cfg.input_norm:
+        x = layers.BatchNormalization(name="input_bn")(x)
+    if cfg.input_dropout:
+        x = layers.Dropout(cfg.input_dropout, name="input_dropout")(x)
+    return inputs, x
+
+
+def _classifier(x, cfg: Variant, num_classes: int):
+    """Dense blocks (dropout before each) → [dropout] → the softmax "head"."""
+    for index, units in enumerate(cfg.dense_units, start=1):
+        x = dense_block(x, units, cfg, name=f"fc{index}")
+    if cfg.dropout:
+        x = layers.Dropout(cfg.dropout, name="head_dropout")(x)
+    return layers.Dense(num_classes, activation="softmax", name=HEAD, **weight_options(cfg))(x)
+
+
+def _check_size(x, input_shape, block: int) -> None:
+    # Keras would build a network with empty feature maps and fail only when fed data; a
+    # ValueError is what `ablations validate` reports as "the model cannot take these images".
+    if min(x.shape[1:3]) < 1:
+        raise ValueError(f"images of {input_shape} shrink to nothing after conv block {block}")
 
 
 def cnn(cfg: Variant, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
@@ -15,27 +53,140 @@ def cnn(cfg: Variant, input_shape: tuple[int, ...], num_classes: int) -> keras.M
     Covers the small CNN of the batchnorm study, the BN-placement net and LeNet-5
     (kernel_size 5, padding valid, conv_filters [6, 16], dense_units [120, 84]).
     """
-    inputs = keras.Input(shape=input_shape, name="image")
-    x = inputs
-    if cfg.input_norm:
-        x = layers.BatchNormalization(name="input_bn")(x)
-    if cfg.input_dropout:
-        x = layers.Dropout(cfg.input_dropout, name="input_dropout")(x)
+    inputs, x = _inputs(cfg, input_shape)
     for index, filters in enumerate(cfg.conv_filters, start=1):
         x = conv_block(x, filters, cfg, name=f"block{index}")
-        if min(x.shape[1:3]) < 1:  # Keras would build a network with empty feature maps
-            raise ValueError(f"images of {input_shape} shrink to nothing after conv block {index}")
+        _check_size(x, input_shape, index)
     x = layers.Flatten(name="flatten")(x)
-    for index, units in enumerate(cfg.dense_units, start=1):
-        x = dense_block(x, units, cfg, name=f"fc{index}")
-    if cfg.dropout:
-        x = layers.Dropout(cfg.dropout, name="head_dropout")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="head", **weight_options(cfg))(x)
-    return keras.Model(inputs, outputs, name=cfg.model)
+    return keras.Model(inputs, _classifier(x, cfg, num_classes), name=cfg.model)
 
 
-BUILDERS = {"cnn": cnn}
+ALEXNET_KERNELS = (None, 5, 3, 3, 3)  # None: cfg.kernel_size
+ALEXNET_POOLED = (True, True, False, False, True)
+
+
+def alexnet(cfg: Variant, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+    """AlexNet for 32x32 images (notebook 001): 5 conv layers (kernels k, 5, 3, 3, 3) with
+    2x2 max-pooling after the 1st, 2nd and 5th, then dense blocks and the head.
+
+    Unlike the notebook's first conv (11x11, stride 4, which leaves an 8x8 map after one layer
+    and a 1x1 map before the dense layers), every conv has stride 1: 32 → 16 → 8 → 4, so all
+    five convs see a spatial map. Widths come from cfg.conv_filters (AlexNet: 96, 256, 384,
+    384, 256); BatchNorm per cfg.norm, dropout before each dense layer per cfg.dropout.
+    """
+    if len(cfg.conv_filters) != len(ALEXNET_KERNELS):
+        raise ConfigError(f"conv_filters: alexnet has {len(ALEXNET_KERNELS)} conv layers "
+                          f"(got {len(cfg.conv_filters)}: {cfg.conv_filters})")
+    inputs, x = _inputs(cfg, input_shape)
+    for index, (filters, kernel, pooled) in enumerate(
+            zip(cfg.conv_filters, ALEXNET_KERNELS, ALEXNET_POOLED), start=1):
+        x = conv_block(x, filters, cfg, name=f"block{index}", kernel_size=kernel, pool=pooled)
+        _check_size(x, input_shape, index)
+    x = layers.Flatten(name="flatten")(x)
+    return keras.Model(inputs, _classifier(x, cfg, num_classes), name=cfg.model)
+
+
+def resnet50(cfg: Variant, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+    """Keras' ResNet50 (random initialization, global average pooling) + dense head.
+
+    The backbone is one nested layer named "resnet50" (its own initializers and BatchNorm;
+    cfg.conv_filters, kernel_size, padding are not used); cfg's activation, norm, dropout,
+    initializer and regularizers apply to the dense layers. weights=None accepts any channel
+    count; Keras requires images of at least 32x32.
+    """
+    inputs, x = _inputs(cfg, input_shape)
+    backbone = keras.applications.ResNet50(
+        weights=None, include_top=False, input_shape=input_shape, pooling="avg")
+    x = backbone(x)
+    return keras.Model(inputs, _classifier(x, cfg, num_classes), name=cfg.model)
+
+
+# Xception's ImageNet weights were learnt on 299x299 images and it needs at least 71x71; the
+# notebook upsamples CIFAR-10 7x (32 → 224), which is what this target size gives.
+XCEPTION_SIZE = 224
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()
+
+
+def verified_weights(path: str | Path, sha256: str | None) -> Path:
+    """`path` if the file exists and its sha256 is `sha256`; a wrong file (a truncated
+    download, another model's weights) must never be loaded silently."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"weights_file {path}: not found")
+    actual = _sha256(path)
+    if sha256 is None:
+        raise ConfigError(f"weights_file {path}: weights_sha256 is required "
+                          f"(this file's sha256 is {actual})")
+    if actual != sha256.strip().lower():
+        raise ConfigError(f"weights_file {path}: sha256 is {actual}, "
+                          f"weights_sha256 expects {sha256}")
+    return path
+
+
+def xception(cfg: Variant, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+    """Keras' Xception on images upsampled to about 224x224 (nearest neighbour, as the
+    notebook's UpSampling2D), gray images repeated to 3 channels, + dense head.
+
+    cfg.weights_file: ImageNet "notop" weights (xception_weights_tf_dim_ordering_tf_kernels_
+    notop.h5) or a Keras .weights.h5 of the backbone, checked against cfg.weights_sha256; with
+    cfg.freeze the backbone stays fixed (notebook 002: frozen backbone, new head). ImageNet
+    weights expect pixels in [-1, 1] (data scaling minus_one_one).
+    """
+    height, width, channels = input_shape
+    if channels not in (1, 3):
+        raise ConfigError(f"xception takes 1- or 3-channel images (got {input_shape})")
+    weights = None
+    if cfg.weights_file is not None:  # checked before the slow build: a wrong file fails at once
+        weights = verified_weights(cfg.weights_file, cfg.weights_sha256)
+    inputs, x = _inputs(cfg, input_shape)
+    factors = (math.ceil(XCEPTION_SIZE / height), math.ceil(XCEPTION_SIZE / width))
+    x = layers.UpSampling2D(factors, name="upsample")(x)
+    if channels == 1:  # a plain layer, not a Lambda: models load with safe_mode=True
+        x = layers.Concatenate(name="gray_to_rgb")([x, x, x])
+    backbone = keras.applications.Xception(
+        weights=None, include_top=False, input_shape=(*x.shape[1:3], 3), pooling="avg")
+    if weights is not None:
+        try:
+            backbone.load_weights(weights)
+        except (ValueError, OSError) as error:
+            raise ConfigError(f"weights_file {weights}: not Xception backbone weights: "
+                              f"{str(error).splitlines()[0]}") from None
+        backbone.trainable = not cfg.freeze
+    x = backbone(x)
+    return keras.Model(inputs, _classifier(x, cfg, num_classes), name=cfg.model)
+
+
+BUILDERS = {"cnn": cnn, "alexnet": alexnet, "resnet50": resnet50, "xception": xception}
 
 
 def build_model(cfg: Variant, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
     return BUILDERS[cfg.model](cfg, input_shape, num_classes)
+
+
+def transfer_weights(source: keras.Model, target: keras.Model, freeze: bool) -> int:
+    """Copy weights from `source` into the same-named layers of `target`, all but the head and
+    layers whose weight shapes differ (e.g. a first conv on 1 vs 3 channels); with `freeze`,
+    the copied layers stop training (BatchNorm then also keeps its moving statistics).
+    Call before `compile`. Returns the number of layers copied."""
+    copied = 0
+    for layer in target.layers:
+        if layer.name == HEAD or not layer.weights:
+            continue
+        try:
+            values = source.get_layer(layer.name).get_weights()
+        except ValueError:  # no layer of that name in the source
+            continue
+        if [value.shape for value in values] != [tuple(w.shape) for w in layer.weights]:
+            continue
+        layer.set_weights(values)
+        if freeze:
+            layer.trainable = False
+        copied += 1
+    if not copied:
+        raise ConfigError(f"init_from: no layer of model {source.name!r} matches a layer of "
+                          f"{target.name!r} by name and weight shapes (the head is never copied)")
+    return copied
