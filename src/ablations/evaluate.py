@@ -1,11 +1,33 @@
-"""evaluate stage: test metrics of every variant of a study, epochs to target, BN speed-up.
+"""evaluate stage: a study's results over seeds, its figures, and one MLflow summary run.
 
-    ablations evaluate batchnorm --models models/batchnorm --data data/prepared/fmnist_pm1 \
-        --metrics metrics/batchnorm.json
+    ablations evaluate batchnorm --models models/batchnorm --data data/prepared \
+        --metrics metrics/batchnorm.json --plots plots/batchnorm
 
-The BN speed-up factor of a variant with BatchNorm is (epochs to the target validation
-accuracy without BN) ÷ (epochs with BN), against the variant whose config is identical but for
-`norm: none`. A variant that never reaches the target has epochs_to_target = null.
+Reads what the train stage wrote for every (variant, seed) — run.json, history.csv,
+test_predictions.npy, bn_params.npz — never the models (no Keras import: this stage takes
+seconds). Writes metrics/<study>.json (DVC metrics; keys below), the figures of `plots.py`
+into --plots, and logs both to the `<study>-summary` run of the study's MLflow experiment.
+
+metrics/<study>.json — every "result" is {mean, ci, n, excluded, values}: the mean over
+seeds, the half-width of its 95% Student-t interval (null with one value), n finite values
+used, `excluded` values that were null/NaN (diverged, or target never reached) and the
+per-seed values {"seed0": …}:
+  study, question, data (the study's prepared dataset), baseline, seeds, target_val_accuracy,
+      confidence (0.95)
+  variants.<name>: data (what it trained and was tested on), seeds (count), diverged
+      (count), test_accuracy, test_loss, fit_seconds, epochs_to_target and seconds_to_target
+      (results over the seeds that reached the target, plus reached / of: how many of the
+      seeds reached it; a seed that never did is null)
+  bn_speedup.<bn variant>: twin (same resolved config but no BatchNorm), epochs_ratio,
+      seconds_ratio (results of the per-seed ratios twin ÷ BN, paired by seed, over the seeds
+      where both reached the target; the interval is a t-interval of those ratios),
+      bn_only_reached (seeds where only the BN variant reached it: a speed-up beyond measure)
+  comparisons.<name> (variants tested on the study's data, a transfer source is not):
+      vs (the baseline), difference_points and ci_points (test accuracy, percentage
+      points, Welch t-interval), judgement (better / worse / not distinguishable
+      / null with one seed), text (one sentence)
+  best_variant (highest mean test accuracy on the study's data), verdict (the study's
+      answer, computed from the numbers above)
 """
 
 from __future__ import annotations
@@ -15,15 +37,15 @@ from typing import Any
 
 import numpy as np
 
-from ablations import tracking
+from ablations import plots, stats, tracking
 from ablations.config import Params
-from ablations.data.prepare import load_prepared
 from ablations.errors import DataError
-from ablations.io import read_json, write_json
 from ablations.history import read_history
+from ablations.io import read_json, unit_dir, write_json
 
 
-def epochs_to_target(history: list[dict[str, float]], target: float) -> tuple[int | None, float | None]:
+def epochs_to_target(history: list[dict[str, float]], target: float
+                     ) -> tuple[int | None, float | None]:
     """(epochs, wall seconds of training) until val_accuracy first reaches `target`."""
     seconds = 0.0
     for row in history:
@@ -33,60 +55,255 @@ def epochs_to_target(history: list[dict[str, float]], target: float) -> tuple[in
     return None, None
 
 
-def _test_metrics(model_path: Path, arrays: dict[str, np.ndarray]) -> dict[str, float]:
-    import keras
-
-    model = keras.saving.load_model(model_path, safe_mode=True)
-    loss, accuracy = model.evaluate(arrays["x_test"], arrays["y_test"], batch_size=1024, verbose=0)
-    return {"test_loss": float(loss), "test_accuracy": float(accuracy)}
+# --------------------------------------------------------------------------- reading
 
 
-def evaluate_variant(variant_dir: Path, arrays, target: float) -> dict[str, Any]:
-    if not (variant_dir / "model.keras").exists():
-        raise DataError(f"{variant_dir}/model.keras: missing; run its train stage first")
-    info = read_json(variant_dir / "run.json")
-    history = read_history(variant_dir / "history.csv")
-    epochs, seconds = epochs_to_target(history, target)
-    metrics = {
-        **_test_metrics(variant_dir / "model.keras", arrays),
-        "epochs_trained": len(history),
-        "epochs_to_target": epochs,
-        "seconds_to_target": seconds,
-        "fit_seconds": info["fit_seconds"],
-        "diverged": info["diverged"],
+def read_unit(models_dir: Path, study: str, variant: str, seed: int, y_test: np.ndarray) -> dict:
+    """One training's outputs: run.json + history + test predictions (checked against y_test)."""
+    folder = unit_dir(models_dir, variant, seed)
+    for name in ("run.json", "history.csv", "test_predictions.npy"):
+        if not (folder / name).exists():
+            raise DataError(f"{folder / name}: missing; run the train stage first "
+                            f"(dvc repro train@{study})")
+    predictions = np.load(folder / "test_predictions.npy", allow_pickle=False)
+    if predictions.shape != y_test.shape:
+        raise DataError(f"{folder}/test_predictions.npy: {predictions.shape[0]} predictions "
+                        f"for {y_test.shape[0]} test images; retrain {variant}")
+    return {**read_json(folder / "run.json"), "seed": seed,
+            "history": read_history(folder / "history.csv"), "predictions": predictions}
+
+
+def read_test_labels(data_dir: Path) -> np.ndarray:
+    path = Path(data_dir) / "y_test.npy"
+    if not path.exists():
+        raise DataError(f"{path}: missing; run the standardize stage first")
+    return np.load(path, allow_pickle=False)
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+def variant_metrics(units: list[dict], target: float, data: str) -> dict[str, Any]:
+    labels = [f"seed{u['seed']}" for u in units]
+    reached = [epochs_to_target(u["history"], target) for u in units]
+
+    def result(values):
+        return stats.summary(values, labels)
+
+    return {
+        "data": data,
+        "seeds": len(units),
+        "diverged": sum(bool(u["diverged"]) for u in units),
+        "test_accuracy": result(u["test_accuracy"] for u in units),
+        "test_loss": result(u["test_loss"] for u in units),
+        "fit_seconds": result(u["fit_seconds"] for u in units),
+        "epochs_to_target": {**result(e for e, _ in reached),
+                             "reached": sum(e is not None for e, _ in reached), "of": len(units)},
+        "seconds_to_target": result(s for _, s in reached),
     }
-    logged = {k: v for k, v in metrics.items() if isinstance(v, float) and k.startswith("test")}
-    tracking.log_metrics(info["run_id"], logged)
+
+
+def bn_twins(params: Params, study: str) -> dict[str, str]:
+    """{variant with BatchNorm: its twin}: the variant whose resolved config is identical but
+    for norm: none and input_norm: false."""
+    configs = {name: params.variant(study, name).model_dump()
+               for name in params.studies[study].variants}
+    twins = {}
+    for name, config in configs.items():
+        without = {**config, "norm": "none", "input_norm": False}
+        if without == config:
+            continue
+        match = [other for other, other_config in configs.items() if other_config == without]
+        if match:
+            twins[name] = match[0]
+    return twins
+
+
+def speedup(with_bn: dict, without: dict) -> dict[str, Any]:
+    """Per-seed ratios twin ÷ BN (paired by seed: same data order and initial seed)."""
+    out: dict[str, Any] = {}
+    for key, name in (("epochs_to_target", "epochs_ratio"), ("seconds_to_target", "seconds_ratio")):
+        bn_values, twin_values = with_bn[key]["values"], without[key]["values"]
+        ratios = {seed: (twin_values[seed] / value if value and twin_values.get(seed) else None)
+                  for seed, value in bn_values.items()}
+        out[name] = stats.summary(ratios.values(), ratios.keys())
+    bn_epochs = with_bn["epochs_to_target"]["values"]
+    twin_epochs = without["epochs_to_target"]["values"]
+    out["bn_only_reached"] = sum(v is not None and twin_epochs.get(s) is None
+                                 for s, v in bn_epochs.items())
+    return out
+
+
+def comparison(name: str, baseline: str, variants: dict[str, dict]) -> dict[str, Any]:
+    """Test accuracy of `name` minus the baseline's, in percentage points, with its interval."""
+    a = list(variants[name]["test_accuracy"]["values"].values())
+    b = list(variants[baseline]["test_accuracy"]["values"].values())
+    diff, half = stats.difference_ci(a, b)
+    return {"vs": baseline,
+            "difference_points": None if diff is None else 100 * diff,
+            "ci_points": None if half is None else 100 * half,
+            "judgement": stats.judge(diff, half),
+            "text": stats.verdict(name, baseline, a, b)}
+
+
+def best_variant(variants: dict[str, dict], data: str) -> str | None:
+    """Highest mean test accuracy among the variants tested on the study's data."""
+    scored = {n: v["test_accuracy"]["mean"] for n, v in variants.items()
+              if v["test_accuracy"]["mean"] is not None and v["data"] == data}
+    return max(scored, key=scored.get) if scored else None
+
+
+# --------------------------------------------------------------------------- verdict
+
+
+def _seeds(n: int) -> str:
+    return "1 seed" if n == 1 else f"{n} seeds"
+
+
+def _pm(result: dict, scale: float = 1.0, digits: int = 1) -> str:
+    """"91.2 ± 0.5" (or "91.2" with one value)."""
+    text = f"{result['mean'] * scale:.{digits}f}"
+    return text + (f" ± {result['ci'] * scale:.{digits}f}" if result["ci"] is not None else "")
+
+
+def _speedup_sentence(speedups: dict[str, dict], target: float) -> str:
+    parts = []
+    for name, s in speedups.items():
+        epochs, seconds = s["epochs_ratio"], s["seconds_ratio"]
+        if epochs["mean"] is None:
+            parts.append(f"{name} vs {s['twin']}: not measurable (both reached the target in "
+                         f"no seed; BN alone in {s['bn_only_reached']})")
+            continue
+        parts.append(f"{name} vs {s['twin']}: {_pm(epochs, digits=2)}x fewer epochs, "
+                     f"{_pm(seconds, digits=2)}x less time ({_seeds(epochs['n'])})")
+    return (f"BatchNorm speed-up to {target:g} validation accuracy (mean of per-seed ratios "
+            f"± 95% CI): " + "; ".join(parts) + ".")
+
+
+def study_verdict(metrics: dict[str, Any]) -> str:
+    """The study's answer in a few sentences, from the numbers only."""
+    variants, baseline, best = metrics["variants"], metrics["baseline"], metrics["best_variant"]
+    if best is None:
+        return "No variant produced a finite test accuracy."
+    acc = variants[best]["test_accuracy"]
+    parts = [f"Best mean test accuracy: {best}, {_pm(acc, 100)} % over {_seeds(acc['n'])}."]
+    if best == baseline:
+        parts.append(f"That is the baseline: no variant beats {baseline}.")
+    else:
+        parts.append(metrics["comparisons"][best]["text"] + ".")
+    judged = [c["judgement"] or "without interval (one seed)"
+              for c in metrics["comparisons"].values()]
+    if judged:
+        counts = ", ".join(f"{judged.count(j)} {j}" for j in sorted(set(judged)))
+        parts.append(f"Against the baseline {baseline}, the other variants are: {counts}.")
+    diverged = [f"{n} ({v['diverged']} of {_seeds(v['seeds'])})" for n, v in variants.items()
+                if v["diverged"]]
+    if diverged:
+        parts.append("Diverged: " + ", ".join(diverged) + ".")
+    if metrics["bn_speedup"]:
+        parts.append(_speedup_sentence(metrics["bn_speedup"], metrics["target_val_accuracy"]))
+    return " ".join(parts)
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def read_study(params: Params, study: str, models_dir: Path, data_dir: Path
+               ) -> dict[str, list[dict]]:
+    """{variant: [unit per seed]}; each variant's predictions are checked against the test
+    labels of the data it trained on (a transfer source trains on other data)."""
+    spec = params.studies[study]
+    units = {}
+    for name in spec.variants:
+        y_test = read_test_labels(Path(data_dir) / params.variant_data(study, name))
+        units[name] = [read_unit(models_dir, study, name, seed, y_test) for seed in spec.seeds]
+    return units
+
+
+def study_metrics(params: Params, study: str, units: dict[str, list[dict]]) -> dict[str, Any]:
+    spec = params.studies[study]
+    variants = {name: variant_metrics(runs, spec.target_val_accuracy,
+                                      params.variant_data(study, name))
+                for name, runs in units.items()}
+    metrics = {
+        "study": study, "question": spec.question, "data": spec.data, "baseline": spec.baseline,
+        "seeds": list(spec.seeds), "target_val_accuracy": spec.target_val_accuracy,
+        "confidence": stats.CONFIDENCE, "variants": variants,
+        "bn_speedup": {bn: {"twin": twin, **speedup(variants[bn], variants[twin])}
+                       for bn, twin in bn_twins(params, study).items()},
+        # Only variants tested on the study's data are compared (a transfer source is not).
+        "comparisons": {name: comparison(name, spec.baseline, variants) for name in variants
+                        if name != spec.baseline and variants[name]["data"] == spec.data},
+        "best_variant": best_variant(variants, spec.data),
+    }
+    metrics["verdict"] = study_verdict(metrics)
     return metrics
 
 
-def bn_speedups(params: Params, study: str, results: dict[str, dict]) -> dict[str, float | None]:
-    """Speed-up of each BN variant over its twin without BN (same config but norm)."""
-    configs = {name: params.variant(study, name).model_dump() for name in results}
-    speedups = {}
-    for name, config in configs.items():
-        if config["norm"] == "none":
-            continue
-        twin = {**config, "norm": "none"}
-        for other, other_config in configs.items():
-            if other_config == twin:
-                with_bn, without = results[name]["epochs_to_target"], results[other]["epochs_to_target"]
-                speedups[name] = without / with_bn if with_bn and without else None
-    return speedups
+def study_figures(params: Params, study: str, units: dict[str, list[dict]], metrics: dict,
+                  models_dir: Path, data_dir: Path) -> dict[str, Any]:
+    histories = {name: [u["history"] for u in runs] for name, runs in units.items()}
+    figures = {"learning_curves.png": plots.learning_curves(histories, f"{study}: learning curves"),
+               "test_accuracy.png": plots.accuracy_bars(metrics)}
+    if metrics["bn_speedup"]:
+        figures["bn_speedup.png"] = plots.speedup_chart(metrics)
+    best = metrics["best_variant"]
+    if best is not None:
+        best_data = Path(data_dir) / params.variant_data(study, best)
+        y_test = read_test_labels(best_data)
+        kept = [u["predictions"] for u in units[best] if not u["diverged"]] or \
+               [u["predictions"] for u in units[best]]
+        classes = plots.class_names(best_data, int(y_test.max()) + 1)
+        figures["confusion_matrix.png"] = plots.confusion(
+            y_test, kept, classes,
+            f"{study}: {best} (best), {len(kept)} seeds pooled, row-normalized")
+    figures["examples.png"] = plots.examples(Path(data_dir) / params.studies[study].data)
+    bn = {name: plots.read_bn_params(models_dir, name, params.studies[study].seeds)
+          for name in units}
+    bn = {name: layers for name, layers in bn.items() if layers}
+    if bn:
+        figures["bn_params.png"] = plots.bn_violins(bn, study)
+    return figures
 
 
-def evaluate_study(params: Params, study: str, models_dir: Path, data_dir: Path, metrics_path: Path):
-    spec = params.studies[study]
-    tracking.use_experiment(study)
-    arrays = load_prepared(data_dir)
-    results = {
-        name: evaluate_variant(Path(models_dir) / name, arrays, spec.target_val_accuracy)
-        for name in spec.variants
-    }
-    summary = {
-        "target_val_accuracy": spec.target_val_accuracy,
-        "variants": results,
-        "bn_speedup": bn_speedups(params, study, results),
-    }
-    write_json(metrics_path, summary)
-    return summary
+def _summary_metrics(metrics: dict) -> dict[str, float]:
+    """The headline numbers as MLflow metrics of the summary run (comparable across runs)."""
+    flat = {}
+    for name, v in metrics["variants"].items():
+        for key in ("test_accuracy", "epochs_to_target", "seconds_to_target"):
+            if v[key]["mean"] is not None:
+                flat[f"{name}.{key}_mean"] = v[key]["mean"]
+    for name, s in metrics["bn_speedup"].items():
+        for key in ("epochs_ratio", "seconds_ratio"):
+            if s[key]["mean"] is not None:
+                flat[f"{name}.bn_speedup_{key}"] = s[key]["mean"]
+    return flat
+
+
+def log_summary(study: str, metrics: dict, plots_dir: Path) -> str:
+    """One `<study>-summary` run: headline metrics, the figures as written (PNG files, not
+    re-rendered), the metrics file, the verdict as the run's description."""
+    tags = tracking.run_tags(study, "summary", kind="summary", dvc_stage=f"evaluate@{study}")
+    tags["mlflow.note.content"] = metrics["verdict"]  # shown as the run's description in the UI
+    with tracking.run(study, f"{study}-summary", tags) as active:
+        tracking.mlflow.log_metrics(_summary_metrics(metrics))
+        tracking.mlflow.log_artifacts(str(plots_dir))
+        tracking.mlflow.log_dict(metrics, f"{study}.json")
+        return active.info.run_id
+
+
+def evaluate_study(params: Params, study: str, models_dir: Path, data_dir: Path,
+                   metrics_path: Path, plots_dir: Path) -> dict[str, Any]:
+    """The evaluate stage: metrics JSON + figures + MLflow summary run; returns the metrics.
+    `data_dir` holds every prepared dataset (data/prepared)."""
+    models_dir, data_dir = Path(models_dir), Path(data_dir)
+    units = read_study(params, study, models_dir, data_dir)
+    metrics = study_metrics(params, study, units)
+    figures = study_figures(params, study, units, metrics, models_dir, data_dir)
+    try:
+        plots.save_figures(figures, Path(plots_dir))
+    finally:
+        plots.close(figures)
+    write_json(Path(metrics_path), metrics)
+    log_summary(study, metrics, Path(plots_dir))
+    return metrics

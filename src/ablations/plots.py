@@ -1,88 +1,221 @@
-"""plot stage: per-study comparison figures (DVC plots), also logged to MLflow.
+"""Figures of one study (PNG, DVC plots), drawn by the evaluate stage from what it computed.
 
-    ablations plot batchnorm --models models/batchnorm --metrics metrics/batchnorm.json \
-        --out plots/batchnorm
+    ablations evaluate batchnorm --models models/batchnorm --data data/prepared \
+        --metrics metrics/batchnorm.json --plots plots/batchnorm
 
-Figures: learning_curves.png (train/validation loss and accuracy, variants overlaid),
-test_accuracy.png (final test accuracy per variant) and, when the study has BN twins,
-bn_speedup.png. They are logged to the study's `<study>-summary` run.
+Files (FIGURES): learning_curves.png (mean over seeds, band = min..max over seeds),
+test_accuracy.png (mean ± 95% CI), bn_speedup.png (when the study has BN twins),
+confusion_matrix.png (best variant, predictions of all its non-diverged seeds pooled),
+examples.png (a few training images per class, unscaled), bn_params.png (violins of the learned
+BatchNorm gamma and beta per layer, seeds pooled, when any variant saved bn_params.npz).
+No Keras import: everything comes from the train stage's files.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+import numpy as np  # noqa: E402
 
-from ablations import tracking  # noqa: E402
-from ablations.io import atomic_dir, read_json  # noqa: E402
-from ablations.history import read_history  # noqa: E402
+from ablations.errors import DataError  # noqa: E402
+from ablations.io import atomic_dir, read_json, unit_dir  # noqa: E402
 
+FIGURES = ("learning_curves.png", "test_accuracy.png", "bn_speedup.png",
+           "confusion_matrix.png", "examples.png", "bn_params.png")
 CURVES = (("loss", "train loss"), ("val_loss", "validation loss"),
           ("accuracy", "train accuracy"), ("val_accuracy", "validation accuracy"))
+EXAMPLES_PER_CLASS = 6
 
 
-def learning_curves(histories: dict[str, list[dict]], title: str) -> plt.Figure:
+def _stack(histories: list[list[dict]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(epochs 1..E, seeds × E array); a run that stopped early (diverged) is NaN-padded."""
+    length = max((len(rows) for rows in histories), default=0)
+    values = np.full((len(histories), length), np.nan)
+    for i, rows in enumerate(histories):
+        values[i, : len(rows)] = [row[key] for row in rows]
+    return np.arange(1, length + 1), values
+
+
+def learning_curves(histories: dict[str, list[list[dict]]], title: str) -> plt.Figure:
+    """Per variant: the mean over seeds, and a band from the lowest to the highest seed."""
     fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True)
     for ax, (key, label) in zip(axes.flat, CURVES):
-        for name, rows in histories.items():
-            ax.plot([r["epoch"] for r in rows], [r[key] for r in rows], marker=".", label=name)
-        ax.set_title(label)
-        ax.set_xlabel("epoch")
+        for name, runs in histories.items():
+            epochs, values = _stack(runs, key)
+            finite = np.where(np.isfinite(values), values, np.nan)
+            if not np.isfinite(finite).any():
+                continue  # every seed diverged at once: nothing to draw
+            with warnings.catch_warnings():  # an epoch no seed reached is all-NaN: expected
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean, low, high = (np.nanmean(finite, 0), np.nanmin(finite, 0),
+                                   np.nanmax(finite, 0))
+            (line,) = ax.plot(epochs, mean, marker=".", label=name)
+            ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2)
+        ax.set(title=label, xlabel="epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize="small")
-    fig.suptitle(title)
+    fig.suptitle(f"{title} (mean over seeds; band: min..max)")
     fig.tight_layout()
     return fig
 
 
-def bar_chart(values: dict[str, float | None], title: str, ylabel: str) -> plt.Figure:
-    """Bars per variant; a missing value (diverged, never reached target) is marked, not hidden."""
-    fig, ax = plt.subplots(figsize=(max(6, len(values) * 0.9), 4.5))
-    names = list(values)
-    heights = [values[n] if values[n] is not None else 0.0 for n in names]
-    bars = ax.bar(names, heights, color="tab:blue")
-    for bar, name in zip(bars, names):
-        text = "n/a" if values[name] is None else f"{values[name]:.3f}"
-        ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center", va="bottom", fontsize="small")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    return fig
-
-
-def study_figures(study: str, models_dir: Path, metrics: dict) -> dict[str, plt.Figure]:
+def accuracy_bars(metrics: dict[str, Any]) -> plt.Figure:
+    """Mean test accuracy per variant with its 95% CI; n seeds and diverged runs annotated."""
     variants = metrics["variants"]
-    histories = {name: read_history(Path(models_dir) / name / "history.csv") for name in variants}
-    figures = {
-        "learning_curves.png": learning_curves(histories, f"{study}: learning curves"),
-        "test_accuracy.png": bar_chart(
-            {n: m["test_accuracy"] for n, m in variants.items()},
-            f"{study}: test accuracy", "test accuracy"),
-    }
-    if metrics.get("bn_speedup"):
-        target = metrics["target_val_accuracy"]
-        figures["bn_speedup.png"] = bar_chart(
-            metrics["bn_speedup"], f"{study}: BN speed-up to val accuracy {target}",
-            "epochs without BN ÷ epochs with BN")
-    return figures
+    names = list(variants)
+    means = [variants[n]["test_accuracy"]["mean"] for n in names]
+    errors = [variants[n]["test_accuracy"]["ci"] or 0.0 for n in names]
+    heights = [m if m is not None else 0.0 for m in means]
+    colors = ["tab:orange" if n == metrics["baseline"] else "tab:blue" for n in names]
+    # A variant trained on other data (a transfer source) is labelled with it: not comparable.
+    labels = [n if variants[n]["data"] == metrics["data"] else f"{n}\n(on {variants[n]['data']})"
+              for n in names]
+    fig, ax = plt.subplots(figsize=(max(6, len(names) * 1.1), 4.8))
+    bars = ax.bar(labels, heights, yerr=errors, capsize=4, color=colors)
+    for bar, name, mean in zip(bars, names, means):
+        info = variants[name]
+        text = "n/a" if mean is None else f"{mean:.3f}"
+        text += f"\nn={info['test_accuracy']['n']}"
+        if info["diverged"]:
+            text += f", {info['diverged']} diverged"
+        ax.annotate(text, (bar.get_x() + bar.get_width() / 2, 0.01),
+                    xycoords=("data", "axes fraction"),
+                    ha="center", va="bottom", fontsize="x-small", color="white")
+    ax.set(ylabel="test accuracy", ylim=(0, 1),
+           title=f"{metrics['study']}: test accuracy\n(mean ± 95% CI over seeds; "
+                 f"orange: baseline {metrics['baseline']})")
+    ax.tick_params(axis="x", rotation=30)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
 
 
-def plot_study(study: str, models_dir: Path, metrics_path: Path, out_dir: Path) -> list[str]:
-    figures = study_figures(study, models_dir, read_json(metrics_path))
-    with atomic_dir(out_dir) as tmp:
+def speedup_chart(metrics: dict[str, Any]) -> plt.Figure:
+    """BN speed-up factors (twin without BN ÷ with BN) in epochs and in seconds, with CIs."""
+    speedups = metrics["bn_speedup"]
+    names = list(speedups)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6, len(names) * 1.6), 4.5))
+    for offset, key, label in ((-0.2, "epochs_ratio", "epochs"),
+                               (0.2, "seconds_ratio", "wall seconds")):
+        means = [speedups[n][key]["mean"] for n in names]
+        errors = [speedups[n][key]["ci"] or 0.0 for n in names]
+        bars = ax.bar(x + offset, [m or 0.0 for m in means], 0.4, yerr=errors, capsize=4,
+                      label=label)
+        for bar, mean in zip(bars, means):
+            if mean is None:
+                ax.annotate("n/a", (bar.get_x() + bar.get_width() / 2, 0), ha="center", va="bottom")
+    ax.axhline(1.0, color="grey", lw=1, ls="--")  # 1 = no speed-up
+    ax.set_xticks(x, [f"{n}\nvs {speedups[n]['twin']}" for n in names])
+    ax.set(ylabel="without BN ÷ with BN",
+           title=f"{metrics['study']}: BN speed-up to val accuracy {metrics['target_val_accuracy']}"
+                 "\n(mean of per-seed ratios ± 95% CI)")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def confusion(y_true: np.ndarray, predictions: list[np.ndarray], classes: list[str],
+              title: str) -> plt.Figure:
+    """Row-normalized confusion matrix of predictions pooled over seeds."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    pooled_true = np.concatenate([y_true] * len(predictions))
+    fig, ax = plt.subplots(figsize=(max(5, len(classes) * 0.7), max(4.5, len(classes) * 0.6)))
+    ConfusionMatrixDisplay.from_predictions(
+        pooled_true, np.concatenate(predictions), labels=np.arange(len(classes)),
+        display_labels=classes, normalize="true", values_format=".2f", ax=ax, colorbar=False,
+        xticks_rotation=45)
+    ax.set_title(title, fontsize="medium")
+    fig.tight_layout()
+    return fig
+
+
+def examples(data_dir: Path, per_class: int = EXAMPLES_PER_CLASS) -> plt.Figure:
+    """The first `per_class` training images of every class, back in raw pixel units."""
+    for name in ("x_train.npy", "y_train.npy", "stats.json"):
+        if not (data_dir / name).exists():
+            raise DataError(f"{data_dir / name}: missing; run the standardize stage first")
+    x = np.load(data_dir / "x_train.npy", mmap_mode="r")
+    y = np.load(data_dir / "y_train.npy")
+    stats = read_json(data_dir / "stats.json")
+    classes = class_names(data_dir, int(y.max()) + 1)
+    fig, axes = plt.subplots(len(classes), per_class, squeeze=False,
+                             figsize=(per_class * 1.1, len(classes) * 1.15))
+    for label, row in enumerate(axes):
+        picks = np.flatnonzero(y == label)[:per_class]
+        for ax, index in zip(row, list(picks) + [None] * per_class):
+            ax.axis("off")
+            if index is not None:
+                raw = np.asarray(x[index]) * stats["scale"] + stats["offset"]  # undo scaling
+                image = np.clip(raw / 255.0, 0.0, 1.0)  # raw pixels are 0..255
+                ax.imshow(image.squeeze(), cmap="gray" if image.shape[-1] == 1 else None,
+                          vmin=0, vmax=1)
+        row[0].set_title(classes[label], fontsize="x-small", loc="left")
+    fig.suptitle(f"{data_dir.name}: training images", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def class_names(data_dir: Path, count: int) -> list[str]:
+    path = Path(data_dir) / "classes.json"
+    return [str(c) for c in read_json(path)] if path.exists() else [str(i) for i in range(count)]
+
+
+def read_bn_params(models_dir: Path, variant: str, seeds: list[int]
+                   ) -> dict[str, dict[str, np.ndarray]]:
+    """{layer: {"gamma": values, "beta": values}} pooled over the seeds that saved them."""
+    layers: dict[str, dict[str, list]] = {}
+    for seed in seeds:
+        path = unit_dir(models_dir, variant, seed) / "bn_params.npz"
+        if not path.exists():
+            continue
+        with np.load(path, allow_pickle=False) as saved:
+            for key in saved.files:
+                layer, _, param = key.rpartition("/")
+                layers.setdefault(layer, {"gamma": [], "beta": []})[param].append(saved[key])
+    return {layer: {p: np.concatenate(v) if v else np.array([]) for p, v in params.items()}
+            for layer, params in layers.items()}
+
+
+def bn_violins(bn: dict[str, dict[str, dict[str, np.ndarray]]], study: str) -> plt.Figure:
+    """One column per variant, rows gamma and beta, one violin per BN layer (input BN too)."""
+    fig, axes = plt.subplots(2, len(bn), squeeze=False, sharey="row",
+                             figsize=(max(6, 3.2 * len(bn)), 7))
+    for col, (variant, layers) in enumerate(bn.items()):
+        for row, param in enumerate(("gamma", "beta")):
+            ax = axes[row, col]
+            names = [n for n in layers if layers[n][param].size]
+            for position, name in enumerate(names, start=1):
+                values = layers[name][param]
+                if np.ptp(values) > 0:
+                    ax.violinplot([values], positions=[position], showmedians=True)
+                else:  # constant (e.g. untrained) parameters: a KDE of one value is undefined
+                    ax.plot([position], values[:1], marker="_", ms=20, color="tab:blue")
+            ax.set_xticks(np.arange(1, len(names) + 1), names, rotation=45, ha="right",
+                          fontsize="x-small")
+            ax.set_title(f"{variant}: {param}", fontsize="small")
+            ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(f"{study}: learned BatchNorm parameters per layer (seeds pooled)")
+    fig.tight_layout()
+    return fig
+
+
+def save_figures(figures: dict[str, plt.Figure], out_dir: Path) -> None:
+    """All figures at once: the folder is replaced only when every one is written."""
+    with atomic_dir(Path(out_dir)) as tmp:
         for filename, figure in figures.items():
             figure.savefig(tmp / filename, dpi=100)
-    tags = tracking.run_tags(study, "summary", kind="summary", dvc_stage=f"plot@{study}")
-    with tracking.run(study, f"{study}-summary", tags):
-        for filename, figure in figures.items():
-            tracking.mlflow.log_figure(figure, filename)
-        tracking.mlflow.log_artifact(str(metrics_path))
+
+
+def close(figures: dict[str, plt.Figure]) -> None:
     for figure in figures.values():
         plt.close(figure)
-    return list(figures)

@@ -1,0 +1,158 @@
+"""report stage: one static, offline HTML page that answers every study's question.
+
+    ablations report --metrics metrics --plots plots --out reports/index.html
+
+A section per study (question, mean ± 95% CI per variant, comparisons with the baseline, BN
+speed-up, verdict, figures) and polyfit's when metrics/polyfit.json exists. Figures are
+embedded as base64 `data:` URIs and the styles are inline: the single file can be mailed,
+archived or opened from a DVC cache without a server or network, and needs no JavaScript.
+Also logged as an artifact of the run "report" in the MLflow experiment "report".
+"""
+
+from __future__ import annotations
+
+import base64
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from ablations import tracking
+from ablations.config import Params
+from ablations.errors import DataError
+from ablations.io import atomic_file, read_json
+from ablations.plots import FIGURES
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto; padding: 0 1rem;
+       color: #222; line-height: 1.45; }
+h1 { border-bottom: 2px solid #444; } h2 { margin-top: 3rem; border-bottom: 1px solid #aaa; }
+table { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+tr.baseline { background: #fff3e0; } .question { font-style: italic; }
+.verdict { background: #eef6ee; border-left: 4px solid #3a3; padding: 0.6rem 1rem; }
+figure { margin: 1.5rem 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
+nav a { margin-right: 1rem; }
+"""
+
+
+def _pm(result: dict | None, scale: float = 1.0, digits: int = 1) -> str:
+    if not result or result.get("mean") is None:
+        return "—"
+    text = f"{result['mean'] * scale:.{digits}f}"
+    return text + (f" ± {result['ci'] * scale:.{digits}f}" if result.get("ci") is not None else "")
+
+
+def _table(header: list[str], rows: list[list[str]], classes: list[str] | None = None) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join(
+        f"<tr class=\"{escape(cls)}\">" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>"
+        for row, cls in zip(rows, classes or [""] * len(rows)))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _figure(path: Path, caption: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return (f"<figure><img alt=\"{escape(caption)}\" src=\"data:image/png;base64,{data}\">"
+            f"<figcaption>{escape(caption)}</figcaption></figure>")
+
+
+def _figures(folder: Path) -> str:
+    """Known figures in a fixed order, then any other PNG the stage wrote."""
+    known = [folder / name for name in FIGURES if (folder / name).exists()]
+    others = sorted(p for p in folder.glob("*.png") if p.name not in FIGURES)
+    return "".join(_figure(p, p.stem.replace("_", " ")) for p in known + others)
+
+
+def _variants_table(m: dict) -> str:
+    header = ["variant", "seeds", "diverged", "test accuracy %", "test loss",
+              f"epochs to {m['target_val_accuracy']:g} val acc.", "reached",
+              "seconds to target", "fit seconds"]
+    rows, classes = [], []
+    for name, v in m["variants"].items():
+        label = f"{name} (baseline)" if name == m["baseline"] else name
+        if v["data"] != m["data"]:  # a transfer source: tested on other data, not compared
+            label += f" (on {v['data']})"
+        rows.append([label, str(v["seeds"]), str(v["diverged"]), _pm(v["test_accuracy"], 100),
+                     _pm(v["test_loss"], digits=3), _pm(v["epochs_to_target"]),
+                     f"{v['epochs_to_target']['reached']} of {v['epochs_to_target']['of']}",
+                     _pm(v["seconds_to_target"]), _pm(v["fit_seconds"])])
+        classes.append("baseline" if name == m["baseline"] else "")
+    return _table(header, rows, classes)
+
+
+def _speedup_table(m: dict) -> str:
+    if not m["bn_speedup"]:
+        return ""
+    rows = [[f"{name} vs {s['twin']}", _pm(s["epochs_ratio"], digits=2),
+             _pm(s["seconds_ratio"], digits=2), str(s["epochs_ratio"]["n"]),
+             str(s["bn_only_reached"])] for name, s in m["bn_speedup"].items()]
+    return ("<h3>BatchNorm speed-up (without BN ÷ with BN, mean of per-seed ratios ± 95% CI)</h3>"
+            + _table(["pair", "epochs", "wall seconds", "seeds (both reached)",
+                      "only BN reached"], rows))
+
+
+def study_section(study: str, m: dict, plots_dir: Path) -> str:
+    comparisons = "".join(f"<li>{escape(c['text'])}</li>" for c in m["comparisons"].values())
+    folder = plots_dir / study
+    return (f"<section id=\"{escape(study)}\"><h2>{escape(study)}</h2>"
+            f"<p class=\"question\">{escape(m['question'])}</p>"
+            f"<p class=\"verdict\">{escape(m['verdict'])}</p>"
+            f"<p>{len(m['seeds'])} seeds per variant; ± is the half-width of the 95% Student-t "
+            "interval of the mean (differences: Welch t-interval).</p>"
+            + _variants_table(m)
+            + f"<h3>Compared with the baseline {escape(m['baseline'])}</h3><ul>{comparisons}</ul>"
+            + _speedup_table(m)
+            + (_figures(folder) if folder.is_dir() else "")
+            + "</section>")
+
+
+def polyfit_section(m: dict, plots_dir: Path) -> str:
+    rows = [[degree, f"{d['mean']:.4g}", f"{d['se']:.3g}"] for degree, d in m["per_degree"].items()]
+    figure = plots_dir / "polyfit" / "cv_error.png"
+    return ("<section id=\"polyfit\"><h2>polyfit</h2>"
+            "<p class=\"question\">Are complex models chosen over simpler ones under k-fold "
+            "cross-validation?</p>"
+            f"<p class=\"verdict\">{escape(m['verdict'])}</p>"
+            f"<p>True degree {m['true_degree']}; chosen: {m['chosen_degree_min']} (minimum), "
+            f"{m['chosen_degree_1se']} (one-standard-error rule).</p>"
+            + _table(["degree", "CV MSE mean", "SE"], rows)
+            + (_figure(figure, "CV error vs degree") if figure.exists() else "")
+            + "</section>")
+
+
+def read_metrics(metrics_dir: Path, study: str) -> dict[str, Any]:
+    path = Path(metrics_dir) / f"{study}.json"
+    if not path.exists():
+        raise DataError(f"{path}: missing; run the evaluate stage first "
+                        f"(dvc repro evaluate@{study})")
+    return read_json(path)
+
+
+def render(params: Params, metrics_dir: Path, plots_dir: Path) -> str:
+    metrics_dir, plots_dir = Path(metrics_dir), Path(plots_dir)
+    studies = {study: read_metrics(metrics_dir, study) for study in params.studies}
+    sections = [study_section(study, m, plots_dir) for study, m in studies.items()]
+    names = list(studies)
+    polyfit = metrics_dir / "polyfit.json"
+    if polyfit.exists():
+        sections.append(polyfit_section(read_json(polyfit), plots_dir))
+        names.append("polyfit")
+    nav = "".join(f"<a href=\"#{escape(n)}\">{escape(n)}</a>" for n in names)
+    return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<title>Ablation studies — report</title>"
+            f"<style>{STYLE}</style></head><body><h1>Ablation studies</h1>"
+            "<p>Mean ± 95% confidence interval over seeds.</p>"
+            f"<nav>{nav}</nav>{''.join(sections)}</body></html>\n")
+
+
+def build_report(params: Params, metrics_dir: Path, plots_dir: Path, out_html: Path) -> Path:
+    """Write the report atomically, log it to MLflow (experiment and run "report")."""
+    html = render(params, metrics_dir, plots_dir)
+    out_html = Path(out_html)
+    with atomic_file(out_html) as handle:
+        handle.write(html)
+    tags = tracking.run_tags("report", "report", kind="report", dvc_stage="report")
+    with tracking.run("report", "report", tags):
+        tracking.mlflow.log_artifact(str(out_html))
+    return out_html

@@ -1,0 +1,122 @@
+"""Mean ± confidence interval over seeds, and the comparison of two variants in words.
+
+    python -c "from ablations.stats import mean_ci; print(mean_ci([0.91, 0.90, 0.93]))"
+
+Every variant of a study is trained once per seed; a result is the mean over seeds with the
+half-width of its Student-t confidence interval (few seeds: the t quantile, not 1.96, is what
+makes 3 seeds honest). Non-finite values (a diverged run's NaN loss) are left out of the mean
+and counted, so a reader sees "2 of 3 seeds" instead of a silently smaller sample.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+CONFIDENCE = 0.95
+
+
+def finite(values: Iterable[float | None]) -> tuple[np.ndarray, int]:
+    """(the finite values as floats, how many were None/NaN/inf and left out)."""
+    raw = np.array([np.nan if v is None else v for v in values], dtype=float)
+    kept = raw[np.isfinite(raw)]
+    return kept, int(raw.size - kept.size)
+
+
+def _t(confidence: float, df: float) -> float:
+    """Two-sided Student-t quantile: half-width = t * standard error."""
+    return float(scipy_stats.t.ppf(0.5 + confidence / 2, df))
+
+
+def mean_ci(values: Iterable[float | None], confidence: float = CONFIDENCE
+            ) -> tuple[float | None, float | None]:
+    """(mean, half-width of the t-interval) of the finite values; NaN/None are left out.
+
+    One finite value: (value, None), there is no spread to estimate. None at all: (None, None).
+    """
+    kept, _ = finite(values)
+    if kept.size == 0:
+        return None, None
+    mean = float(kept.mean())
+    if kept.size == 1:
+        return mean, None
+    se = float(kept.std(ddof=1)) / math.sqrt(kept.size)
+    return mean, _t(confidence, kept.size - 1) * se
+
+
+def summary(values: Iterable[float | None], labels: Iterable[str] | None = None,
+            confidence: float = CONFIDENCE) -> dict[str, Any]:
+    """The JSON form of a result over seeds: mean, ci (half-width), n (finite values used),
+    excluded (non-finite values left out) and the values themselves, keyed by `labels`."""
+    values = list(values)
+    mean, half = mean_ci(values, confidence)
+    kept, excluded = finite(values)
+    clean = [None if v is None or not math.isfinite(v) else float(v) for v in values]
+    out: dict[str, Any] = {"mean": mean, "ci": half, "n": int(kept.size), "excluded": excluded}
+    out["values"] = dict(zip(labels, clean)) if labels is not None else clean
+    return out
+
+
+def difference_ci(a: Iterable[float | None], b: Iterable[float | None],
+                  confidence: float = CONFIDENCE) -> tuple[float | None, float | None]:
+    """(mean(a) - mean(b), half-width of Welch's t-interval); NaN/None left out of both.
+
+    Welch (unequal variances, Satterthwaite degrees of freedom), not a pooled t: a variant with
+    BatchNorm or dropout can vary much less across seeds than its baseline. Half-width None
+    when either side has fewer than two finite values; 0 when both have no spread at all.
+    """
+    a, _ = finite(a)
+    b, _ = finite(b)
+    if a.size == 0 or b.size == 0:
+        return None, None
+    diff = float(a.mean() - b.mean())
+    if a.size < 2 or b.size < 2:
+        return diff, None
+    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
+    if va + vb == 0:
+        return diff, 0.0
+    df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
+    return diff, _t(confidence, df) * math.sqrt(va + vb)
+
+
+def judge(diff: float | None, half: float | None, higher_is_better: bool = True) -> str | None:
+    """'better', 'worse' or 'not distinguishable' (the interval contains 0); None without an
+    interval (one seed) or without a difference (no finite value)."""
+    if diff is None or half is None:
+        return None
+    if abs(diff) <= half:
+        return "not distinguishable"
+    return "better" if (diff > 0) == higher_is_better else "worse"
+
+
+def _diverged_note(name: str, values: list) -> str:
+    _, bad = finite(values)
+    return f"{bad} of {len(values)} runs of {name} diverged" if bad else ""
+
+
+def verdict(name: str, baseline: str, a: Iterable[float | None], b: Iterable[float | None],
+            unit: str = "points of test accuracy", scale: float = 100.0,
+            higher_is_better: bool = True, confidence: float = CONFIDENCE) -> str:
+    """One line comparing variant `name` (values `a`, one per seed) with `baseline` (`b`):
+
+    "relu-bn vs relu: +2.9 ± 0.8 points of test accuracy — better"
+
+    `scale` turns the values into `unit` (accuracy 0..1 × 100 = percentage points). Non-finite
+    values (diverged runs) are left out and said so; one seed gives the difference only.
+    """
+    a, b = list(a), list(b)
+    diff, half = difference_ci(a, b, confidence)
+    notes = [n for n in (_diverged_note(name, a), _diverged_note(baseline, b)) if n]
+    head = f"{name} vs {baseline}: "
+    if diff is None:
+        return head + "no finite result to compare" + (f" ({'; '.join(notes)})" if notes else "")
+    if half is None:
+        text = f"{head}{diff * scale:+.1f} {unit} — one seed: no interval"
+    else:
+        text = (f"{head}{diff * scale:+.1f} ± {half * scale:.1f} {unit} — "
+                f"{judge(diff, half, higher_is_better)}")
+    return text + (f" ({'; '.join(notes)})" if notes else "")

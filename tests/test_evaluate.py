@@ -1,0 +1,295 @@
+"""evaluate stage on a study written to disk the way the train stage writes one: run.json,
+history.csv, test_predictions.npy and bn_params.npz for 4 variants × 3 seeds (no training)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from ablations import stats
+from ablations.config import load_params
+from ablations.errors import DataError
+from ablations.evaluate import epochs_to_target, evaluate_study, read_study, study_metrics
+from ablations.history import write_history
+from ablations.io import unit_dir, write_json
+from ablations.plots import FIGURES
+
+TARGET = 0.8
+CLASSES = ["zero", "one", "two", "three"]
+N_TEST = 40
+# Per variant: validation accuracy per epoch for each seed (target 0.8), seconds per epoch,
+# test accuracy per seed and which seed diverged.
+VAL_ACCURACY = {
+    "relu": [[0.5, 0.7, 0.82, 0.85], [0.6, 0.75, 0.79, 0.81], [0.5, 0.81, 0.83, 0.84]],  # 3, 4, 2
+    "relu-bn": [[0.81, 0.85, 0.9, 0.9], [0.7, 0.85, 0.9, 0.9], [0.82, 0.86, 0.9, 0.9]],  # 1, 2, 1
+    "tanh": [[0.5, 0.6, 0.65, 0.7], [0.5, 0.6, 0.7, 0.7], [0.4, float("nan")]],  # never
+    "tanh-bn": [[0.6, 0.7, 0.8, 0.85], [0.6, 0.7, 0.75, 0.78], [0.6, 0.7, 0.75, 0.79]],  # 3, -, -
+    "source": [[0.9, 0.95, 0.97, 0.99]] * 3,
+}
+EPOCH_SECONDS = {"relu": 2.0, "relu-bn": 3.0, "tanh": 2.0, "tanh-bn": 3.0, "source": 1.0}
+TEST_ACCURACY = {"relu": [0.85, 0.86, 0.84], "relu-bn": [0.90, 0.91, 0.92],
+                 "tanh": [0.70, 0.72, 0.10], "tanh-bn": [0.80, 0.82, 0.81],
+                 "source": [0.99, 0.99, 0.99]}
+DIVERGED = {("tanh", 2)}
+VARIANTS = {"relu": {}, "relu-bn": {"norm": "before"}, "tanh": {"activation": "tanh"},
+            "tanh-bn": {"activation": "tanh", "norm": "before"}}
+
+
+def write_study_params(folder, seeds=(0, 1, 2), variants=VARIANTS):
+    """folder/params.yaml with one study `unit` on prepared data `d` (as conftest.write_params,
+    plus seeds and a baseline)."""
+    prepared = {"source": "fashion_mnist", "scaling": "zero_one"}
+    params = {"data": {"raw": ["fashion_mnist"], "prepared": {"d": prepared, "d2": prepared}},
+              "studies": {"unit": {"question": "Does BatchNorm help <small> CNNs & why?",
+                                   "data": "d", "seeds": list(seeds), "baseline": "relu",
+                                   "target_val_accuracy": TARGET,
+                                   "defaults": {"conv_filters": [4], "dense_units": [8],
+                                                "epochs": 4, "batch_size": 16},
+                                   "variants": variants}},
+              "polyfit": {"coefficients": [1.0, 2.0], "noise": 0.1, "n": 20, "x_range": [0, 1],
+                          "max_degree": 2, "folds": 2, "seed": 0}}
+    (folder / "params.yaml").write_text(yaml.safe_dump(params))
+    return load_params(folder / "params.yaml")
+
+
+def write_prepared_data(folder, seed=0, n_test=N_TEST):
+    """What standardize writes: scaled arrays, classes.json, stats.json."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for part, count in (("train", 80), ("val", 40), ("test", n_test)):
+        y = np.arange(count) % len(CLASSES)
+        x = rng.uniform(size=(count, 8, 8, 1)).astype(np.float32) * (y[:, None, None, None] + 1) / 4
+        np.save(folder / f"x_{part}.npy", x)
+        np.save(folder / f"y_{part}.npy", y.astype(np.int64))
+    write_json(folder / "classes.json", CLASSES)
+    write_json(folder / "stats.json", {"offset": [0.0], "scale": [255.0]})
+    return folder
+
+
+def _history(val_accuracy, seconds):
+    return [{"epoch": e, "loss": 1 - v, "accuracy": v, "val_loss": 1 - v, "val_accuracy": v,
+             "epoch_seconds": seconds} for e, v in enumerate(val_accuracy, start=1)]
+
+
+def write_unit(models_dir, name, index, seed, y_test):
+    folder = unit_dir(models_dir, name, seed)
+    folder.mkdir(parents=True)
+    diverged = (name, index) in DIVERGED
+    accuracy = TEST_ACCURACY[name][index]
+    write_json(folder / "run.json", {
+        "run_id": f"run-{name}-{seed}", "seed": seed, "fit_seconds": 10.0 + index,
+        "diverged": diverged, "test_loss": float("nan") if diverged else 1 - accuracy,
+        "test_accuracy": accuracy, "fingerprint": "f", "tracking_complete": True})
+    write_history(folder / "history.csv", _history(VAL_ACCURACY[name][index], EPOCH_SECONDS[name]))
+    wrong = np.random.default_rng(seed).random(y_test.size) > accuracy
+    np.save(folder / "test_predictions.npy", np.where(wrong, (y_test + 1) % len(CLASSES), y_test))
+    (folder / "model.keras").write_bytes(b"not loaded by evaluate")
+    if "-bn" in name:
+        rng = np.random.default_rng(seed)
+        np.savez(folder / "bn_params.npz", **{
+            f"{layer}/{param}": rng.normal(1.0 if param == "gamma" else 0.0, 0.1, size=size)
+            for layer, size in (("input_bn", 1), ("conv0_bn", 4), ("dense0_bn", 8))
+            for param in ("gamma", "beta")})
+
+
+def write_fake_study(root, seeds=(0, 1, 2), variants=VARIANTS):
+    """(params, models/unit, data/prepared) of a study trained 'for real' on disk."""
+    params = write_study_params(root, seeds, variants)
+    data_dir = root / "data" / "prepared"
+    y_test = {"d": np.load(write_prepared_data(data_dir / "d") / "y_test.npy"),
+              "d2": np.load(write_prepared_data(data_dir / "d2", n_test=24) / "y_test.npy")}
+    models_dir = root / "models" / "unit"
+    for name in variants:
+        for index, seed in enumerate(seeds):
+            write_unit(models_dir, name, index, seed, y_test[params.variant_data("unit", name)])
+    return params, models_dir, data_dir
+
+
+def evaluate(root, params, models_dir, data_dir):
+    return evaluate_study(params, "unit", models_dir, data_dir, root / "metrics" / "unit.json",
+                          root / "plots" / "unit")
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """(root, metrics as read back from metrics/unit.json, tracking URI): the fake study
+    evaluated once for the module (a new MLflow store costs seconds)."""
+    root = tmp_path_factory.mktemp("study")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.delenv("MLFLOW_RUN_ID", raising=False)
+        evaluate(root, *write_fake_study(root))
+    return root, json.loads((root / "metrics" / "unit.json").read_text()), uri
+
+
+def test_epochs_to_target_counts_epochs_and_seconds():
+    history = _history([0.5, 0.79, 0.8, 0.9], 2.5)
+    assert epochs_to_target(history, 0.8) == (3, 7.5)
+    assert epochs_to_target(history, 0.95) == (None, None)
+    assert epochs_to_target(_history([0.5, float("nan")], 1.0), 0.8) == (None, None)
+
+
+def test_evaluate_study_metrics(evaluated):
+    _, m, _ = evaluated
+    assert (m["study"], m["baseline"], m["seeds"]) == ("unit", "relu", [0, 1, 2])
+    assert m["target_val_accuracy"] == TARGET
+    assert m["question"].startswith("Does BatchNorm")
+
+    relu = m["variants"]["relu"]
+    mean, half = stats.mean_ci([0.85, 0.86, 0.84])
+    assert relu["test_accuracy"]["mean"] == pytest.approx(mean) == pytest.approx(0.85)
+    assert relu["test_accuracy"]["ci"] == pytest.approx(half)
+    assert relu["test_accuracy"]["values"] == {"seed0": 0.85, "seed1": 0.86, "seed2": 0.84}
+    assert relu["epochs_to_target"]["values"] == {"seed0": 3, "seed1": 4, "seed2": 2}
+    assert relu["epochs_to_target"]["mean"] == pytest.approx(3.0)
+    assert relu["seconds_to_target"]["mean"] == pytest.approx(6.0)
+    assert (relu["epochs_to_target"]["reached"], relu["epochs_to_target"]["of"]) == (3, 3)
+
+    tanh = m["variants"]["tanh"]  # never reaches the target; seed 2 diverged (test loss NaN)
+    assert tanh["epochs_to_target"] | {"values": None} == {
+        "mean": None, "ci": None, "n": 0, "excluded": 3, "reached": 0, "of": 3, "values": None}
+    assert tanh["diverged"] == 1
+    assert tanh["test_loss"]["n"] == 2 and tanh["test_loss"]["values"]["seed2"] is None
+    assert tanh["test_loss"]["mean"] == pytest.approx(0.29)
+
+    tanh_bn = m["variants"]["tanh-bn"]["epochs_to_target"]  # one seed of three reached it
+    assert (tanh_bn["mean"], tanh_bn["ci"], tanh_bn["reached"]) == (3, None, 1)
+
+
+def test_evaluate_bn_speedup_pairs_twins_by_seed(evaluated):
+    _, m, _ = evaluated
+    assert set(m["bn_speedup"]) == {"relu-bn", "tanh-bn"}
+    relu_bn = m["bn_speedup"]["relu-bn"]
+    assert relu_bn["twin"] == "relu"  # not tanh: only norm differs
+    ratios = [3 / 1, 4 / 2, 2 / 1]  # relu epochs ÷ relu-bn epochs, seed by seed
+    epochs = relu_bn["epochs_ratio"]
+    assert epochs["values"] == pytest.approx(dict(zip(["seed0", "seed1", "seed2"], ratios)))
+    assert (epochs["mean"], epochs["ci"]) == pytest.approx(stats.mean_ci(ratios))
+    seconds = [6 / 3, 8 / 6, 4 / 3]
+    assert relu_bn["seconds_ratio"]["mean"] == pytest.approx(np.mean(seconds))
+    tanh_bn = m["bn_speedup"]["tanh-bn"]  # its twin never reached the target
+    assert tanh_bn["twin"] == "tanh"
+    assert tanh_bn["epochs_ratio"]["mean"] is None and tanh_bn["bn_only_reached"] == 1
+
+
+def test_evaluate_comparisons_and_verdict(evaluated):
+    _, m, _ = evaluated
+    assert set(m["comparisons"]) == {"relu-bn", "tanh", "tanh-bn"}
+    diff, half = stats.difference_ci([0.90, 0.91, 0.92], [0.85, 0.86, 0.84])
+    c = m["comparisons"]["relu-bn"]
+    assert (c["vs"], c["judgement"]) == ("relu", "better")
+    assert (c["difference_points"], c["ci_points"]) == pytest.approx((100 * diff, 100 * half))
+    assert c["text"] == (
+        f"relu-bn vs relu: +6.0 ± {100 * half:.1f} points of test accuracy — better")
+    assert m["comparisons"]["tanh"]["text"].startswith("tanh vs relu: ")
+    assert m["comparisons"]["tanh-bn"]["judgement"] == "worse"
+    assert m["best_variant"] == "relu-bn"
+    acc_mean, acc_half = stats.mean_ci([0.90, 0.91, 0.92])
+    assert m["verdict"].startswith(
+        f"Best mean test accuracy: relu-bn, {100 * acc_mean:.1f} ± {100 * acc_half:.1f} % "
+        "over 3 seeds. "
+        + c["text"] + ".")
+    assert "Diverged: tanh (1 of 3 seeds)." in m["verdict"]
+    ratio_mean, ratio_half = stats.mean_ci([3, 2, 2])
+    assert f"relu-bn vs relu: {ratio_mean:.2f} ± {ratio_half:.2f}x fewer epochs" in m["verdict"]
+    assert "tanh-bn vs tanh: not measurable" in m["verdict"]
+
+
+def test_evaluate_writes_figures_and_one_summary_run(evaluated):
+    root, _, uri = evaluated
+    written = sorted(p.name for p in (root / "plots" / "unit").iterdir())
+    assert written == sorted(FIGURES)
+    for name in written:
+        assert (root / "plots" / "unit" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("unit")
+    runs = client.search_runs([experiment.experiment_id])
+    assert [r.info.run_name for r in runs] == ["unit-summary"]
+    run = runs[0]
+    assert run.data.metrics["relu-bn.test_accuracy_mean"] == pytest.approx(0.91)
+    assert run.data.tags["mlflow.note.content"].startswith("Best mean test accuracy")
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert artifacts == set(FIGURES) | {"unit.json"}
+
+
+def test_one_seed_study_has_no_intervals(tmp_path):
+    params, models_dir, data_dir = write_fake_study(tmp_path, seeds=(5,))
+    m = study_metrics(params, "unit", read_study(params, "unit", models_dir, data_dir))
+    assert m["variants"]["relu"]["test_accuracy"]["ci"] is None
+    assert m["comparisons"]["relu-bn"]["judgement"] is None
+    assert m["comparisons"]["relu-bn"]["text"] == (
+        "relu-bn vs relu: +5.0 points of test accuracy — one seed: no interval")
+    assert "3 without interval (one seed)" in m["verdict"]
+    assert "relu-bn, 90.0 % over 1 seed." in m["verdict"]
+
+
+def test_variant_on_other_data_is_not_compared(tmp_path):
+    """A transfer source trains and is tested on other data: its (higher) accuracy is
+    reported but neither compared with the baseline nor the best variant."""
+    variants = {**VARIANTS, "source": {"data": "d2"}}
+    params, models_dir, data_dir = write_fake_study(tmp_path, variants=variants)
+    m = study_metrics(params, "unit", read_study(params, "unit", models_dir, data_dir))
+    assert m["variants"]["source"]["data"] == "d2" and m["data"] == "d"
+    assert m["variants"]["source"]["test_accuracy"]["mean"] == pytest.approx(0.99)
+    assert "source" not in m["comparisons"]
+    assert m["best_variant"] == "relu-bn"
+
+
+def test_missing_training_names_file_and_stage(tmp_path):
+    params, models_dir, data_dir = write_fake_study(tmp_path)
+    (unit_dir(models_dir, "tanh", 1) / "run.json").unlink()
+    with pytest.raises(DataError, match=r"tanh/seed1/run.json: missing; .*dvc repro train@unit"):
+        evaluate(tmp_path, params, models_dir, data_dir)
+    assert not (tmp_path / "metrics").exists() and not (tmp_path / "plots").exists()
+
+
+def test_predictions_of_another_dataset_are_rejected(tmp_path):
+    params, models_dir, data_dir = write_fake_study(tmp_path)
+    np.save(unit_dir(models_dir, "relu", 0) / "test_predictions.npy", np.zeros(7, dtype=np.int64))
+    with pytest.raises(DataError, match=r"relu/seed0/test_predictions.npy: 7 predictions for 40"):
+        evaluate(tmp_path, params, models_dir, data_dir)
+
+
+def test_metrics_file_has_no_nan(evaluated):
+    """DVC and browsers read strict JSON: a diverged run's NaN must be written as null."""
+    root, _, _ = evaluated
+    text = (root / "metrics" / "unit.json").read_text()
+    json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in metrics JSON"))
+    assert not any(isinstance(v, float) and math.isnan(v) for v in _leaves(json.loads(text)))
+
+
+def _leaves(tree):
+    if isinstance(tree, dict):
+        for value in tree.values():
+            yield from _leaves(value)
+    elif isinstance(tree, list):
+        for value in tree:
+            yield from _leaves(value)
+    else:
+        yield tree
+
+
+def test_bn_violins_take_constant_and_single_values():
+    """Untrained BN layers have gamma == 1 everywhere: no KDE, still one mark per layer."""
+    from ablations import plots
+
+    figure = plots.bn_violins({"v": {"input_bn": {"gamma": np.ones(3), "beta": np.zeros(1)},
+                                     "conv0_bn": {"gamma": np.array([0.9, 1.1]),
+                                                  "beta": np.array([0.0, 0.1])}}}, "s")
+    assert [t.get_text() for t in figure.axes[0].get_xticklabels()] == ["input_bn", "conv0_bn"]
+    plots.close({"f": figure})
+
+
+def test_evaluate_and_report_do_not_import_keras():
+    """They read files only: no TensorFlow start-up (seconds, GBs) in these stages."""
+    import subprocess
+    import sys
+
+    code = ("import sys, ablations.evaluate, ablations.report, ablations.plots, ablations.stats; "
+            "print(sorted({'keras', 'tensorflow', 'torch', 'jax'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

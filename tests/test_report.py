@@ -1,0 +1,218 @@
+"""The HTML report, opened in a real headless Chromium (Playwright), and a real `mlflow ui`
+showing a study's runs. Skipped only where no Chromium binary exists."""
+
+import contextlib
+from html import escape
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from test_evaluate import write_fake_study  # the fake study on disk, as the train stage writes it
+
+from ablations import plots, polyfit
+from ablations.errors import DataError
+from ablations.evaluate import read_study, study_figures, study_metrics
+from ablations.io import write_json
+from ablations.report import build_report
+
+CHROMIUM = next((path for path in (shutil.which("chromium"), shutil.which("chromium-browser"),
+                                   shutil.which("google-chrome"), "/usr/bin/chromium")
+                 if path and Path(path).exists()), None)
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium binary found "
+                                    "(apt-get install chromium); the browser tests need one")
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def write_polyfit(root, params):
+    """metrics/polyfit.json and plots/polyfit/cv_error.png from the real polyfit functions."""
+    cfg = polyfit.validate_config(params.polyfit)
+    x, y = polyfit.make_data(cfg.coefficients, cfg.noise, cfg.n, cfg.x_range, cfg.seed)
+    scores = polyfit.cv_errors(x, y, range(1, cfg.max_degree + 1), cfg.folds, cfg.seed)
+    chosen = polyfit.choose_degree(scores)
+    verdict = polyfit.answer(scores, cfg.true_degree, noise=cfg.noise)
+    write_json(root / "metrics" / "polyfit.json",
+               polyfit.metrics_dict(scores, chosen, cfg.true_degree, verdict))
+    plots.close({"cv": polyfit.plot_cv(scores, chosen, cfg.true_degree,
+                                       root / "plots" / "polyfit" / "cv_error.png")})
+
+
+def write_study_outputs(root, params, models_dir, data_dir):
+    """metrics/unit.json and plots/unit/*.png as the evaluate stage writes them (without its
+    MLflow run: one store per module is enough)."""
+    units = read_study(params, "unit", models_dir, data_dir)
+    metrics = study_metrics(params, "unit", units)
+    figures = study_figures(params, "unit", units, metrics, models_dir, data_dir)
+    plots.save_figures(figures, root / "plots" / "unit")
+    plots.close(figures)
+    write_json(root / "metrics" / "unit.json", metrics)
+    return metrics
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """(root, metrics, reports/index.html, tracking URI) of one report build."""
+    root = tmp_path_factory.mktemp("report")
+    params, models_dir, data_dir = write_fake_study(root)
+    metrics = write_study_outputs(root, params, models_dir, data_dir)
+    write_polyfit(root, params)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.delenv("MLFLOW_RUN_ID", raising=False)
+        html = build_report(params, root / "metrics", root / "plots",
+                            root / "reports" / "index.html")
+    return root, metrics, html, uri
+
+
+@contextlib.contextmanager
+def chromium_page():
+    """A headless Chromium page and the list of problems it reports (console errors, page
+    errors, failed requests). The system Chromium: Playwright's download needs the internet."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            problems = []
+            page.on("console", lambda m: problems.append(f"console: {m.text}")
+                    if m.type == "error" else None)
+            page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+            page.on("requestfailed", lambda request: problems.append(f"failed: {request.url}"))
+            yield page, problems
+        finally:
+            browser.close()
+
+
+def test_report_is_one_self_contained_escaped_file(report):
+    root, metrics, html_path, _ = report
+    html = html_path.read_text()
+    pngs = list((root / "plots").rglob("*.png"))
+    assert html.count('src="data:image/png;base64,') == len(pngs) == len(plots.FIGURES) + 1
+    assert "<script" not in html and "http://" not in html and "https://" not in html
+    assert "Does BatchNorm help &lt;small&gt; CNNs &amp; why?" in html  # escaped question
+    assert html.count("<section") == 2  # the study and polyfit
+    for comparison in metrics["comparisons"].values():
+        assert escape(comparison["text"]) in html
+    assert escape(metrics["verdict"]) in html
+    assert escape(json.loads((root / "metrics" / "polyfit.json").read_text())["verdict"]) in html
+    assert not list(html_path.parent.glob(".index.html*"))  # no temp file left (atomic write)
+
+
+@needs_chromium
+def test_report_renders_in_chromium(report, tmp_path):
+    _, metrics, html_path, _ = report
+    with chromium_page() as (page, problems):
+        page.goto(html_path.as_uri(), wait_until="load")
+        images = page.evaluate("Array.from(document.images).map(i => "
+                               "({alt: i.alt, complete: i.complete, width: i.naturalWidth}))")
+        text = page.inner_text("body")
+        screenshot = tmp_path / "report.png"
+        page.screenshot(path=str(screenshot), full_page=True)
+    assert len(images) == len(plots.FIGURES) + 1
+    assert [i for i in images if not (i["complete"] and i["width"] > 0)] == []
+    assert problems == []
+    assert "Does BatchNorm help <small> CNNs & why?" in text  # shown as text, not as markup
+    assert "relu-bn vs relu: +6.0 ±" in text
+    data = screenshot.read_bytes()
+    assert data.startswith(PNG) and len(data) > 10_000
+
+
+def test_report_logged_to_mlflow(report):
+    _, _, _, uri = report
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("report")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == "report" and run.info.status == "FINISHED"
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["index.html"]
+
+
+def test_missing_metrics_names_file_and_stage(report, tmp_path):
+    root, _, _, _ = report
+    from ablations.config import load_params
+
+    params = load_params(root / "params.yaml")
+    out = tmp_path / "reports" / "index.html"
+    with pytest.raises(DataError, match=r"empty/unit.json: missing; .*dvc repro evaluate@unit"):
+        build_report(params, tmp_path / "empty", root / "plots", out)
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------- mlflow ui
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_up(url: str, server: subprocess.Popen, log: Path, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"mlflow ui exited with {server.returncode}:\n{log.read_text()[-2000:]}")
+        with contextlib.suppress(OSError):
+            urllib.request.urlopen(f"{url}/health", timeout=1).close()
+            return
+        time.sleep(0.3)
+    pytest.fail(f"mlflow ui did not answer within {seconds} s:\n{log.read_text()[-2000:]}")
+
+
+def stop(server: subprocess.Popen) -> None:
+    """SIGTERM to the server's own process group (uvicorn runs in a child), then SIGKILL."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+
+
+@needs_chromium
+def test_mlflow_ui_lists_study_runs(report, tmp_path):
+    # A copy of the report's store: its tables exist, so the server skips creating them.
+    shutil.copy(report[0] / "mlflow.db", tmp_path / "mlflow.db")
+    port, log = free_port(), tmp_path / "server.log"
+    url = f"http://127.0.0.1:{port}"
+    # MLflow's job runner (GenAI jobs) starts 7 huey consumer processes and the default 4
+    # uvicorn workers each import MLflow: ~50 s to start on 2 busy cores instead of ~20 s.
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true",
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri",
+               f"sqlite:///{tmp_path / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port),
+               "--workers", "1"]
+    with open(log, "w") as out:
+        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                  start_new_session=True)
+    try:
+        with chromium_page() as (page, _):  # the browser starts while the server does
+            wait_until_up(url, server, log)
+            # Runs made through the server (it has created the store's tables).
+            client = MlflowClient(url)
+            experiment_id = client.create_experiment("batchnorm")
+            names = [f"relu/seed{seed}" for seed in range(3)]
+            for name in names:
+                run = client.create_run(experiment_id, run_name=name, tags={"study": "batchnorm"})
+                client.log_metric(run.info.run_id, "test_accuracy", 0.9)
+                client.set_terminated(run.info.run_id)
+            page.goto(f"{url}/#/experiments/{experiment_id}/runs")  # a React single-page app
+            for name in names:
+                page.get_by_text(name, exact=True).first.wait_for(timeout=25_000)
+            listed = page.inner_text("body")
+            page.screenshot(path=str(tmp_path / "mlflow-ui.png"))
+        assert all(name in listed for name in names)
+        assert "batchnorm" in listed
+    finally:
+        stop(server)
