@@ -5,6 +5,7 @@ images, 2 epochs, 2 variants), run through the real entry points. Needs Debian's
 dataset-fashion-mnist (installed by .ci/run).
 """
 
+import html
 import json
 import os
 import shutil
@@ -95,22 +96,28 @@ def test_stages_ran_and_lock_records_them(pipeline):
     assert labels == ["Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
-def test_metrics_and_plots(pipeline):
+def test_metrics_plots_and_report(pipeline):
     repo, env, _ = pipeline
     metrics = json.loads((repo / "metrics" / "batchnorm.json").read_text())
     for name in ("relu", "relu-bn"):
-        result = metrics["variants"][name]
-        assert 0.0 <= result["test_accuracy"] <= 1.0
-        assert result["epochs_trained"] == EPOCHS
+        accuracy = metrics["variants"][name]["test_accuracy"]
+        assert accuracy["n"] == 2 and 0.0 <= accuracy["mean"] <= 1.0
+        assert set(accuracy["values"]) == {"seed0", "seed1"}
     assert set(metrics["bn_speedup"]) == {"relu-bn"}
+    assert metrics["comparisons"]["relu-bn"]["vs"] == "relu" and metrics["verdict"]
     assert {p.name for p in (repo / "plots" / "batchnorm").iterdir()} >= {
-        "learning_curves.png", "test_accuracy.png"}
+        "learning_curves.png", "test_accuracy.png", "confusion_matrix.png", "examples.png"}
+    transfer = json.loads((repo / "metrics" / "transfer.json").read_text())
+    assert transfer["comparisons"]["finetune"]["vs"] == "scratch"
     polyfit = json.loads((repo / "metrics" / "polyfit.json").read_text())
     assert 1 <= polyfit["chosen_degree_1se"] <= 4
     shown = run(["dvc", "metrics", "show", "--json"], repo, env).stdout
     assert "test_accuracy" in shown and "chosen_degree_1se" in shown
     run(["dvc", "plots", "show", "-o", str(repo / "dvc_plots")], repo, env)
     assert (repo / "dvc_plots" / "index.html").exists()
+    report = (repo / "reports" / "index.html").read_text()
+    for heading in ("batchnorm", "transfer", "polyfit", html.escape(metrics["verdict"])):
+        assert heading in report, heading
 
 
 def test_mlflow_runs_have_params_history_and_a_loadable_model(pipeline):
