@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,7 +33,8 @@ def sh(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 def copy_project(dest: Path, edit=None) -> Path:
-    """Copy the project files into `dest` (a new git repo); `edit(params)` may change params."""
+    """Copy the project files into `dest` (a new git repo); `edit(params)` may change params
+    (every data.prepared key is written out, see explicit_defaults)."""
     for name in PROJECT_FILES:
         source, target = REPO / name, dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -40,20 +42,44 @@ def copy_project(dest: Path, edit=None) -> Path:
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         elif source.exists():
             shutil.copy(source, target)
-    if edit:
-        params = yaml.safe_load((dest / "params.yaml").read_text())
-        (dest / "params.yaml").write_text(yaml.safe_dump(edit(params), sort_keys=False))
+    params = explicit_defaults(yaml.safe_load((dest / "params.yaml").read_text()))
+    (dest / "params.yaml").write_text(yaml.safe_dump(edit(params) if edit else params, sort_keys=False))
     sh(["git", "init", "-q"], dest)
     sh(["git", "add", "-A"], dest)
     sh(["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost", "commit", "-qm", "copy"], dest)
     return dest
 
 
+def explicit_defaults(params: dict) -> dict:
+    """Write out every data.prepared key left to its schema default: DVC fails a stage whose
+    tracked params key (dvc.yaml: `data.prepared.${key}.seed` …) is missing from params.yaml.
+    Same config for the pipeline; says which tracked keys were missing."""
+    from ablations.config import PreparedData
+
+    tracked = set(re.findall(r"data\.prepared\.\$\{key\}\.(\w+)", (REPO / "dvc.yaml").read_text()))
+    filled = []
+    for name, data in params["data"]["prepared"].items():
+        missing = {key: field.default for key, field in PreparedData.model_fields.items()
+                   if key not in data and not field.is_required()}
+        filled += [f"{name}.{key}" for key in missing if key in tracked]
+        data.update(missing)
+    if filled:
+        print(f"note: params.yaml lacks keys dvc.yaml tracks (DVC would fail): data.prepared."
+              f"{{{', '.join(filled)}}}; the copy states their defaults", file=sys.stderr)
+    return params
+
+
 def shrink(params: dict) -> dict:
-    """Same stages, a few hundred images and 1 epoch: for timing the machinery, not training."""
+    """Same stages, a few hundred images, 1 epoch, one seed and two variants per study (the
+    baseline, the next one, and any transfer source they need): for timing the machinery."""
     for data in params["data"]["prepared"].values():
-        data.update(max_train=400, max_test=200)
+        data.update(max_train=400, max_val=200, max_test=200)
     for study in params["studies"].values():
         study["defaults"].update(epochs=1, batch_size=64)
+        study["seeds"] = study.get("seeds", [0])[:1]
+        variants = study["variants"]
+        keep = {study["baseline"], next(v for v in variants if v != study["baseline"])}
+        keep |= {variants[v]["init_from"] for v in keep if "init_from" in variants[v]}
+        study["variants"] = {name: spec for name, spec in variants.items() if name in keep}
     params["polyfit"].update(max_degree=4, folds=3)
     return params

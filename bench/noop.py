@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _project import copy_project, sh, shrink
+from _project import copy_project, environment, sh, shrink
 
 
 def noop_seconds(repo: Path, repeat: int) -> float:
@@ -59,6 +61,15 @@ def main() -> None:
         baseline = noop_seconds(trivial_repo(Path(tmp) / "trivial", stages), args.repeat)
     print(f"no-op dvc repro    {baseline:6.2f} s   ({stages} trivial stages)")
     print(f"ratio              {ours / baseline:6.2f}     (goal ≤ 1.2)")
+    print(f"YAML parser        {yaml_parser()}")
+
+
+def yaml_parser() -> str:
+    """DVC parses params.yaml once per stage that tracks params: the C parser matters."""
+    done = subprocess.run([sys.executable, "-c", "from ruamel.yaml.main import CParser; print(CParser)"],
+                          env=environment(), capture_output=True, text=True)
+    return ("C (ruamel.yaml.clib)" if done.stdout.strip() not in ("", "None")
+            else "pure Python (no ruamel.yaml.clib: every YAML load is several times slower)")
 
 
 if __name__ == "__main__":

@@ -1,24 +1,30 @@
-"""Training throughput inside the pipeline ÷ a bare `model.fit` (issue 5, goals 2, 4, 5, 6).
+"""Training throughput inside the pipeline ÷ a bare `model.fit` (issue 5, goals 2 and 5).
 
     python bench/throughput.py                      # default study's first variant, 3 epochs
     KERAS_BACKEND=torch python bench/throughput.py  # same model on another backend
     python bench/throughput.py --variant relu-bn --epochs 4 --max-train 20000
+    python bench/throughput.py --batch-size 1024 --mixed-precision   # a GPU box
+    python bench/throughput.py --json               # one JSON object (bench/backends.py reads it)
 
 Each mode runs in its own process (same imports, same caches for both):
 - bare: `model.fit(x, y, shuffle=True)` on the arrays loaded into memory, as in a notebook;
-- pipeline: `ablations.training.train()` on the memory-mapped arrays, with its callbacks,
-  checkpoints and MLflow logging into a throw-away SQLite store.
-Images/s come from the epoch times after the first (which includes tracing/compilation).
-Also printed: peak RSS of the pipeline process against the size of its arrays and model.
-Needs the prepared data: `dvc repro standardize` first.
+- pipeline: `ablations.training.train_study()` of the one (variant, first seed) unit, on the
+  memory-mapped arrays, with its callbacks, checkpoints, testing, saving and MLflow logging into
+  a throw-away folder and SQLite store.
+Images/s (training images per second of an epoch, validation included) come from the epochs
+after the first (which includes tracing/compilation). Also printed: the device, and the peak
+RSS of the pipeline process (MiB) against the size of its arrays and model.
+Needs the prepared data: `dvc repro standardize@<the study's data>` first.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -27,87 +33,149 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+PHASES = {"_compiled_model": "build", "start_run": "MLflow run", "_fit": "data+callbacks",
+          "test_results": "test", "log_result": "MLflow metrics", "_save_outputs": "save",
+          "log_model": "log model"}  # steps of training.train_unit, timed in the pipeline mode
 
 
 def _args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default=str(REPO / "params.yaml"))
+    parser.add_argument("--data", default=str(REPO / "data" / "prepared"), help="prepared data root")
     parser.add_argument("--study", default="batchnorm")
     parser.add_argument("--variant", help="default: the study's first variant")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, help="default: the variant's")
+    parser.add_argument("--mixed-precision", action="store_true", help="mixed_float16 compute")
     parser.add_argument("--max-train", type=int, help="use only the first N training images")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     parser.add_argument("--mode", choices=("bare", "pipeline"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
-def _setup(args):
+def _overrides(args) -> dict:
+    overrides = {"epochs": args.epochs, "mixed_precision": args.mixed_precision}
+    if args.batch_size:
+        overrides["batch_size"] = args.batch_size
+    return overrides
+
+
+def _params_and_variant(args):
     from ablations.config import load_params
 
     params = load_params(Path(args.params))
-    study = params.studies[args.study]
-    name = args.variant or next(iter(study.variants))
-    overrides = {"epochs": args.epochs}
-    if args.batch_size:
-        overrides["batch_size"] = args.batch_size
-    cfg = params.variant(args.study, name).model_copy(update=overrides)
-    return name, cfg, REPO / "data" / "prepared" / study.data
+    return params, args.variant or next(iter(params.studies[args.study].variants))
 
 
-def _arrays(data_dir: Path, max_train: int | None, in_memory: bool):
+def _data_root(args, params, tmp: Path) -> Path:
+    """The prepared data root; with --max-train, a copy of the study's datasets cut to the
+    first N training images."""
+    import numpy as np
+
     from ablations.data.prepare import load_prepared
 
-    arrays = load_prepared(data_dir)
-    if max_train:
-        arrays["x_train"], arrays["y_train"] = arrays["x_train"][:max_train], arrays["y_train"][:max_train]
-    if in_memory:
-        arrays = {key: value.copy() for key, value in arrays.items()}
-    return arrays
+    if not args.max_train:
+        return Path(args.data)
+    spec = params.studies[args.study]
+    for name in {spec.data} | {params.variant(args.study, v).data for v in spec.variants} - {None}:
+        source, target = Path(args.data) / name, tmp / "data" / name
+        target.mkdir(parents=True)
+        for key, array in load_prepared(source).items():
+            np.save(target / f"{key}.npy", array[: args.max_train] if key.endswith("_train") else array)
+        for extra in source.glob("*.json"):  # classes.json, stats.json
+            shutil.copy(extra, target)
+    return tmp / "data"
 
 
-def run_bare(args) -> dict:
+def device() -> str:
+    """The accelerator Keras' backend sees, else "CPU (no GPU)"."""
     import keras
 
-    from ablations.training import _compiled_model
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
 
-    _, cfg, data_dir = _setup(args)
-    arrays = _arrays(data_dir, args.max_train, in_memory=True)
+        gpus = tf.config.list_physical_devices("GPU")
+        names = [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus]
+    elif backend == "torch":
+        import torch
+
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    elif backend == "jax":
+        import jax
+
+        names = [d.device_kind for d in jax.devices() if d.platform == "gpu"]
+    else:
+        names = []
+    return ", ".join(names) if names else "CPU (no GPU)"
+
+
+def run_bare(args, tmp: Path) -> dict:
+    import keras
+
+    from ablations.data.prepare import load_prepared
+    from ablations.training import _compiled_model, _num_classes
+
+    params, name = _params_and_variant(args)
+    cfg = params.variant(args.study, name).model_copy(update=_overrides(args))
+    data_dir = _data_root(args, params, tmp) / (cfg.data or params.studies[args.study].data)
+    arrays = {key: value.copy() for key, value in load_prepared(data_dir).items()}  # in memory
     keras.utils.set_random_seed(cfg.seed)
-    model = _compiled_model(cfg, arrays)
+    model = _compiled_model(cfg, arrays, _num_classes(data_dir, arrays), None)
     seconds = []
     timer = keras.callbacks.LambdaCallback(
         on_epoch_begin=lambda epoch, logs: seconds.append(-time.perf_counter()),
         on_epoch_end=lambda epoch, logs: seconds.__setitem__(-1, seconds[-1] + time.perf_counter()))
     model.fit(arrays["x_train"], arrays["y_train"], validation_data=(arrays["x_val"], arrays["y_val"]),
               epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True, callbacks=[timer], verbose=0)
-    return {"epoch_seconds": seconds, "images": len(arrays["y_train"])}
+    return {"epoch_seconds": seconds, "images": len(arrays["y_train"]), "batch_size": cfg.batch_size}
 
 
-def run_pipeline(args) -> dict:
-    os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
-        import numpy as np
+def run_pipeline(args, tmp: Path) -> dict:
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
+    import numpy as np
 
-        from ablations.history import read_history
-        from ablations.training import train
+    from ablations.history import read_history
+    from ablations.io import read_json
+    from ablations.training import train_study
+    from ablations.units import plan
 
-        name, cfg, data_dir = _setup(args)
-        data = data_dir
-        if args.max_train:  # a smaller copy in the prepared format
-            data = Path(tmp) / "data"
-            data.mkdir()
-            for key, array in _arrays(data_dir, args.max_train, in_memory=False).items():
-                np.save(data / f"{key}.npy", array)
-        after_imports = _peak_rss_mib()
-        train(args.study, name, cfg, data, Path(tmp) / "out", Path(tmp) / "ckpt")
-        rows = read_history(Path(tmp) / "out" / "history.csv")
-        arrays = sum((data / f).stat().st_size for f in os.listdir(data) if f.endswith(".npy"))
-        model = (Path(tmp) / "out" / "model.keras").stat().st_size
-        return {"epoch_seconds": [r["epoch_seconds"] for r in rows],
-                "images": int(np.load(data / "y_train.npy", mmap_mode="r").shape[0]),
-                "peak_rss_mib": _peak_rss_mib(), "rss_after_imports_mib": after_imports,
-                "arrays_mib": arrays / 2**20, "model_mib": model / 2**20}
+    after_imports = _peak_rss_mib()
+    params, name = _params_and_variant(args)
+    units = plan(params, args.study, _data_root(args, params, tmp), tmp / "out", tmp / "ckpt",
+                 only=[name])
+    seed = params.studies[args.study].seeds[0]
+    units = [dataclasses.replace(u, cfg=u.cfg.model_copy(update=_overrides(args)))
+             for u in units if u.seed == seed]  # the variant (after its transfer source, if any)
+    unit = units[-1]
+    phases = _timed_phases()
+    started = time.perf_counter()
+    train_study(args.study, units)
+    phases["total"] = time.perf_counter() - started
+    arrays = sum(path.stat().st_size for path in unit.data_dir.glob("*.npy"))
+    images = len(np.load(unit.data_dir / "y_train.npy", mmap_mode="r"))
+    return {"epoch_seconds": [row["epoch_seconds"] for row in read_history(unit.out / "history.csv")],
+            "fit_seconds": read_json(unit.out / "run.json")["fit_seconds"],
+            "images": images, "batch_size": unit.cfg.batch_size,
+            "peak_rss_mib": _peak_rss_mib(), "rss_after_imports_mib": after_imports, "phases": phases,
+            "arrays_mib": arrays / 2**20, "model_mib": (unit.out / "model.keras").stat().st_size / 2**20}
+
+
+def _timed_phases() -> dict[str, float]:
+    """Wrap the steps of training.train_unit with timers: {step: seconds, summed over units}."""
+    from ablations import tracking, training
+
+    phases = {}
+    for name in PHASES:
+        module = tracking if hasattr(tracking, name) else training
+        def timed(*a, _func=getattr(module, name), _name=name, **k):
+            started = time.perf_counter()
+            try:
+                return _func(*a, **k)
+            finally:
+                phases[_name] = phases.get(_name, 0.0) + time.perf_counter() - started
+        setattr(module, name, timed)  # train_unit looks them up at call time
+    return phases
 
 
 def _peak_rss_mib() -> float:
@@ -120,34 +188,65 @@ def images_per_second(result: dict) -> float:
 
 
 def _measure(mode: str, argv: list[str]) -> dict:
-    done = subprocess.run([sys.executable, __file__, *argv, "--mode", mode],
-                          capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    argv = [a for a in argv if a != "--json"]
+    done = subprocess.run([sys.executable, __file__, *argv, "--mode", mode], capture_output=True,
+                          text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+                                          "MLFLOW_DISABLE_TELEMETRY": "true"})
     if done.returncode:
-        sys.exit(f"{mode} run failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"{mode} run failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure(argv: list[str]) -> dict:
+    """Both modes, each in its own process; images/s, ratio, memory (what --json prints)."""
+    bare, pipeline = _measure("bare", argv), _measure("pipeline", argv)
+    footprint = pipeline["arrays_mib"] + pipeline["model_mib"]
+    return {"backend": pipeline["backend"], "device": pipeline["device"], "bare": bare,
+            "pipeline": pipeline, "bare_images_s": images_per_second(bare),
+            "pipeline_images_s": images_per_second(pipeline),
+            "ratio": images_per_second(pipeline) / images_per_second(bare),
+            "peak_over_footprint": pipeline["peak_rss_mib"] / footprint,
+            "growth_over_footprint": (pipeline["peak_rss_mib"] - pipeline["rss_after_imports_mib"])
+            / footprint}
 
 
 def main(argv=None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = _args(argv)
     if args.mode:  # child process: one measurement, printed as JSON on the last line
-        print(json.dumps(run_bare(args) if args.mode == "bare" else run_pipeline(args)))
-        return
-    import keras
+        with tempfile.TemporaryDirectory() as tmp:
+            result = (run_bare if args.mode == "bare" else run_pipeline)(args, Path(tmp))
+        import keras
 
-    bare, pipeline = _measure("bare", argv), _measure("pipeline", argv)
-    ratio = images_per_second(pipeline) / images_per_second(bare)
-    footprint = pipeline["arrays_mib"] + pipeline["model_mib"]
-    print(f"backend            {keras.backend.backend()}")
-    print(f"bare model.fit     {images_per_second(bare):8.0f} images/s  epochs {_fmt(bare)}")
-    print(f"pipeline train     {images_per_second(pipeline):8.0f} images/s  epochs {_fmt(pipeline)}")
-    print(f"throughput ratio   {ratio:8.3f}   (goal ≥ 0.97)")
+        result.update(backend=keras.backend.backend(), device=device(),
+                      dtype_policy=keras.config.dtype_policy().name)
+        print(json.dumps(result))
+        return
+    try:
+        m = measure(argv)
+    except RuntimeError as error:
+        sys.exit(str(error))
+    if args.json:
+        print(json.dumps(m))
+        return
+    bare, pipeline = m["bare"], m["pipeline"]
+    print(f"backend            {m['backend']}   device {m['device']}   dtype policy "
+          f"{pipeline['dtype_policy']}   batch {pipeline['batch_size']}   {pipeline['images']} images")
+    print(f"bare model.fit     {m['bare_images_s']:8.0f} images/s  epochs {_fmt(bare)}")
+    print(f"pipeline train     {m['pipeline_images_s']:8.0f} images/s  epochs {_fmt(pipeline)}"
+          f"  (fit {pipeline['fit_seconds']:.1f}s)")
+    print(f"throughput ratio   {m['ratio']:8.3f}   (goal ≥ 0.97)")
+    phases = dict(pipeline["phases"])
+    total = phases.pop("total")
+    phases["_fit"] -= pipeline["fit_seconds"]  # the callbacks' share around model.fit's epochs
+    print(f"pipeline unit      {total:8.1f} s = fit {pipeline['fit_seconds']:.1f} + " + " + ".join(
+        f"{PHASES[name]} {seconds:.1f}" for name, seconds in phases.items())
+        + f" + other {total - pipeline['fit_seconds'] - sum(phases.values()):.1f}")
     print(f"peak RSS           {pipeline['peak_rss_mib']:8.0f} MiB  (after imports "
           f"{pipeline['rss_after_imports_mib']:.0f} MiB; arrays {pipeline['arrays_mib']:.0f} MiB + "
           f"model {pipeline['model_mib']:.1f} MiB)")
-    growth = pipeline["peak_rss_mib"] - pipeline["rss_after_imports_mib"]
-    print(f"RSS growth ÷ (arrays + model) {growth / footprint:6.2f}   peak ÷ (arrays + model) "
-          f"{pipeline['peak_rss_mib'] / footprint:6.2f}   (goal ≤ 2)")
+    print(f"RSS growth ÷ (arrays + model) {m['growth_over_footprint']:6.2f}   peak ÷ (arrays + model) "
+          f"{m['peak_over_footprint']:6.2f}   (goal ≤ 2)")
 
 
 def _fmt(result: dict) -> str:
