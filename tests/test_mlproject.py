@@ -203,7 +203,8 @@ def test_kubernetes_job_mlflow_would_submit(kube, tracking_store, monkeypatch):
     submitted = mlflow.projects.run(
         "deploy/kubernetes", entry_point="train", parameters={"study": "batchnorm"},
         backend="kubernetes", backend_config="deploy/kubernetes/backend-config.json",
-        synchronous=False)
+        # explicit: an earlier test's mlflow.set_experiment leaves a process-wide active id
+        experiment_id="0", synchronous=False)
 
     [(namespace, job)] = submitted_jobs
     assert namespace == job["metadata"]["namespace"] == "ml-training"
