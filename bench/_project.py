@@ -51,17 +51,17 @@ def copy_project(dest: Path, edit=None) -> Path:
 
 
 def explicit_defaults(params: dict) -> dict:
-    """Write out every data.prepared key left to its schema default: DVC fails a stage whose
-    tracked params key (dvc.yaml: `data.prepared.${key}.seed` …) is missing from params.yaml.
-    Same config for the pipeline; says which tracked keys were missing."""
+    """Write out the data.prepared keys that dvc.yaml tracks one by one
+    (`data.prepared.${key}.seed` …) but params.yaml leaves to their schema default: DVC fails
+    a stage whose tracked key is missing. Same config for the pipeline; says what it added."""
     from ablations.config import PreparedData
 
     tracked = set(re.findall(r"data\.prepared\.\$\{key\}\.(\w+)", (REPO / "dvc.yaml").read_text()))
     filled = []
     for name, data in params["data"]["prepared"].items():
         missing = {key: field.default for key, field in PreparedData.model_fields.items()
-                   if key not in data and not field.is_required()}
-        filled += [f"{name}.{key}" for key in missing if key in tracked]
+                   if key in tracked and key not in data and not field.is_required()}
+        filled += [f"{name}.{key}" for key in missing]
         data.update(missing)
     if filled:
         print(f"note: params.yaml lacks keys dvc.yaml tracks (DVC would fail): data.prepared."

@@ -1,10 +1,11 @@
 """No-op `dvc repro` of this pipeline ÷ DVC's own no-op for as many trivial stages (goal 3).
 
-    python bench/noop.py            # builds a shrunk copy of the project, reproduces it once
-    python bench/noop.py --repo .   # time an already reproduced checkout instead
+    python bench/noop.py                  # builds a shrunk copy of the project, reproduces it once
+    python bench/noop.py --repo /tmp/p    # a checkout already reproduced (bench/tax.py --project)
 
 Trivial stages: `cp in out` with one dependency and one output each, in a fresh git + DVC repo.
-Each figure is the median of --repeat timed runs.
+Each figure is the median of --repeat timed runs (seconds). Also says whether the YAML parser
+is ruamel's C one: DVC parses params.yaml once per stage that tracks params.
 """
 
 from __future__ import annotations

@@ -40,19 +40,20 @@ echo "end $(date +%s.%N)" >> {log}
 exit $rc
 """
 UNIT_LINE = re.compile(r"^train \S+ \S+ \(\d+/\d+\)$")  # printed by train_study per unit
-EPOCH_LINE = re.compile(r"^\s*\d+/\d+ - \d+s - ")  # Keras' verbose=2 line at an epoch's end
 
 
-def run_timed(cmd: list[str], repo: Path, env: dict, log) -> tuple[float, list, float]:
-    """Run `cmd` and echo stage starts; return (launch time, [(time, line)…], end time)."""
+def run_timed(cmd: list[str], repo: Path, env: dict, log, origin: float | None = None):
+    """Run `cmd`, echo stage starts (seconds since `origin`, default: its launch); return
+    (launch time, [(time, line)…], end time)."""
     lines, launched = [], time.time()
+    origin = origin or launched
     with subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
         for line in proc.stdout:
             lines.append((time.time(), line.rstrip("\n")))
             log.write(f"{lines[-1][0]:.3f} {line}")
             if line.startswith("Running stage"):
-                print(f"  {lines[-1][0] - launched:7.1f} s  {line.strip()}", flush=True)
+                print(f"  {lines[-1][0] - origin:7.1f} s  {line.strip()}", flush=True)
     if proc.returncode:
         sys.exit(f"{' '.join(cmd)} failed (see {log.name}):\n" +
                  "\n".join(text for _, text in lines[-30:]))
@@ -102,14 +103,10 @@ def stage_rows(spans, lines, shim_log: Path, repo: Path) -> list[dict]:
     for name, begin, end in spans:
         cmd = [(a, b) for a, b in commands if begin <= a < end]
         units = [t for t, line in lines if begin <= t < end and UNIT_LINE.match(line)]
-        after = 0.0  # from each unit's last epoch line to the next unit (or the command's end)
-        for u, next_u in zip(units, [*units[1:], cmd[-1][1] if cmd else end]):
-            epochs = [t for t, line in lines if u <= t < next_u and EPOCH_LINE.match(line)]
-            after += next_u - epochs[-1] if epochs else 0.0
         found = [fit_seconds(repo / out) for out in outs[name]]
         rows.append({"stage": name, "wall": end - begin, "cmd": sum(b - a for a, b in cmd),
                      "fit": sum(f for f, _ in found), "units": sum(n for _, n in found),
-                     "start": units[0] - cmd[0][0] if units and cmd else None, "after": after})
+                     "start": units[0] - cmd[0][0] if units and cmd else None})
     return rows
 
 
@@ -128,8 +125,7 @@ def print_table(rows: list[dict], dvc_start: float) -> float:
     train = [r for r in rows if r["units"]]
     other_cmds = sum(r["cmd"] for r in rows if not r["units"])
     starts = sum(r["start"] or 0 for r in train)
-    after = sum(r["after"] for r in train)
-    before = sum(r["cmd"] - r["fit"] - (r["start"] or 0) for r in train) - after
+    outside = sum(r["cmd"] - r["fit"] - (r["start"] or 0) for r in train)
     units = sum(r["units"] for r in train)
     print(f"{'total':28} {wall:8.1f} {dvc:7.1f} {wall - dvc:8.1f} {fit:8.1f} {wall - dvc - fit:8.1f} "
           f"{units:5}")
@@ -142,10 +138,8 @@ def print_table(rows: list[dict], dvc_start: float) -> float:
         ("DVC itself (start-up, hashing, caching, lock)", dvc),
         ("commands of non-train stages", other_cmds),
         (f"train start-up before the first unit ({len(train)} stages)", starts),
-        (f"train units before fit ({units} units, {before / max(units, 1):.1f} s each: build, "
-         "compile, MLflow run)", before),
-        (f"train units after fit ({after / max(units, 1):.1f} s each: test, save, log the model)",
-         after),
+        (f"train units outside fit ({units} units, {outside / max(units, 1):.1f} s each; "
+         "split: bench/throughput.py)", outside),
     ]:
         print(f"  {label:72} {seconds:8.1f} s  ({seconds / wall:5.1%} of wall)")
     return wall
@@ -219,9 +213,10 @@ def main() -> None:
         with open(log_path, "w", buffering=1) as log:  # line-buffered: `tail -f` it
             spans, lines, start = [], [], 0.0
             if args.single_item:  # each call's start-up counts in its stage's dvc column
+                origin = time.time()
                 for stage in stage_order(repo):
                     launched, out, ended = run_timed(["dvc", "repro", "--single-item", stage],
-                                                     repo, env, log)
+                                                     repo, env, log, origin)
                     spans.append((stage, launched, ended))
                     lines += out
             else:

@@ -2,7 +2,7 @@
 
     python bench/throughput.py                      # default study's first variant, 3 epochs
     KERAS_BACKEND=torch python bench/throughput.py  # same model on another backend
-    python bench/throughput.py --variant relu-bn --epochs 4 --max-train 20000
+    python bench/throughput.py --variant relu-bn --epochs 4 --max-train 1000
     python bench/throughput.py --batch-size 1024 --mixed-precision   # a GPU box
     python bench/throughput.py --json               # one JSON object (bench/backends.py reads it)
 
@@ -12,8 +12,9 @@ Each mode runs in its own process (same imports, same caches for both):
   memory-mapped arrays, with its callbacks, checkpoints, testing, saving and MLflow logging into
   a throw-away folder and SQLite store.
 Images/s (training images per second of an epoch, validation included) come from the epochs
-after the first (which includes tracing/compilation). Also printed: the device, and the peak
-RSS of the pipeline process (MiB) against the size of its arrays and model.
+after the first (which includes tracing/compilation). Also printed: the device ("CPU (no GPU)"
+or the GPU's name), the unit's seconds split into the steps of train_unit, and peak RSS (MiB)
+of both processes against the size of the arrays and the model.
 Needs the prepared data: `dvc repro standardize@<the study's data>` first.
 """
 
@@ -128,7 +129,8 @@ def run_bare(args, tmp: Path) -> dict:
         on_epoch_end=lambda epoch, logs: seconds.__setitem__(-1, seconds[-1] + time.perf_counter()))
     model.fit(arrays["x_train"], arrays["y_train"], validation_data=(arrays["x_val"], arrays["y_val"]),
               epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=True, callbacks=[timer], verbose=0)
-    return {"epoch_seconds": seconds, "images": len(arrays["y_train"]), "batch_size": cfg.batch_size}
+    return {"epoch_seconds": seconds, "images": len(arrays["y_train"]), "batch_size": cfg.batch_size,
+            "peak_rss_mib": _peak_rss_mib()}
 
 
 def run_pipeline(args, tmp: Path) -> dict:
@@ -247,6 +249,8 @@ def main(argv=None) -> None:
           f"model {pipeline['model_mib']:.1f} MiB)")
     print(f"RSS growth ÷ (arrays + model) {m['growth_over_footprint']:6.2f}   peak ÷ (arrays + model) "
           f"{m['peak_over_footprint']:6.2f}   (goal ≤ 2)")
+    print(f"peak RSS of bare   {bare['peak_rss_mib']:8.0f} MiB  (pipeline − bare: "
+          f"{pipeline['peak_rss_mib'] - bare['peak_rss_mib']:+.0f} MiB)")
 
 
 def _fmt(result: dict) -> str:
