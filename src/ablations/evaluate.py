@@ -42,6 +42,7 @@ from ablations.config import Params
 from ablations.errors import DataError
 from ablations.history import read_history
 from ablations.io import read_json, unit_dir, write_json
+from ablations.stats import format_result as pm
 
 
 def epochs_to_target(history: list[dict[str, float]], target: float
@@ -160,12 +161,6 @@ def _seeds(n: int) -> str:
     return "1 seed" if n == 1 else f"{n} seeds"
 
 
-def _pm(result: dict, scale: float = 1.0, digits: int = 1) -> str:
-    """"91.2 ± 0.5" (or "91.2" with one value)."""
-    text = f"{result['mean'] * scale:.{digits}f}"
-    return text + (f" ± {result['ci'] * scale:.{digits}f}" if result["ci"] is not None else "")
-
-
 def _speedup_sentence(speedups: dict[str, dict], target: float) -> str:
     parts = []
     for name, s in speedups.items():
@@ -174,8 +169,8 @@ def _speedup_sentence(speedups: dict[str, dict], target: float) -> str:
             parts.append(f"{name} vs {s['twin']}: not measurable (both reached the target in "
                          f"no seed; BN alone in {s['bn_only_reached']})")
             continue
-        parts.append(f"{name} vs {s['twin']}: {_pm(epochs, digits=2)}x fewer epochs, "
-                     f"{_pm(seconds, digits=2)}x less time ({_seeds(epochs['n'])})")
+        parts.append(f"{name} vs {s['twin']}: {pm(epochs, digits=2)}x fewer epochs, "
+                     f"{pm(seconds, digits=2)}x less time ({_seeds(epochs['n'])})")
     return (f"BatchNorm speed-up to {target:g} validation accuracy (mean of per-seed ratios "
             f"± 95% CI): " + "; ".join(parts) + ".")
 
@@ -186,7 +181,7 @@ def study_verdict(metrics: dict[str, Any]) -> str:
     if best is None:
         return "No variant produced a finite test accuracy."
     acc = variants[best]["test_accuracy"]
-    parts = [f"Best mean test accuracy: {best}, {_pm(acc, 100)} % over {_seeds(acc['n'])}."]
+    parts = [f"Best mean test accuracy: {best}, {pm(acc, 100)} % over {_seeds(acc['n'])}."]
     if best == baseline:
         parts.append(f"That is the baseline: no variant beats {baseline}.")
     else:
@@ -213,10 +208,14 @@ def read_study(params: Params, study: str, models_dir: Path, data_dir: Path
     """{variant: [unit per seed]}; each variant's predictions are checked against the test
     labels of the data it trained on (a transfer source trains on other data)."""
     spec = params.studies[study]
+    labels: dict[str, np.ndarray] = {}  # per prepared dataset: variants mostly share one
     units = {}
     for name in spec.variants:
-        y_test = read_test_labels(Path(data_dir) / params.variant_data(study, name))
-        units[name] = [read_unit(models_dir, study, name, seed, y_test) for seed in spec.seeds]
+        data = params.variant_data(study, name)
+        if data not in labels:
+            labels[data] = read_test_labels(Path(data_dir) / data)
+        units[name] = [read_unit(models_dir, study, name, seed, labels[data])
+                       for seed in spec.seeds]
     return units
 
 

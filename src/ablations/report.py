@@ -21,6 +21,7 @@ from ablations.config import Params
 from ablations.errors import DataError
 from ablations.io import atomic_file, read_json
 from ablations.plots import FIGURES
+from ablations.stats import format_result as pm
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 72rem; margin: 2rem auto; padding: 0 1rem;
@@ -34,13 +35,6 @@ tr.baseline { background: #fff3e0; } .question { font-style: italic; }
 figure { margin: 1.5rem 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
 nav a { margin-right: 1rem; }
 """
-
-
-def _pm(result: dict | None, scale: float = 1.0, digits: int = 1) -> str:
-    if not result or result.get("mean") is None:
-        return "—"
-    text = f"{result['mean'] * scale:.{digits}f}"
-    return text + (f" ± {result['ci'] * scale:.{digits}f}" if result.get("ci") is not None else "")
 
 
 def _table(header: list[str], rows: list[list[str]], classes: list[str] | None = None) -> str:
@@ -73,10 +67,10 @@ def _variants_table(m: dict) -> str:
         label = f"{name} (baseline)" if name == m["baseline"] else name
         if v["data"] != m["data"]:  # a transfer source: tested on other data, not compared
             label += f" (on {v['data']})"
-        rows.append([label, str(v["seeds"]), str(v["diverged"]), _pm(v["test_accuracy"], 100),
-                     _pm(v["test_loss"], digits=3), _pm(v["epochs_to_target"]),
+        rows.append([label, str(v["seeds"]), str(v["diverged"]), pm(v["test_accuracy"], 100),
+                     pm(v["test_loss"], digits=3), pm(v["epochs_to_target"]),
                      f"{v['epochs_to_target']['reached']} of {v['epochs_to_target']['of']}",
-                     _pm(v["seconds_to_target"]), _pm(v["fit_seconds"])])
+                     pm(v["seconds_to_target"]), pm(v["fit_seconds"])])
         classes.append("baseline" if name == m["baseline"] else "")
     return _table(header, rows, classes)
 
@@ -84,8 +78,8 @@ def _variants_table(m: dict) -> str:
 def _speedup_table(m: dict) -> str:
     if not m["bn_speedup"]:
         return ""
-    rows = [[f"{name} vs {s['twin']}", _pm(s["epochs_ratio"], digits=2),
-             _pm(s["seconds_ratio"], digits=2), str(s["epochs_ratio"]["n"]),
+    rows = [[f"{name} vs {s['twin']}", pm(s["epochs_ratio"], digits=2),
+             pm(s["seconds_ratio"], digits=2), str(s["epochs_ratio"]["n"]),
              str(s["bn_only_reached"])] for name, s in m["bn_speedup"].items()]
     return ("<h3>BatchNorm speed-up (without BN ÷ with BN, mean of per-seed ratios ± 95% CI)</h3>"
             + _table(["pair", "epochs", "wall seconds", "seeds (both reached)",

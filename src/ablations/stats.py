@@ -120,3 +120,11 @@ def verdict(name: str, baseline: str, a: Iterable[float | None], b: Iterable[flo
         text = (f"{head}{diff * scale:+.1f} ± {half * scale:.1f} {unit} — "
                 f"{judge(diff, half, higher_is_better)}")
     return text + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def format_result(result: dict | None, scale: float = 1.0, digits: int = 1) -> str:
+    """A `summary` as text: "91.2 ± 0.5", "91.2" with one value, "—" without any."""
+    if not result or result.get("mean") is None:
+        return "—"
+    text = f"{result['mean'] * scale:.{digits}f}"
+    return text + (f" ± {result['ci'] * scale:.{digits}f}" if result.get("ci") is not None else "")

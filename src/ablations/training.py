@@ -276,9 +276,8 @@ def train_unit(study: str, unit: Unit, arrays: dict[str, np.ndarray]) -> str:
     return run_id
 
 
-def train_study(study: str, units: list[Unit]) -> list[str]:
-    """Train the units that are not current, in order (transfer sources come first)."""
-    todo = [unit for unit in units if not unit.is_current()]
+def train_study(study: str, todo: list[Unit]) -> list[str]:
+    """Train `todo` (the units that are not current), in order: transfer sources come first."""
     arrays_of: dict[Path, dict[str, np.ndarray]] = {}  # memory-mapped, shared by the units
     run_ids = []
     for index, unit in enumerate(todo, start=1):
