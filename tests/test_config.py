@@ -27,7 +27,7 @@ def test_repo_params_resolve_every_variant(repo_params):
     assert len(study.variants) == 8
     cfg = repo_params.variant("batchnorm", "tanh-bn-dropout")
     assert (cfg.activation, cfg.norm, cfg.dropout) == ("tanh", "before", 0.5)
-    assert cfg.batch_size == 128 and cfg.seed == 0  # from the study defaults and seeds
+    assert cfg.batch_size == 64 and cfg.seed == 0  # from the study defaults and seeds
     assert repo_params.variant("batchnorm", "relu", seed=2).seed == 2
     assert len(study.units()) == 8 * len(study.seeds)
 
