@@ -1,7 +1,7 @@
 """Training throughput inside the pipeline ÷ a bare `model.fit` (issue 5, goals 2 and 5).
 
     python bench/throughput.py                      # default study's first variant, 3 epochs
-    KERAS_BACKEND=torch python bench/throughput.py  # same model on another backend
+    KERAS_BACKEND=tensorflow python bench/throughput.py  # same model on another backend
     python bench/throughput.py --variant relu-bn --epochs 4 --max-train 1000
     python bench/throughput.py --batch-size 1024 --mixed-precision   # a GPU box
     python bench/throughput.py --json               # one JSON object (bench/backends.py reads it)
@@ -32,6 +32,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import ablations  # noqa: F401  before keras: sets the default backend (KERAS_BACKEND wins)
 
 REPO = Path(__file__).resolve().parents[1]
 PHASES = {"_compiled_model": "build", "start_run": "MLflow run", "_fit": "data+callbacks",

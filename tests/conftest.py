@@ -11,6 +11,7 @@ import yaml
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+import ablations  # noqa: E402,F401  sets the default Keras backend before a test imports keras
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -80,6 +80,10 @@ class Variant(Strict):
     activation: KerasId = "relu"
     norm: Literal["none", "before", "after"] = "none"  # BatchNorm relative to the activation
     input_norm: bool = False  # BatchNorm on the input layer
+    # Weight of the old value in BatchNorm's moving mean/variance, which testing uses. Keras'
+    # 0.99 averages over ~100 steps: a schedule of a few hundred steps ends with statistics
+    # that lag the weights (test accuracy collapses while training accuracy is fine).
+    bn_momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.99
     input_dropout: Probability = 0.0
     dropout: Probability = 0.0  # before each dense layer (hidden and head)
     initializer: KerasId = "glorot_uniform"

@@ -79,7 +79,7 @@ def fingerprint(cfg: Variant, data_dir: Path, source_fingerprint: str | None) ->
         "data": data_digest(Path(data_dir)),
         "code": code_digest(),
         "keras": version("keras"),
-        "backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
+        "backend": os.environ["KERAS_BACKEND"],  # set by `import ablations`
         "source": source_fingerprint,
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()

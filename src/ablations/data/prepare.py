@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from ablations.config import PreparedData
 from ablations.data.formats import RawData, load_raw
@@ -26,6 +25,8 @@ def _stratified_cap(x, y, limit: int | None, seed: int):
     """At most `limit` samples, class proportions kept (a shrunk run stays balanced)."""
     if limit is None or limit >= len(y):
         return x, y
+    from sklearn.model_selection import train_test_split  # 3.5 s import: split only
+
     index = np.arange(len(y))
     kept, _ = train_test_split(index, train_size=limit, stratify=y, random_state=seed)
     kept.sort()
@@ -54,6 +55,8 @@ def split(cfg: PreparedData, raw_dir: Path, out_dir: Path) -> dict[str, int]:
     """Stratified, seeded train/validation split of the official training set; test kept apart.
 
     Class selection comes first, so the caps count images of the kept classes only."""
+    from sklearn.model_selection import train_test_split  # 3.5 s import: keep it off standardize
+
     raw = _keep_classes(load_raw(cfg.source, Path(raw_dir)), cfg.classes, cfg.source)
     x_train, x_val, y_train, y_val = train_test_split(
         raw.x_train, raw.y_train, test_size=cfg.val_fraction,

@@ -25,7 +25,7 @@ def _inputs(cfg: Variant, input_shape: tuple[int, ...]):
     inputs = keras.Input(shape=input_shape, name="image")
     x = inputs
     if cfg.input_norm:
-        x = layers.BatchNormalization(name="input_bn")(x)
+        x = layers.BatchNormalization(momentum=cfg.bn_momentum, name="input_bn")(x)
     if cfg.input_dropout:
         x = layers.Dropout(cfg.input_dropout, name="input_dropout")(x)
     return inputs, x
@@ -86,6 +86,15 @@ def alexnet(cfg: Variant, input_shape: tuple[int, ...], num_classes: int) -> ker
     return keras.Model(inputs, _classifier(x, cfg, num_classes), name=cfg.model)
 
 
+def _with_bn_momentum(backbone: keras.Model, momentum: float) -> keras.Model:
+    """A keras.applications backbone whose BatchNorm layers use cfg.bn_momentum (they are
+    built with their own, 0.99)."""
+    for layer in backbone.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = momentum
+    return backbone
+
+
 def resnet50(cfg: Variant, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
     """Keras' ResNet50 (random initialization, global average pooling) + dense head.
 
@@ -97,7 +106,7 @@ def resnet50(cfg: Variant, input_shape: tuple[int, ...], num_classes: int) -> ke
     inputs, x = _inputs(cfg, input_shape)
     backbone = keras.applications.ResNet50(
         weights=None, include_top=False, input_shape=input_shape, pooling="avg")
-    x = backbone(x)
+    x = _with_bn_momentum(backbone, cfg.bn_momentum)(x)
     return keras.Model(inputs, _classifier(x, cfg, num_classes), name=cfg.model)
 
 
@@ -156,7 +165,7 @@ def xception(cfg: Variant, input_shape: tuple[int, ...], num_classes: int) -> ke
             raise ConfigError(f"weights_file {weights}: not Xception backbone weights: "
                               f"{str(error).splitlines()[0]}") from None
         backbone.trainable = not cfg.freeze
-    x = backbone(x)
+    x = _with_bn_momentum(backbone, cfg.bn_momentum)(x)
     return keras.Model(inputs, _classifier(x, cfg, num_classes), name=cfg.model)
 
 
