@@ -137,6 +137,9 @@ class EpochRandomness(keras.callbacks.Callback):
         for index, stream in enumerate(streams):
             start = np.random.default_rng([self.seed, epoch, index]).integers(2**31)
             stream.assign(np.array([start, 0], dtype=stream.dtype))
+        # Unseeded Dropout on torch draws from torch's global generator instead: reseed the
+        # backend's global state per (seed, epoch) too (python, numpy and the backend).
+        keras.utils.set_random_seed(int(np.random.default_rng([self.seed, epoch]).integers(2**31)))
 
 
 def _seed_everything(seed: int) -> None:
