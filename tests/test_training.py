@@ -113,7 +113,7 @@ def test_diverging_variant_is_recorded_not_crashed(tmp_path, tracking_store):
 
 def _train_command(tmp_path, data_root):
     """The real CLI train command of a 6-epoch variant with dropout and BN."""
-    params = write_params(tmp_path, epochs=6, batch_size=16, norm="after")
+    params = write_params(tmp_path, epochs=6, batch_size=8, norm="after")
     return train_command(params, data_root, tmp_path / "out", tmp_path / "ckpt")
 
 
