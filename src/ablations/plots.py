@@ -194,14 +194,12 @@ def bn_violins(bn: dict[str, dict[str, dict[str, np.ndarray]]], study: str) -> p
         for row, param in enumerate(("gamma", "beta")):
             ax = axes[row, col]
             names = [n for n in layers if layers[n][param].size]
-            spread = [(p, layers[n][param]) for p, n in enumerate(names, 1) if np.ptp(layers[n][param]) > 0]
+            at = {position: layers[name][param] for position, name in enumerate(names, start=1)}
+            spread = {p: values for p, values in at.items() if np.ptp(values) > 0}
             if spread:  # one call per axes: matplotlib's cost is per call, not per violin
-                positions, values = zip(*spread)
-                ax.violinplot(list(values), positions=list(positions), showmedians=True)
-            for position, name in enumerate(names, start=1):
-                values = layers[name][param]
-                if not np.ptp(values) > 0:  # constant (e.g. untrained): a KDE of one value is undefined
-                    ax.plot([position], values[:1], marker="_", ms=20, color="tab:blue")
+                ax.violinplot(list(spread.values()), positions=list(spread), showmedians=True)
+            for position in at.keys() - spread.keys():  # constant (e.g. untrained): no KDE
+                ax.plot([position], at[position][:1], marker="_", ms=20, color="tab:blue")
             ax.set_xticks(np.arange(1, len(names) + 1), names, rotation=45, ha="right",
                           fontsize="x-small")
             ax.set_title(f"{variant}: {param}", fontsize="small")

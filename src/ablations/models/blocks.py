@@ -44,10 +44,10 @@ def weight_options(cfg: Variant) -> dict[str, Any]:
 def norm_activation(x, cfg: Variant, name: str):
     """BatchNorm before or after the activation (or none), as `cfg.norm` says."""
     if cfg.norm == "before":
-        x = layers.BatchNormalization(momentum=cfg.bn_momentum, name=f"{name}_bn")(x)
+        x = layers.BatchNormalization(name=f"{name}_bn")(x)
     x = activation_layer(cfg.activation, name=f"{name}_act")(x)
     if cfg.norm == "after":
-        x = layers.BatchNormalization(momentum=cfg.bn_momentum, name=f"{name}_bn")(x)
+        x = layers.BatchNormalization(name=f"{name}_bn")(x)
     return x
 
 

@@ -25,7 +25,7 @@ def _inputs(cfg: Variant, input_shape: tuple[int, ...]):
     inputs = keras.Input(shape=input_shape, name="image")
     x = inputs
     if cfg.input_norm:
-        x = layers.BatchNormalization(momentum=cfg.bn_momentum, name="input_bn")(x)
+        x = layers.BatchNormalization(name="input_bn")(x)
     if cfg.input_dropout:
         x = layers.Dropout(cfg.input_dropout, name="input_dropout")(x)
     return inputs, x
@@ -86,15 +86,6 @@ def alexnet(cfg: Variant, input_shape: tuple[int, ...], num_classes: int) -> ker
     return keras.Model(inputs, _classifier(x, cfg, num_classes), name=cfg.model)
 
 
-def _with_bn_momentum(backbone: keras.Model, momentum: float) -> keras.Model:
-    """A keras.applications backbone whose BatchNorm layers use cfg.bn_momentum (they are
-    built with their own, 0.99)."""
-    for layer in backbone.layers:
-        if isinstance(layer, layers.BatchNormalization):
-            layer.momentum = momentum
-    return backbone
-
-
 def resnet50(cfg: Variant, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
     """Keras' ResNet50 (random initialization, global average pooling) + dense head.
 
@@ -106,7 +97,7 @@ def resnet50(cfg: Variant, input_shape: tuple[int, ...], num_classes: int) -> ke
     inputs, x = _inputs(cfg, input_shape)
     backbone = keras.applications.ResNet50(
         weights=None, include_top=False, input_shape=input_shape, pooling="avg")
-    x = _with_bn_momentum(backbone, cfg.bn_momentum)(x)
+    x = backbone(x)
     return keras.Model(inputs, _classifier(x, cfg, num_classes), name=cfg.model)
 
 
@@ -165,7 +156,7 @@ def xception(cfg: Variant, input_shape: tuple[int, ...], num_classes: int) -> ke
             raise ConfigError(f"weights_file {weights}: not Xception backbone weights: "
                               f"{str(error).splitlines()[0]}") from None
         backbone.trainable = not cfg.freeze
-    x = _with_bn_momentum(backbone, cfg.bn_momentum)(x)
+    x = backbone(x)
     return keras.Model(inputs, _classifier(x, cfg, num_classes), name=cfg.model)
 
 
@@ -173,7 +164,13 @@ BUILDERS = {"cnn": cnn, "alexnet": alexnet, "resnet50": resnet50, "xception": xc
 
 
 def build_model(cfg: Variant, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
-    return BUILDERS[cfg.model](cfg, input_shape, num_classes)
+    model = BUILDERS[cfg.model](cfg, input_shape, num_classes)
+    # One place for every BatchNorm, those inside keras.applications backbones included
+    # (built with Keras' 0.99): the momentum is only read when the layer is called.
+    for layer in model._flatten_layers(include_self=False):  # noqa: SLF001 (Keras' own walk)
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = cfg.bn_momentum
+    return model
 
 
 def transfer_weights(source: keras.Model, target: keras.Model, freeze: bool) -> int:
