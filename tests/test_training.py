@@ -139,7 +139,10 @@ def test_interrupted_training_resumes_to_identical_metrics(tmp_path, tracking_st
     ends with exactly the metrics of a training that was never interrupted."""
     data, reference = uninterrupted
     command = _train_command(tmp_path, data)
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # SIGINT back to its default in the child: a suite started in the background (`cmd &`)
+    # inherits SIGINT ignored, and Python then never turns Ctrl-C into KeyboardInterrupt.
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     history = tmp_path / "ckpt" / "v" / "seed7" / "history.csv"
     deadline = time.time() + 240
     while len(read_history(history)) < 2 and time.time() < deadline and process.poll() is None:
