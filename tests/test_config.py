@@ -52,6 +52,8 @@ def test_transfer_sources_train_first_and_variant_data(repo_params):
     (lambda p: p["studies"]["batchnorm"].update(data="nope"), "studies.batchnorm.data"),
     (lambda p: p["data"]["prepared"]["fmnist_pm1"].update(source="imagenet"), "source"),
     (lambda p: p["polyfit"].update(folds=1), "polyfit.folds"),
+    (lambda p: p["studies"]["bn_placement"].update(also_compare=[["before", "middle"]]),
+     "studies.bn_placement: also_compare"),
 ])
 def test_mistakes_name_their_key(tmp_path, raw_params, mutate, expected):
     params = copy.deepcopy(raw_params)

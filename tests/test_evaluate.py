@@ -1,6 +1,7 @@
 """evaluate stage on a study written to disk the way the train stage writes one: run.json,
 history.csv, test_predictions.npy and bn_params.npz for 4 variants × 3 seeds (no training)."""
 
+import html
 import json
 import math
 
@@ -16,6 +17,7 @@ from ablations.evaluate import epochs_to_target, evaluate_study, read_study, stu
 from ablations.history import write_history
 from ablations.io import unit_dir, write_json
 from ablations.plots import FIGURES
+from ablations.report import study_section
 
 TARGET = 0.8
 CLASSES = ["zero", "one", "two", "three"]
@@ -38,13 +40,14 @@ VARIANTS = {"relu": {}, "relu-bn": {"norm": "before"}, "tanh": {"activation": "t
             "tanh-bn": {"activation": "tanh", "norm": "before"}}
 
 
-def write_study_params(folder, seeds=(0, 1, 2), variants=VARIANTS):
+def write_study_params(folder, seeds=(0, 1, 2), variants=VARIANTS, also_compare=()):
     """folder/params.yaml with one study `unit` on prepared data `d` (as conftest.write_params,
-    plus seeds and a baseline)."""
+    plus seeds, a baseline and the pairs `also_compare`)."""
     prepared = {"source": "fashion_mnist", "scaling": "zero_one"}
     params = {"data": {"raw": ["fashion_mnist"], "prepared": {"d": prepared, "d2": prepared}},
               "studies": {"unit": {"question": "Does BatchNorm help <small> CNNs & why?",
                                    "data": "d", "seeds": list(seeds), "baseline": "relu",
+                                   "also_compare": [list(pair) for pair in also_compare],
                                    "target_val_accuracy": TARGET,
                                    "defaults": {"conv_filters": [4], "dense_units": [8],
                                                 "epochs": 4, "batch_size": 16},
@@ -95,9 +98,9 @@ def write_unit(models_dir, name, index, seed, y_test):
             for param in ("gamma", "beta")})
 
 
-def write_fake_study(root, seeds=(0, 1, 2), variants=VARIANTS):
+def write_fake_study(root, seeds=(0, 1, 2), variants=VARIANTS, also_compare=()):
     """(params, models/unit, data/prepared) of a study trained 'for real' on disk."""
-    params = write_study_params(root, seeds, variants)
+    params = write_study_params(root, seeds, variants, also_compare)
     data_dir = root / "data" / "prepared"
     y_test = {"d": np.load(write_prepared_data(data_dir / "d") / "y_test.npy"),
               "d2": np.load(write_prepared_data(data_dir / "d2", n_test=24) / "y_test.npy")}
@@ -225,6 +228,18 @@ def test_one_seed_study_has_no_intervals(tmp_path):
         "relu-bn vs relu: +5.0 points of test accuracy — one seed: no interval")
     assert "3 without interval (one seed)" in m["verdict"]
     assert "relu-bn, 90.0 % over 1 seed." in m["verdict"]
+
+
+def test_pairs_the_question_asks_for_are_compared_in_the_verdict(tmp_path):
+    """bn_placement asks before vs after, not only each vs none: `also_compare` pairs."""
+    params, models_dir, data_dir = write_fake_study(tmp_path, also_compare=[("relu-bn", "tanh-bn")])
+    m = study_metrics(params, "unit", read_study(params, "unit", models_dir, data_dir))
+    pair = m["pair_comparisons"]["relu-bn vs tanh-bn"]
+    assert (pair["vs"], pair["judgement"]) == ("tanh-bn", "better")  # 0.90-0.92 vs tanh-bn's lower
+    assert pair["text"].startswith("relu-bn vs tanh-bn: +") and pair["text"] + "." in m["verdict"]
+    assert set(m["comparisons"]) == {"relu-bn", "tanh", "tanh-bn"}  # the baseline's stay
+    page = study_section("unit", m, tmp_path / "no-plots")
+    assert "Other comparisons the question asks for" in page and html.escape(pair["text"]) in page
 
 
 def test_variant_on_other_data_is_not_compared(tmp_path):

@@ -115,6 +115,8 @@ class Study(Strict):
     # Every variant is trained once per seed; results are mean ± 95% confidence interval.
     seeds: list[Annotated[int, Field(ge=0)]] = Field(default=[0], min_length=1)
     baseline: str  # the variant every other one is compared with in the verdict
+    # Further pairs [a, b] the question asks about (a − b), e.g. [before, after] in bn_placement.
+    also_compare: list[tuple[str, str]] = []
     target_val_accuracy: Annotated[float, Field(gt=0.0, le=1.0)]  # for epochs-to-target
     defaults: dict[str, Any]
     variants: dict[str, dict[str, Any] | None]
@@ -125,6 +127,11 @@ class Study(Strict):
             raise ValueError("a study needs at least one variant")
         if self.baseline not in self.variants:
             raise ValueError(f"baseline {self.baseline!r} is not one of the variants {sorted(self.variants)}")
+        for pair in self.also_compare:
+            unknown = [name for name in pair if name not in self.variants]
+            if unknown or pair[0] == pair[1]:
+                raise ValueError(f"also_compare {list(pair)}: needs two different variants of "
+                                 f"{sorted(self.variants)}")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct (got {self.seeds})")
         for name, overrides in {"defaults": self.defaults, **self.variants}.items():

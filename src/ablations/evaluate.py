@@ -26,6 +26,7 @@ per-seed values {"seed0": …}:
       vs (the baseline), difference_points and ci_points (test accuracy, percentage
       points, Welch t-interval), judgement (better / worse / not distinguishable
       / null with one seed), text (one sentence)
+  pair_comparisons.<a vs b>: the same for each pair of the study's `also_compare` (a − b)
   best_variant (highest mean test accuracy on the study's data), verdict (the study's
       answer, computed from the numbers above)
 """
@@ -186,6 +187,7 @@ def study_verdict(metrics: dict[str, Any]) -> str:
         parts.append(f"That is the baseline: no variant beats {baseline}.")
     else:
         parts.append(metrics["comparisons"][best]["text"] + ".")
+    parts += [c["text"] + "." for c in metrics["pair_comparisons"].values()]
     judged = [c["judgement"] or "without interval (one seed)"
               for c in metrics["comparisons"].values()]
     if judged:
@@ -233,6 +235,7 @@ def study_metrics(params: Params, study: str, units: dict[str, list[dict]]) -> d
         # Only variants tested on the study's data are compared (a transfer source is not).
         "comparisons": {name: comparison(name, spec.baseline, variants) for name in variants
                         if name != spec.baseline and variants[name]["data"] == spec.data},
+        "pair_comparisons": {f"{a} vs {b}": comparison(a, b, variants) for a, b in spec.also_compare},
         "best_variant": best_variant(variants, spec.data),
     }
     metrics["verdict"] = study_verdict(metrics)

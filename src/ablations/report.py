@@ -88,6 +88,7 @@ def _speedup_table(m: dict) -> str:
 
 def study_section(study: str, m: dict, plots_dir: Path) -> str:
     comparisons = "".join(f"<li>{escape(c['text'])}</li>" for c in m["comparisons"].values())
+    pairs = "".join(f"<li>{escape(c['text'])}</li>" for c in m.get("pair_comparisons", {}).values())
     folder = plots_dir / study
     return (f"<section id=\"{escape(study)}\"><h2>{escape(study)}</h2>"
             f"<p class=\"question\">{escape(m['question'])}</p>"
@@ -96,6 +97,7 @@ def study_section(study: str, m: dict, plots_dir: Path) -> str:
             "interval of the mean (differences: Welch t-interval).</p>"
             + _variants_table(m)
             + f"<h3>Compared with the baseline {escape(m['baseline'])}</h3><ul>{comparisons}</ul>"
+            + (f"<h3>Other comparisons the question asks for</h3><ul>{pairs}</ul>" if pairs else "")
             + _speedup_table(m)
             + (_figures(folder) if folder.is_dir() else "")
             + "</section>")
