@@ -81,5 +81,6 @@ def shrink(params: dict) -> dict:
         keep = {study["baseline"], next(v for v in variants if v != study["baseline"])}
         keep |= {variants[v]["init_from"] for v in keep if "init_from" in variants[v]}
         study["variants"] = {name: spec for name, spec in variants.items() if name in keep}
+        study["also_compare"] = [pair for pair in study.get("also_compare", []) if set(pair) <= keep]
     params["polyfit"].update(max_degree=4, folds=3)
     return params

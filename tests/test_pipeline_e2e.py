@@ -43,6 +43,7 @@ def shrink(params: dict) -> dict:
     batchnorm["variants"] = {"relu": {}, "relu-bn": {"norm": "before"}}
     batchnorm["seeds"] = [0, 1]
     transfer["variants"] = {name: transfer["variants"][name] for name in ("source", "scratch", "finetune")}
+    transfer["also_compare"] = []  # its pair names `frozen`, cut above
     transfer["variants"]["source"]["epochs"] = 1
     transfer["seeds"] = [0]
     params["polyfit"].update(max_degree=4, n=60, folds=3)
