@@ -15,8 +15,6 @@ and the steady rate from the epochs after each unit's first.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
 import statistics
 import subprocess
@@ -27,7 +25,11 @@ from pathlib import Path
 
 import yaml
 
+from ablations.history import read_history
+from ablations.io import read_json
+
 REPO = Path(__file__).resolve().parents[1]
+PATHS = yaml.safe_load((REPO / "dvc.yaml").read_text())["vars"][0]  # dvc.yaml's folders
 
 
 def _args(argv=None):
@@ -60,28 +62,31 @@ def study_params(args) -> dict:
 def stage_commands(study: str, data: str, source: str, params: Path) -> dict[str, list[str]]:
     """The stage commands of dvc.yaml for one study, with the paths of its `vars`."""
     cli = [sys.executable, "-m", "ablations.cli", "--params", str(params)]
+    raw, split, prepared = (f"{PATHS['raw']}/{source}", f"{PATHS['split']}/{data}",
+                            PATHS["prepared"])
+    models = f"{PATHS['models']}/{study}"
     return {
-        "download": [*cli, "download", source, "--out", f"data/raw/{source}"],
-        "split": [*cli, "split", data, "--raw", f"data/raw/{source}", "--out", f"data/split/{data}"],
-        "standardize": [*cli, "standardize", data, "--split", f"data/split/{data}",
-                        "--out", f"data/prepared/{data}"],
-        "train": [*cli, "train", study, "--data", "data/prepared", "--out", f"models/{study}",
-                  "--checkpoints", f"checkpoints/{study}"],
-        "evaluate": [*cli, "evaluate", study, "--models", f"models/{study}", "--data",
-                     "data/prepared", "--metrics", f"metrics/{study}.json", "--plots", f"plots/{study}"],
+        "download": [*cli, "download", source, "--out", raw],
+        "split": [*cli, "split", data, "--raw", raw, "--out", split],
+        "standardize": [*cli, "standardize", data, "--split", split, "--out", f"{prepared}/{data}"],
+        "train": [*cli, "train", study, "--data", prepared, "--out", models,
+                  "--checkpoints", f"{PATHS['checkpoints']}/{study}"],
+        "evaluate": [*cli, "evaluate", study, "--models", models, "--data", prepared,
+                     "--metrics", f"{PATHS['metrics']}/{study}.json",
+                     "--plots", f"{PATHS['plots']}/{study}"],
     }
 
 
 def training_rates(models: Path, images: int) -> dict:
     """Images/s over every unit's fit (first epochs included) and over its later epochs."""
+    units = sorted(run_json.parent for run_json in models.glob("*/seed*/run.json"))
     fit_seconds, epochs, later = 0.0, 0, []
-    for run_json in sorted(models.glob("*/seed*/run.json")):
-        fit_seconds += json.loads(run_json.read_text())["fit_seconds"]
-        with open(run_json.parent / "history.csv") as f:
-            seconds = [float(row["epoch_seconds"]) for row in csv.DictReader(f)]
+    for unit in units:
+        fit_seconds += read_json(unit / "run.json")["fit_seconds"]
+        seconds = [row["epoch_seconds"] for row in read_history(unit / "history.csv")]
         epochs += len(seconds)
         later += seconds[1:]
-    return {"units": len(list(models.glob("*/seed*/run.json"))), "fit_seconds": fit_seconds,
+    return {"units": len(units), "fit_seconds": fit_seconds,
             "images_s": images * epochs / fit_seconds,
             "steady_images_s": images / statistics.median(later) if later else None}
 
@@ -113,9 +118,9 @@ def run(args, work: Path) -> None:
         print(f"{name:12s} {seconds[name]:7.1f} s", flush=True)
     import numpy as np
 
-    images = len(np.load(work / "data" / "prepared" / data / "y_train.npy", mmap_mode="r"))
-    rates = training_rates(work / "models" / args.study, images)
-    metrics = json.loads((work / "metrics" / f"{args.study}.json").read_text())
+    images = len(np.load(work / PATHS["prepared"] / data / "y_train.npy", mmap_mode="r"))
+    rates = training_rates(work / PATHS["models"] / args.study, images)
+    metrics = read_json(work / PATHS["metrics"] / f"{args.study}.json")
     print(f"\n{args.study} on {device()}: {rates['units']} units ({len(study['variants'])} variants × "
           f"{len(study['seeds'])} seeds), {images} training images, {args.epochs} epochs, "
           f"batch {args.batch_size}, mixed precision {args.mixed_precision}")

@@ -128,8 +128,7 @@ class Study(Strict):
         if self.baseline not in self.variants:
             raise ValueError(f"baseline {self.baseline!r} is not one of the variants {sorted(self.variants)}")
         for pair in self.also_compare:
-            unknown = [name for name in pair if name not in self.variants]
-            if unknown or pair[0] == pair[1]:
+            if not set(pair) <= set(self.variants) or pair[0] == pair[1]:
                 raise ValueError(f"also_compare {list(pair)}: needs two different variants of "
                                  f"{sorted(self.variants)}")
         if len(set(self.seeds)) != len(self.seeds):

@@ -88,7 +88,7 @@ def _speedup_table(m: dict) -> str:
 
 def study_section(study: str, m: dict, plots_dir: Path) -> str:
     comparisons = "".join(f"<li>{escape(c['text'])}</li>" for c in m["comparisons"].values())
-    pairs = "".join(f"<li>{escape(c['text'])}</li>" for c in m.get("pair_comparisons", {}).values())
+    pairs = "".join(f"<li>{escape(c['text'])}</li>" for c in m["pair_comparisons"].values())
     folder = plots_dir / study
     return (f"<section id=\"{escape(study)}\"><h2>{escape(study)}</h2>"
             f"<p class=\"question\">{escape(m['question'])}</p>"

@@ -154,6 +154,9 @@ def _keep_tensorflow_unimported() -> None:
         module_utils.tensorflow._available = False  # noqa: SLF001 (what `available` caches)
 
 
+_keep_tensorflow_unimported()  # once per process, for every user of this module (train, replay)
+
+
 def _seed_everything(seed: int) -> None:
     """Same seed, same machine → same metrics (op determinism costs little on CPU)."""
     keras.utils.set_random_seed(seed)
@@ -293,7 +296,6 @@ def train_unit(study: str, unit: Unit, arrays: dict[str, np.ndarray]) -> str:
 
 def train_study(study: str, todo: list[Unit]) -> list[str]:
     """Train `todo` (the units that are not current), in order: transfer sources come first."""
-    _keep_tensorflow_unimported()
     arrays_of: dict[Path, dict[str, np.ndarray]] = {}  # memory-mapped, shared by the units
     run_ids = []
     for index, unit in enumerate(todo, start=1):
