@@ -10,10 +10,11 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from ablations import stats
+from ablations import plots, stats
 from ablations.config import load_params
 from ablations.errors import DataError
-from ablations.evaluate import epochs_to_target, evaluate_study, read_study, study_metrics
+from ablations.evaluate import (epochs_to_target, evaluate_study, read_study, study_figures,
+                                study_metrics)
 from ablations.history import write_history
 from ablations.io import unit_dir, write_json
 from ablations.plots import FIGURES
@@ -242,6 +243,19 @@ def test_pairs_the_question_asks_for_are_compared_in_the_verdict(tmp_path):
     assert "Other comparisons the question asks for" in page and html.escape(pair["text"]) in page
 
 
+def test_bn_violins_only_where_the_study_varies_batchnorm(tmp_path):
+    """Same BatchNorm in every variant (as in init_reg): its learned parameters answer nothing
+    the study asks, so no bn_params.png although the units saved them."""
+    variants = {"relu": {"norm": "before"}, "relu-bn": {"norm": "before", "activation": "tanh"}}
+    params, models_dir, data_dir = write_fake_study(tmp_path, variants=variants)
+    units = read_study(params, "unit", models_dir, data_dir)
+    figures = study_figures(params, "unit", units, study_metrics(params, "unit", units),
+                            models_dir, data_dir)
+    assert (unit_dir(models_dir, "relu-bn", 0) / "bn_params.npz").exists()
+    assert "bn_params.png" not in figures and "learning_curves.png" in figures
+    plots.close(figures)
+
+
 def test_variant_on_other_data_is_not_compared(tmp_path):
     """A transfer source trains and is tested on other data: its (higher) accuracy is
     reported but neither compared with the baseline nor the best variant."""
@@ -290,8 +304,6 @@ def _leaves(tree):
 
 def test_bn_violins_take_constant_and_single_values():
     """Untrained BN layers have gamma == 1 everywhere: no KDE, still one mark per layer."""
-    from ablations import plots
-
     figure = plots.bn_violins({"v": {"input_bn": {"gamma": np.ones(3), "beta": np.zeros(1)},
                                      "conv0_bn": {"gamma": np.array([0.9, 1.1]),
                                                   "beta": np.array([0.0, 0.1])}}}, "s")

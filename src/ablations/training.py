@@ -17,6 +17,7 @@ and `ablations replay` (replay.py) completes the MLflow run later.
 
 from __future__ import annotations
 
+import gc
 import math
 import shutil
 import sys
@@ -298,6 +299,11 @@ def train_study(study: str, todo: list[Unit]) -> list[str]:
     """Train `todo` (the units that are not current), in order: transfer sources come first."""
     arrays_of: dict[Path, dict[str, np.ndarray]] = {}  # memory-mapped, shared by the units
     run_ids = []
+    # Every unit's clear_session runs gc.collect(), which walks all of torch's, Keras' and
+    # MLflow's module objects: ~0.4 s per unit on 2 CPU cores. Freezing what exists now (after
+    # the imports, before any model) leaves only the units' own objects to walk.
+    gc.collect()
+    gc.freeze()
     for index, unit in enumerate(todo, start=1):
         print(f"train {study} {unit.name} ({index}/{len(todo)})", flush=True)
         if unit.data_dir not in arrays_of:
