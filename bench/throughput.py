@@ -4,6 +4,7 @@
     KERAS_BACKEND=tensorflow python bench/throughput.py  # same model on another backend
     python bench/throughput.py --variant relu-bn --epochs 4 --max-train 1000
     python bench/throughput.py --batch-size 1024 --mixed-precision   # a GPU box
+    python bench/throughput.py --repeat 3 --epochs 5  # 3 bare/pipeline pairs: the median ratio
     python bench/throughput.py --json               # one JSON object (bench/backends.py reads it)
 
 Each mode runs in its own process (same imports, same caches for both):
@@ -12,7 +13,9 @@ Each mode runs in its own process (same imports, same caches for both):
   memory-mapped arrays, with its callbacks, checkpoints, testing, saving and MLflow logging into
   a throw-away folder and SQLite store.
 Images/s (training images per second of an epoch, validation included) come from the epochs
-after the first (which includes tracing/compilation). Also printed: the device ("CPU (no GPU)"
+after the first (which includes tracing/compilation). On 2 CPU cores one pair's ratio varies by
+±10% from run to run (the machine's noise, not the pipeline's), so --repeat N alternates the modes
+N times and reports the median of the N pair ratios (each pair adjacent in time). Also printed: the device ("CPU (no GPU)"
 or the GPU's name), the unit's seconds split into the steps of train_unit, and peak RSS (MiB)
 of both processes against the size of the arrays and the model.
 Needs the prepared data: `dvc repro standardize@<the study's data>` first.
@@ -51,6 +54,7 @@ def _args(argv=None):
     parser.add_argument("--batch-size", type=int, help="default: the variant's")
     parser.add_argument("--mixed-precision", action="store_true", help="mixed_float16 compute")
     parser.add_argument("--max-train", type=int, help="use only the first N training images")
+    parser.add_argument("--repeat", type=int, default=1, help="bare/pipeline pairs (median ratio)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     parser.add_argument("--mode", choices=("bare", "pipeline"), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -192,7 +196,7 @@ def images_per_second(result: dict) -> float:
 
 
 def _measure(mode: str, argv: list[str]) -> dict:
-    argv = [a for a in argv if a != "--json"]
+    argv = [a for a in argv if a != "--json"]  # (--repeat is only read by the parent)
     done = subprocess.run([sys.executable, __file__, *argv, "--mode", mode], capture_output=True,
                           text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
                                           "MLFLOW_DISABLE_TELEMETRY": "true"})
@@ -201,14 +205,17 @@ def _measure(mode: str, argv: list[str]) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def measure(argv: list[str]) -> dict:
-    """Both modes, each in its own process; images/s, ratio, memory (what --json prints)."""
-    bare, pipeline = _measure("bare", argv), _measure("pipeline", argv)
+def measure(argv: list[str], repeat: int = 1) -> dict:
+    """Both modes, each in its own process, `repeat` times alternating; images/s, ratio, memory
+    of the median pair (what --json prints), and every pair's ratio."""
+    pairs = [(_measure("bare", argv), _measure("pipeline", argv)) for _ in range(repeat)]
+    ratios = [images_per_second(pipeline) / images_per_second(bare) for bare, pipeline in pairs]
+    bare, pipeline = pairs[ratios.index(statistics.median_low(ratios))]
     footprint = pipeline["arrays_mib"] + pipeline["model_mib"]
     return {"backend": pipeline["backend"], "device": pipeline["device"], "bare": bare,
             "pipeline": pipeline, "bare_images_s": images_per_second(bare),
             "pipeline_images_s": images_per_second(pipeline),
-            "ratio": images_per_second(pipeline) / images_per_second(bare),
+            "ratio": statistics.median(ratios), "ratios": ratios,
             "peak_over_footprint": pipeline["peak_rss_mib"] / footprint,
             "growth_over_footprint": (pipeline["peak_rss_mib"] - pipeline["rss_after_imports_mib"])
             / footprint}
@@ -227,7 +234,7 @@ def main(argv=None) -> None:
         print(json.dumps(result))
         return
     try:
-        m = measure(argv)
+        m = measure(argv, args.repeat)
     except RuntimeError as error:
         sys.exit(str(error))
     if args.json:
@@ -239,7 +246,9 @@ def main(argv=None) -> None:
     print(f"bare model.fit     {m['bare_images_s']:8.0f} images/s  epochs {_fmt(bare)}")
     print(f"pipeline train     {m['pipeline_images_s']:8.0f} images/s  epochs {_fmt(pipeline)}"
           f"  (fit {pipeline['fit_seconds']:.1f}s)")
-    print(f"throughput ratio   {m['ratio']:8.3f}   (goal ≥ 0.97)")
+    print(f"throughput ratio   {m['ratio']:8.3f}   (goal ≥ 0.97)" + (
+        f"  median of {len(m['ratios'])} pairs: " + " ".join(f"{r:.3f}" for r in m["ratios"])
+        if len(m["ratios"]) > 1 else ""))
     phases = dict(pipeline["phases"])
     total = phases.pop("total")
     phases["_fit"] -= pipeline["fit_seconds"]  # the callbacks' share around model.fit's epochs

@@ -19,6 +19,7 @@ from ablations.history import write_history
 from ablations.io import unit_dir, write_json
 from ablations.plots import FIGURES
 from ablations.report import study_section
+from conftest import copy_store
 
 TARGET = 0.8
 CLASSES = ["zero", "one", "two", "three"]
@@ -118,11 +119,11 @@ def evaluate(root, params, models_dir, data_dir):
 
 
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory):
+def evaluated(tmp_path_factory, migrated_store):
     """(root, metrics as read back from metrics/unit.json, tracking URI): the fake study
-    evaluated once for the module (a new MLflow store costs seconds)."""
+    evaluated once for the module."""
     root = tmp_path_factory.mktemp("study")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = copy_store(migrated_store, root)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         patch.delenv("MLFLOW_RUN_ID", raising=False)

@@ -2,7 +2,6 @@
 
 import json
 import math
-import shutil
 
 import mlflow
 import numpy as np
@@ -13,6 +12,7 @@ from sklearn.model_selection import KFold, cross_val_score
 from ablations import polyfit
 from ablations.errors import ConfigError
 from ablations.polyfit import DegreeScore
+from conftest import copy_store
 
 QUADRATIC = [0.5, 1.0, -1.5]
 CUBIC = [1.0, -2.0, 0.5, 0.3]
@@ -25,20 +25,10 @@ def small_config(**overrides):
     return config
 
 
-@pytest.fixture(scope="module")
-def migrated_store(tmp_path_factory):
-    """An empty MLflow SQLite database, created once: its schema migrations take seconds."""
-    path = tmp_path_factory.mktemp("mlflow") / "template.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
-
-
 @pytest.fixture
 def tracking(tmp_path, monkeypatch, migrated_store):
     """A real MLflow SQLite store in tmp_path; global MLflow state restored afterwards."""
-    db = tmp_path / "mlflow.db"
-    shutil.copyfile(migrated_store, db)
-    uri = f"sqlite:///{db}"
+    uri = copy_store(migrated_store, tmp_path)
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)

@@ -23,6 +23,7 @@ from ablations.errors import DataError
 from ablations.evaluate import read_study, study_figures, study_metrics
 from ablations.io import write_json
 from ablations.report import build_report
+from conftest import copy_store
 
 CHROMIUM = next((path for path in (shutil.which("chromium"), shutil.which("chromium-browser"),
                                    shutil.which("google-chrome"), "/usr/bin/chromium")
@@ -58,13 +59,13 @@ def write_study_outputs(root, params, models_dir, data_dir):
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
+def report(tmp_path_factory, migrated_store):
     """(root, metrics, reports/index.html, tracking URI) of one report build."""
     root = tmp_path_factory.mktemp("report")
     params, models_dir, data_dir = write_fake_study(root)
     metrics = write_study_outputs(root, params, models_dir, data_dir)
     write_polyfit(root, params)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = copy_store(migrated_store, root)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         patch.delenv("MLFLOW_RUN_ID", raising=False)

@@ -8,7 +8,7 @@ import time
 import mlflow
 import numpy as np
 import pytest
-from conftest import train_command, write_params, write_prepared
+from conftest import copy_store, train_command, write_params, write_prepared
 
 from ablations.config import load_params
 from ablations.history import read_history
@@ -122,11 +122,11 @@ def _metrics(history_csv):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+def uninterrupted(tmp_path_factory, migrated_store):
     """Data and the metrics of the same training run without interruption."""
     folder = tmp_path_factory.mktemp("reference")
-    write_prepared(folder / "data" / "d", n=1024, size=16)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}"}
+    write_prepared(folder / "data" / "d", n=512, size=16)  # 6 epochs of ~1.5 s: a signal lands mid-training
+    env = {**os.environ, "MLFLOW_TRACKING_URI": copy_store(migrated_store, folder)}
     done = subprocess.run(_train_command(folder, folder / "data"), capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return folder / "data", _metrics(folder / "out" / "v" / "seed7" / "history.csv")

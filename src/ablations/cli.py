@@ -9,7 +9,6 @@ whole params file first. A user error prints one `error: …` line and exits wit
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -27,9 +26,6 @@ def cmd_validate(args) -> None:
     from ablations.io import write_json
 
     params = _params(args)
-    # Names and shapes are the same on every backend; numpy's starts 6 s faster than torch's
-    # (no torch import) on 2 CPU cores. Keras reads this once, at its import, just below.
-    os.environ["KERAS_BACKEND"] = "numpy"
     from ablations.models.blocks import activation_layer, build_optimizer, weight_options
     from ablations.models.zoo import build_model  # imports Keras
 
