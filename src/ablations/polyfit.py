@@ -403,6 +403,8 @@ def log_to_mlflow(config: dict, scores: Sequence[DegreeScore], chosen: tuple[int
 
 def run(config: dict, metrics_path: Path, plot_path: Path) -> dict[str, Any]:
     """The whole stage: validate, simulate, cross-validate, choose, plot, log, write metrics."""
+    from ablations import plots  # pyplot only in the stage that draws (see plot_cv)
+
     cfg = validate_config(config)
     x, y = make_data(cfg.coefficients, cfg.noise, cfg.n, cfg.x_range, cfg.seed)
     scores = cv_errors(x, y, range(1, cfg.max_degree + 1), cfg.folds, cfg.seed)
@@ -410,8 +412,6 @@ def run(config: dict, metrics_path: Path, plot_path: Path) -> dict[str, Any]:
     verdict = answer(scores, cfg.true_degree, noise=cfg.noise)
     metrics = metrics_dict(scores, chosen, cfg.true_degree, verdict)
     figure = plot_cv(scores, chosen, cfg.true_degree)
-    from ablations import plots
-
     try:
         log_to_mlflow(cfg.model_dump(mode="json"), scores, chosen, verdict, figure)
         with atomic_file(Path(plot_path), "wb") as handle:
