@@ -1,7 +1,9 @@
 """One whole study on a GPU box (issue 5, goal 6): wall seconds per stage and images/s.
 
     python bench/gpu_study.py                      # batchnorm, all of Fashion-MNIST, 10 epochs, batch 256
-    python bench/gpu_study.py --seeds 0 --batch-size 512 --mixed-precision
+    KERAS_BACKEND=jax python bench/gpu_study.py --seeds 0 --batch-size 1000 --mixed-precision
+
+On JAX, a batch size that divides 54,000 / 6,000 / 10,000 (1000 does) compiles each step once.
 
 Runs the pipeline's own stage commands (download → split → standardize → train → evaluate,
 as dvc.yaml would, without DVC) in a scratch folder, with a params file derived from the

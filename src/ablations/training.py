@@ -212,9 +212,12 @@ def log_model(model: keras.Model, run_id: str) -> None:
     import mlflow.keras
     from mlflow.models import Model, infer_signature
 
-    # The signature holds shapes and dtypes only: a zero batch gives the same as real images.
-    sample = np.zeros((2, *model.input_shape[1:]), dtype=model.inputs[0].dtype)
-    signature = infer_signature(sample, model.predict(sample, verbose=0))
+    # The signature holds shapes and dtypes only: zero batches give the same as real images and
+    # a prediction, without one (on JAX, a 2-image predict compiles a new program: ~0.5 s on GPU).
+    def zeros(tensor):
+        return np.zeros((2, *tensor.shape[1:]), dtype=tensor.dtype)
+
+    signature = infer_signature(zeros(model.inputs[0]), zeros(model.outputs[0]))
     Model.log(None, mlflow.keras, name="model", run_id=run_id, model=model, signature=signature,
               pip_requirements=tracking.pip_requirements())
 
