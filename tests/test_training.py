@@ -5,9 +5,11 @@ import signal
 import subprocess
 import time
 
+import keras
 import mlflow
 import numpy as np
 import pytest
+from mlflow.models import infer_signature
 from conftest import copy_store, train_command, write_params, write_prepared
 
 from ablations.config import load_params
@@ -51,6 +53,15 @@ def test_outputs_run_and_history(tmp_path, tracking_store):
     assert run.data.tags["study"] == "unit" and run.data.tags["diverged"] == "false"
     assert run.data.params["dropout"] == "0.2" and run.data.params["seed"] == "7"
     assert run.data.metrics["test_accuracy"] == pytest.approx(info["test_accuracy"])
+    # The logged model's signature (built from the model's specs, without predicting) is what
+    # a real prediction gives: shapes with a free batch axis, float32.
+    mlflow.set_tracking_uri(tracking_store)
+    signature = mlflow.models.get_model_info(f"runs:/{run_id}/model").signature
+    x_test = np.load(tmp_path / "data" / "d" / "x_test.npy").astype(np.float32)  # as standardize writes
+    predicted = keras.saving.load_model(out / "model.keras").predict(x_test, verbose=0)
+    assert signature == infer_signature(x_test, predicted)
+    assert signature.outputs.to_dict()[0] == {
+        "type": "tensor", "tensor-spec": {"dtype": "float32", "shape": (-1, predicted.shape[1])}}
 
 
 def test_same_seed_identical_other_seed_different(tmp_path, tracking_store):
