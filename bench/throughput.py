@@ -14,10 +14,11 @@ Each mode runs in its own process (same imports, same caches for both):
   a throw-away folder and SQLite store.
 Images/s (training images per second of an epoch, validation included) come from the epochs
 after the first (which includes tracing/compilation). On 2 CPU cores one pair's ratio varies by
-±10% from run to run (the machine's noise, not the pipeline's), so --repeat N alternates the modes
-N times and reports the median of the N pair ratios (each pair adjacent in time). Also printed: the device ("CPU (no GPU)"
-or the GPU's name), the unit's seconds split into the steps of train_unit, and peak RSS (MiB)
-of both processes against the size of the arrays and the model.
+±15 % from run to run (the machine's noise, not the pipeline's), so --repeat N alternates the
+modes N times and reports the median of the N pair ratios (each pair adjacent in time). Also
+printed: the device ("CPU (no GPU)" or the GPU's name), the unit's seconds split into the steps
+of train_unit, and peak RSS (MiB) of both processes against the size of the arrays and the
+model.
 Needs the prepared data: `dvc repro standardize@<the study's data>` first.
 """
 

@@ -403,7 +403,7 @@ def log_to_mlflow(config: dict, scores: Sequence[DegreeScore], chosen: tuple[int
 
 def run(config: dict, metrics_path: Path, plot_path: Path) -> dict[str, Any]:
     """The whole stage: validate, simulate, cross-validate, choose, plot, log, write metrics."""
-    from ablations import plots  # pyplot only in the stage that draws (see plot_cv)
+    from ablations.plots import plt  # pyplot only in the stage that draws (see plot_cv)
 
     cfg = validate_config(config)
     x, y = make_data(cfg.coefficients, cfg.noise, cfg.n, cfg.x_range, cfg.seed)
@@ -421,5 +421,5 @@ def run(config: dict, metrics_path: Path, plot_path: Path) -> dict[str, Any]:
         Path(plot_path).unlink(missing_ok=True)  # no partial outputs for DVC to cache
         raise
     finally:
-        plots.close({"cv_error": figure})
+        plt.close(figure)
     return metrics
