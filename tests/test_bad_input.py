@@ -49,12 +49,17 @@ def study(params):
     return params["studies"]["batchnorm"]
 
 
+def variant(params, name):
+    """The explicit overrides of batchnorm's variant `name`, added on top of its factorial cell."""
+    return study(params).setdefault("variants", {}).setdefault(name, {})
+
+
 CONFIG_CASES = {
     "unknown top-level key": (lambda p: p.update(studys={}), ["studys", "unknown key"]),
     "unknown study key": (lambda p: study(p).update(questoin="?"), ["studies.batchnorm.questoin"]),
-    "unknown variant key": (lambda p: study(p)["variants"]["relu"].update(activaton="elu"),
+    "unknown variant key": (lambda p: variant(p, "relu").update(activaton="elu"),
                             ["variants.relu.activaton", "unknown key"]),
-    "unknown activation": (lambda p: study(p)["variants"]["relu"].update(activation="relux"),
+    "unknown activation": (lambda p: variant(p, "relu").update(activation="relux"),
                            ["variants.relu", "relux", "activation"]),
     "unknown initializer": (lambda p: study(p)["defaults"].update(initializer="glorot_unicorn"),
                             ["glorot_unicorn", "initializer"]),
@@ -66,25 +71,25 @@ CONFIG_CASES = {
                         ["data.raw.0", "imagenet", "fashion_mnist"]),
     "wrong type": (lambda p: study(p)["defaults"].update(batch_size="big"), ["batch_size", "big"]),
     "zero epochs": (lambda p: study(p)["defaults"].update(epochs=0), ["epochs", "must be > 0"]),
-    "negative epochs": (lambda p: study(p)["variants"]["tanh"].update(epochs=-3),
+    "negative epochs": (lambda p: variant(p, "tanh").update(epochs=-3),
                         ["variants.tanh.epochs"]),
     "zero batch size": (lambda p: study(p)["defaults"].update(batch_size=0), ["batch_size"]),
     "learning rate <= 0": (lambda p: study(p)["defaults"].update(learning_rate=0.0),
                            ["learning_rate", "must be > 0"]),
-    "dropout >= 1": (lambda p: study(p)["defaults"].update(dropout=1.0), ["dropout", "must be < 1"]),
-    "dropout < 0": (lambda p: study(p)["variants"]["relu"].update(dropout=-0.1), ["dropout"]),
-    "norm placement": (lambda p: study(p)["defaults"].update(norm="middle"),
+    "dropout >= 1": (lambda p: variant(p, "relu").update(dropout=1.0), ["dropout", "must be < 1"]),
+    "dropout < 0": (lambda p: variant(p, "relu").update(dropout=-0.1), ["dropout"]),
+    "norm placement": (lambda p: variant(p, "relu").update(norm="middle"),
                        ["norm", "'none', 'before' or 'after'"]),
-    "study without variants": (lambda p: study(p).update(variants={}), ["at least one variant"]),
+    "study without variants": (lambda p: study(p).update(variants={}, factors={}), ["at least one variant"]),
     "size the model cannot take": (lambda p: p["data"]["prepared"]["fmnist_pm1"].update(size=4),
                                    ["cannot take (4, 4, 1)", "data.prepared.fmnist_pm1.size"]),
     "unknown prepared data": (lambda p: study(p).update(data="cifar"), ["studies.batchnorm.data"]),
     "polyfit folds": (lambda p: p["polyfit"].update(folds=1), ["polyfit.folds"]),
     "baseline not a variant": (lambda p: study(p).update(baseline="sigmoid"),
                                ["studies.batchnorm", "baseline 'sigmoid'", "relu-bn"]),
-    "seed set per variant": (lambda p: study(p)["variants"]["relu"].update(seed=3),
+    "seed set per variant": (lambda p: variant(p, "relu").update(seed=3),
                              ["relu.seed", "`seeds`"]),
-    "init_from no such variant": (lambda p: study(p)["variants"]["relu"].update(init_from="vgg"),
+    "init_from no such variant": (lambda p: variant(p, "relu").update(init_from="vgg"),
                                   ["variants.relu.init_from", "'vgg'", "tanh-bn"]),
     "classes repeated": (lambda p: p["data"]["prepared"]["fmnist_pm1"].update(classes=[1, 1]),
                          ["data.prepared.fmnist_pm1", "classes must be distinct"]),
@@ -96,17 +101,17 @@ def test_invalid_params_fail_before_any_work(tmp_path, case, monkeypatch, capsys
     mutate, expected = CONFIG_CASES[case]
     params = copy.deepcopy(BASE)
     mutate(params)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     result = validate_in_process(tmp_path, monkeypatch, capsys)
     assert_clean_failure(result, *expected, absent=[tmp_path / "valid.json"])
 
 
 def test_duplicate_variant_names(tmp_path):
-    text = (REPO / "params.yaml").read_text().replace("      tanh: {activation: tanh}\n",
-                                                      "      relu: {activation: tanh}\n")
+    text = (REPO / "params.yaml").read_text().replace("      after: {norm: after}\n",
+                                                      "      before: {norm: after}\n")
     (tmp_path / "params.yaml").write_text(text)
     result = ablations("validate", "--out", "valid.json", cwd=tmp_path)
-    assert_clean_failure(result, "duplicate key 'relu'", absent=[tmp_path / "valid.json"])
+    assert_clean_failure(result, "duplicate key 'before'", absent=[tmp_path / "valid.json"])
 
 
 def test_malformed_yaml(tmp_path):
@@ -115,7 +120,7 @@ def test_malformed_yaml(tmp_path):
 
 
 def test_unknown_variant_on_the_command_line(tmp_path):
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(BASE))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(BASE, sort_keys=False))
     result = ablations("train", "batchnorm", "relu", "relu-typo", "--data", "d", "--out", "m",
                        "--checkpoints", "c", cwd=tmp_path)
     assert_clean_failure(result, "studies.batchnorm.variants.relu-typo", "relu-bn", absent=[tmp_path / "m"])
@@ -143,7 +148,7 @@ def split_params(tmp_path, source="mnist"):
     params["data"] = {"raw": [source], "prepared": {"d": {"source": source, "scaling": "zero_one"}}}
     params["studies"] = {"batchnorm": study(params)}
     study(params)["data"] = "d"
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 @pytest.mark.parametrize("corrupt, expected", [
@@ -183,7 +188,7 @@ def test_missing_dataset_with_no_source_says_where_to_put_files(tmp_path):
     params["data"]["raw"] = ["mnist"]
     for prepared in params["data"]["prepared"].values():
         prepared["source"] = "mnist"
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     mirror = tmp_path / "mirror"
     (mirror / "mnist").mkdir(parents=True)
     (mirror / "mnist" / "train-images-idx3-ubyte.gz").write_bytes(b"not the real file")
@@ -194,7 +199,7 @@ def test_missing_dataset_with_no_source_says_where_to_put_files(tmp_path):
 
 
 def test_unreachable_tracking_server(tmp_path):
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(BASE))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(BASE, sort_keys=False))
     result = ablations("polyfit", "--metrics", "m.json", "--plot", "p.png", cwd=tmp_path,
                        env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
     assert_clean_failure(result, "MLFLOW_TRACKING_URI=http://127.0.0.1:9", "unreachable",

@@ -13,7 +13,7 @@ from conftest import REPO
 
 def write(tmp_path, params):
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params))
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
 
 
@@ -42,13 +42,15 @@ def test_transfer_sources_train_first_and_variant_data(repo_params):
 
 @pytest.mark.parametrize("mutate, expected", [
     (lambda p: p.update(studys={}), "studys"),
-    (lambda p: p["studies"]["batchnorm"]["variants"]["relu"].update(activaton="elu"),
-     "studies.batchnorm.variants.relu.activaton"),
+    (lambda p: p["studies"]["batchnorm"]["factors"]["activation"]["relu"].update(activaton="elu"),
+     "studies.batchnorm: factors.activation.relu.activaton: unknown"),
+    (lambda p: p["studies"]["bn_placement"]["variants"]["after"].update(activaton="elu"),
+     "studies.bn_placement.variants.after.activaton"),
     (lambda p: p["studies"]["batchnorm"]["defaults"].update(epochs=0), "variants.relu.epochs"),
-    (lambda p: p["studies"]["batchnorm"]["defaults"].update(dropout=1.0), "dropout"),
+    (lambda p: p["studies"]["bn_placement"]["defaults"].update(dropout=1.0), "dropout"),
     (lambda p: p["studies"]["batchnorm"]["defaults"].update(learning_rate=-1), "learning_rate"),
     (lambda p: p["studies"]["batchnorm"]["defaults"].update(batch_size="big"), "batch_size"),
-    (lambda p: p["studies"]["batchnorm"].update(variants={}), "at least one variant"),
+    (lambda p: p["studies"]["batchnorm"].update(variants={}, factors={}), "at least one variant"),
     (lambda p: p["studies"]["batchnorm"].update(data="nope"), "studies.batchnorm.data"),
     (lambda p: p["data"]["prepared"]["fmnist_pm1"].update(source="imagenet"), "source"),
     (lambda p: p["polyfit"].update(folds=1), "polyfit.folds"),
@@ -69,3 +71,41 @@ def test_malformed_yaml_and_missing_file(tmp_path):
         load_params(bad)
     with pytest.raises(ConfigError, match="cannot read"):
         load_params(tmp_path / "absent.yaml")
+
+
+def test_factors_expand_to_the_named_cross_product(repo_params):
+    batchnorm = repo_params.studies["batchnorm"]
+    assert set(batchnorm.variants) == {f"{a}{n}{d}" for a in ("relu", "tanh")
+                                       for n in ("", "-bn") for d in ("", "-dropout")}
+    assert batchnorm.levels()["tanh-dropout"] == {"activation": "tanh", "norm": "none",
+                                                   "dropout": "dropout"}
+    init_reg = repo_params.studies["init_reg"]
+    assert len(init_reg.variants) == 27 and len(init_reg.levels()) == 27
+    l1 = repo_params.variant("init_reg", "zeros-l1")
+    assert (l1.initializer, l1.kernel_regularizer, l1.bias_regularizer) == (
+        "zeros", {"class_name": "L1", "config": {"l1": 1e-4}}, {"class_name": "L1", "config": {"l1": 1e-4}})
+    lenet = repo_params.studies["lenet_bn_dropout"]  # a 2 x 2 grid plus one explicit variant
+    assert list(lenet.variants) == ["none", "dropout", "bn", "bn-dropout", "bn-input"]
+    assert "bn-input" not in lenet.levels() and lenet.baseline == "none"
+
+
+def test_explicit_variant_of_a_cell_adds_its_overrides(tmp_path, raw_params):
+    """What `dvc exp run -S +studies.batchnorm.variants.relu.learning_rate=…` writes."""
+    raw_params["studies"]["batchnorm"]["variants"] = {"relu": {"learning_rate": 0.01}}
+    params = load_params(write(tmp_path, raw_params))
+    assert len(params.studies["batchnorm"].variants) == 8
+    assert params.variant("batchnorm", "relu").learning_rate == 0.01
+    assert params.variant("batchnorm", "relu-bn").learning_rate == 0.001
+
+
+@pytest.mark.parametrize("factors, expected", [
+    ({"a": {}}, "factors.a: needs a mapping of at least one level"),
+    ({"a": {"x": {"dropout": 0.1}}, "b": {"y": {"dropout": 0.2}}}, "factors a and b both set 'dropout'"),
+    ({"a": {"x-y": {}, "x": {}}, "b": {"y": {}, "none": {}}}, "factors: two cells are both named 'x-y'"),
+    ({"a": {"x": {"seed": 1}}}, "factors.a.x.seed"),
+    ({"a": {"x": {"dropuot": 0.1}}}, "factors.a.x.dropuot: unknown"),
+])
+def test_bad_factors_are_refused(tmp_path, raw_params, factors, expected):
+    raw_params["studies"]["bn_placement"].update(factors=factors, also_compare=[])
+    with pytest.raises(ConfigError, match=f"studies.bn_placement: {expected}"):
+        load_params(write(tmp_path, raw_params))

@@ -10,6 +10,7 @@ in `ablations.models.blocks`, where Keras is imported anyway.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -109,6 +110,10 @@ class Variant(Strict):
     seed: Annotated[int, Field(ge=0)] = 0  # set per run from the study's `seeds`
 
 
+Overrides = dict[str, Any]
+NO_LEVEL = "none"  # a factor level left out of variant names (relu-bn, not relu-bn-none)
+
+
 class Study(Strict):
     question: str
     data: str  # a key of data.prepared
@@ -119,7 +124,25 @@ class Study(Strict):
     also_compare: list[tuple[str, str]] = []
     target_val_accuracy: Annotated[float, Field(gt=0.0, le=1.0)]  # for epochs-to-target
     defaults: dict[str, Any]
-    variants: dict[str, dict[str, Any] | None]
+    # A factorial design: factor → level → overrides. Its variants are the cross product of the
+    # levels, named by their level names joined with '-' in factor order, levels named `none`
+    # left out (the all-`none` cell is named `none`). They are merged into `variants` when the
+    # study is read; an explicit variant of the same name adds its overrides to that cell.
+    factors: dict[str, dict[str, Overrides | None]] = {}
+    variants: dict[str, Overrides | None] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_factors(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("factors"), dict):
+            return data
+        cells = factorial_cells(data["factors"])
+        explicit = data.get("variants") or {}
+        if not isinstance(explicit, dict):
+            return data
+        merged = {name: {**overrides, **(explicit.get(name) or {})}
+                  for name, (_, overrides) in cells.items()}
+        return {**data, "variants": {**merged, **{n: v for n, v in explicit.items() if n not in merged}}}
 
     @model_validator(mode="after")
     def _check(self) -> Study:
@@ -138,6 +161,10 @@ class Study(Strict):
                 raise ValueError(f"{name}.seed: not allowed, set the study's `seeds` list instead")
         return self
 
+    def levels(self) -> dict[str, dict[str, str]]:
+        """Variant name → {factor: level} for every cell of the factorial design ({} if none)."""
+        return {name: cell for name, (cell, _) in factorial_cells(self.factors).items()}
+
     def units(self) -> list[tuple[str, int]]:
         """(variant, seed) of every training of the study, sources of transfers first."""
         names = list(self.variants)
@@ -145,6 +172,42 @@ class Study(Strict):
                    for n in names}
         ordered = [n for n in names if n in sources] + [n for n in names if n not in sources]
         return [(name, seed) for name in ordered for seed in self.seeds]
+
+
+def factorial_cells(factors: dict[str, dict[str, Overrides | None]]
+                    ) -> dict[str, tuple[dict[str, str], Overrides]]:
+    """Variant name → ({factor: level}, merged overrides) over the cross product of `factors`.
+    Raises ValueError (pydantic reports it under the study's key) for a design that cannot be
+    read unambiguously: a factor without levels, two factors setting one key, two cells
+    named alike."""
+    if not factors:
+        return {}  # the product of no factors would be one empty cell
+    for factor, levels in factors.items():
+        if not isinstance(levels, dict) or not levels:
+            raise ValueError(f"factors.{factor}: needs a mapping of at least one level name to "
+                             "its overrides")
+        for level, overrides in levels.items():
+            if overrides is not None and not isinstance(overrides, dict):
+                raise ValueError(f"factors.{factor}.{level}: must be a mapping of overrides")
+            unknown = set(overrides or {}) - set(Variant.model_fields) | ({"seed"} & set(overrides or {}))
+            if unknown:
+                raise ValueError(f"factors.{factor}.{level}.{sorted(unknown)[0]}: unknown or "
+                                 f"not allowed key (a variant has {sorted(set(Variant.model_fields) - {'seed'})})")
+    owner: dict[str, str] = {}
+    for factor, levels in factors.items():
+        for key in {k for overrides in levels.values() for k in (overrides or {})}:
+            if owner.setdefault(key, factor) != factor:
+                raise ValueError(f"factors {owner[key]} and {factor} both set {key!r}: each key "
+                                 "belongs to one factor")
+    cells: dict[str, tuple[dict[str, str], Overrides]] = {}
+    for combination in itertools.product(*(list(levels.items()) for levels in factors.values())):
+        named = [level for level, _ in combination if level != NO_LEVEL]
+        name = "-".join(named) or NO_LEVEL
+        if name in cells:
+            raise ValueError(f"factors: two cells are both named {name!r}; rename a level")
+        overrides = {k: v for _, level_overrides in combination for k, v in (level_overrides or {}).items()}
+        cells[name] = (dict(zip(factors, (level for level, _ in combination))), overrides)
+    return cells
 
 
 class Params(Strict):
