@@ -1,0 +1,171 @@
+"""The pipeline against the loop a user would write in a notebook instead (issue 19).
+
+For one study, in a throw-away git + DVC copy of the project (bench/_project.py) whose data is
+prepared once before timing:
+- bare: one Python process; per (variant, seed) unit: seed, build the same model, compile it
+  with the same optimizer, `model.fit` on the arrays in memory (Keras' own shuffling), predict
+  the test set, save the model. No DVC, no MLflow, no checkpoints.
+- pipeline: `dvc repro train@<study> evaluate@<study>` after removing the study's models,
+  checkpoints and MLflow store (the stages' own commands, validation, tracking and resume
+  machinery included).
+Each pair runs both modes back to back (the order alternates from pair to pair); printed per
+pair and as medians over pairs: wall ÷ wall, Σ fit ÷ Σ fit (fit seconds as each mode measures
+its own `model.fit`), and peak RSS of each mode's largest process. All times in seconds, RSS in
+MiB. Figures go to stdout (and --json), never into assertions: on a shared 2-core machine a
+single pair varies by ±15 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _project import copy_project, environment, sh, shrink
+from tax import fit_seconds, reuse_raw
+
+# Runs a command and prints the peak RSS (KiB on Linux) of its largest descendant.
+RSS_WRAPPER = ("import resource, subprocess, sys; rc = subprocess.call(sys.argv[1:]); "
+               "print('maxrss', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "
+               "file=sys.stderr); sys.exit(rc)")
+
+
+def _args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--study", default="batchnorm")
+    parser.add_argument("--repeat", type=int, default=3, help="bare/pipeline pairs")
+    parser.add_argument("--shrink", action="store_true", help="a few hundred images, 1 epoch")
+    parser.add_argument("--project", type=Path, help="build the copy here and keep it")
+    parser.add_argument("--json", action="store_true", help="also print one JSON object")
+    parser.add_argument("--mode", choices=("bare",), help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)  # bare: where models go
+    return parser.parse_args(argv)
+
+
+def bare_loop(study: str, out: Path) -> float:
+    """The notebook loop over every unit of `study`; returns Σ seconds inside `model.fit`."""
+    import keras
+    import numpy as np
+
+    from ablations.config import load_params
+    from ablations.models.blocks import build_optimizer
+    from ablations.models.zoo import build_model, transfer_weights
+
+    params = load_params("params.yaml")
+    spec, total = params.studies[study], 0.0
+    for variant, seed in spec.units():
+        cfg = params.variant(study, variant, seed)
+        folder = Path("data/prepared") / (cfg.data or spec.data)
+        x, y = np.load(folder / "x_train.npy"), np.load(folder / "y_train.npy")
+        val = (np.load(folder / "x_val.npy"), np.load(folder / "y_val.npy"))
+        x_test = np.load(folder / "x_test.npy")
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(seed)
+        shape, classes = params.input_shape(cfg.data or spec.data)
+        model = build_model(cfg, shape, classes)
+        if cfg.init_from:  # a notebook would copy the pretrained layers too
+            source = keras.saving.load_model(out / cfg.init_from / f"seed{seed}.keras")
+            transfer_weights(source, model, cfg.freeze)
+        steps = -(-len(y) // cfg.batch_size)
+        model.compile(optimizer=build_optimizer(cfg, steps),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        started = time.perf_counter()
+        model.fit(x, y, batch_size=cfg.batch_size, epochs=cfg.epochs, validation_data=val,
+                  shuffle=True, verbose=0)
+        total += time.perf_counter() - started
+        model.predict(x_test, batch_size=max(cfg.batch_size, 512), verbose=0)
+        (out / variant).mkdir(parents=True, exist_ok=True)
+        model.save(out / variant / f"seed{seed}.keras")
+    return total
+
+
+def timed(cmd: list[str], repo: Path) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS MiB, stdout) of `cmd` run in `repo`."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", RSS_WRAPPER, *cmd], cwd=repo,
+                          env=environment(), capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if done.returncode:
+        sys.exit(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    kib = int(done.stderr.rsplit("maxrss", 1)[1].split()[0])
+    return wall, kib / 1024, done.stdout
+
+
+def run_bare(repo: Path, study: str) -> dict:
+    out = repo / "bare-models"
+    shutil.rmtree(out, ignore_errors=True)
+    wall, rss, stdout = timed([sys.executable, str(Path(__file__).resolve()), "--mode", "bare",
+                               "--study", study, "--out", str(out)], repo)
+    return {"wall": wall, "fit": float(stdout.strip().splitlines()[-1]), "rss": rss}
+
+
+def run_pipeline(repo: Path, study: str) -> dict:
+    for leftover in (repo / "models" / study, repo / "checkpoints" / study):
+        shutil.rmtree(leftover, ignore_errors=True)
+    (repo / "mlflow.db").unlink(missing_ok=True)
+    wall, rss, _ = timed(["dvc", "repro", f"train@{study}", f"evaluate@{study}"], repo)
+    return {"wall": wall, "fit": fit_seconds(repo / "models" / study)[0], "rss": rss}
+
+
+def prepare(repo: Path, study: str, shrunk: bool) -> None:
+    """Project copy with the study's data prepared and its validate stage done (untimed)."""
+    from ablations.config import load_params
+
+    copy_project(repo, shrink if shrunk else None)
+    reuse_raw(repo)
+    params = load_params(repo / "params.yaml")
+    datasets = sorted({params.variant_data(study, name) for name in params.studies[study].variants})
+    sh(["dvc", "repro", "validate", *[f"standardize@{name}" for name in datasets]], repo)
+
+
+def pairs(repo: Path, study: str, repeat: int) -> list[dict]:
+    rows = []
+    for index in range(repeat):
+        order = ("bare", "pipeline") if index % 2 == 0 else ("pipeline", "bare")
+        row = {}
+        for mode in order:
+            row[mode] = (run_bare if mode == "bare" else run_pipeline)(repo, study)
+        row["wall_ratio"] = row["pipeline"]["wall"] / row["bare"]["wall"]
+        row["fit_ratio"] = row["pipeline"]["fit"] / row["bare"]["fit"]
+        print(f"pair {index + 1}: pipeline {row['pipeline']['wall']:7.1f} s  bare "
+              f"{row['bare']['wall']:7.1f} s  ratio {row['wall_ratio']:.3f} | Σ fit "
+              f"{row['pipeline']['fit']:7.1f} / {row['bare']['fit']:7.1f} s  ratio "
+              f"{row['fit_ratio']:.3f} | peak RSS {row['pipeline']['rss']:.0f} / "
+              f"{row['bare']['rss']:.0f} MiB", flush=True)
+        rows.append(row)
+    return rows
+
+
+def summary(rows: list[dict]) -> dict:
+    def median(key, mode=None):
+        return statistics.median(row[mode][key] if mode else row[key] for row in rows)
+
+    return {"pairs": len(rows), "wall_ratio": median("wall_ratio"), "fit_ratio": median("fit_ratio"),
+            "pipeline_wall": median("wall", "pipeline"), "bare_wall": median("wall", "bare"),
+            "pipeline_rss_mib": median("rss", "pipeline"), "bare_rss_mib": median("rss", "bare")}
+
+
+def main() -> None:
+    args = _args()
+    if args.mode == "bare":
+        print(bare_loop(args.study, args.out))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = args.project or Path(tmp) / "project"
+        prepare(repo, args.study, args.shrink)
+        result = summary(pairs(repo, args.study, args.repeat))
+        print(f"median of {result['pairs']} pairs: wall ratio {result['wall_ratio']:.3f} "
+              f"(goal ≤ 1.05), Σ fit ratio {result['fit_ratio']:.3f} (goal ≤ 1.03); peak RSS "
+              f"pipeline {result['pipeline_rss_mib']:.0f} MiB, bare {result['bare_rss_mib']:.0f} MiB")
+        if args.json:
+            print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
