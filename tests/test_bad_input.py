@@ -37,8 +37,10 @@ def validate_in_process(cwd, monkeypatch, capsys) -> subprocess.CompletedProcess
 
 def assert_clean_failure(result, *expected, absent=()):
     assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, result.stderr[-2000:]
+    assert len(errors[0]) <= 1000, f"{len(errors[0])} characters: {errors[0][:300]}…"
     for text in expected:
         assert text in errors[0], errors[0]
     for path in absent:
@@ -111,12 +113,96 @@ def test_duplicate_variant_names(tmp_path):
                                                       "      before: {norm: after}\n")
     (tmp_path / "params.yaml").write_text(text)
     result = ablations("validate", "--out", "valid.json", cwd=tmp_path)
-    assert_clean_failure(result, "duplicate key 'before'", absent=[tmp_path / "valid.json"])
+    assert_clean_failure(result, 'duplicate key "before"', absent=[tmp_path / "valid.json"])
 
 
 def test_malformed_yaml(tmp_path):
     (tmp_path / "params.yaml").write_text("studies: {batchnorm: [\n")
     assert_clean_failure(ablations("validate", "--out", "v.json", cwd=tmp_path), "malformed YAML")
+
+
+# params.yaml is read as DVC reads it (YAML 1.2): `yes` is text, `1e-4` a number. Each case
+# sets a key to a placeholder, then writes the placeholder's YAML text verbatim.
+RAW = "__raw_yaml__"
+YAML_TEXT_CASES = {
+    "batch_size: yes": (lambda p: study(p)["defaults"].update(batch_size=RAW), "yes",
+                        ["batch_size", "must be a whole number", "'yes'"]),
+    "batch_size: true": (lambda p: study(p)["defaults"].update(batch_size=RAW), "true",
+                         ["batch_size", "must be a whole number", "True"]),
+    "epochs: 2.5": (lambda p: variant(p, "tanh").update(epochs=RAW), "2.5",
+                    ["variants.tanh.epochs", "whole number"]),
+    "epochs as text": (lambda p: study(p)["defaults"].update(epochs=RAW), "'10'",
+                       ["epochs", "whole number", "'10'"]),
+    "freeze: on": (lambda p: study(p)["defaults"].update(freeze=RAW), "on",
+                   ["freeze", "true or false", "'on'", "yes/no/on/off"]),
+    "learning_rate: .inf": (lambda p: study(p)["defaults"].update(learning_rate=RAW), ".inf",
+                            ["learning_rate", "finite"]),
+    "learning_rate: .nan": (lambda p: study(p)["defaults"].update(learning_rate=RAW), ".nan",
+                            ["learning_rate", "finite"]),
+    "val_fraction: 1e+0": (lambda p: p["data"]["prepared"]["fmnist_pm1"].update(val_fraction=RAW),
+                           "1e+0", ["fmnist_pm1.val_fraction", "must be < 1"]),
+    "a date for a question": (lambda p: study(p).update(question=RAW), "2024-01-31",
+                              ["studies.batchnorm.question", "must be a string"]),
+    "100 kB string": (lambda p: variant(p, "relu").update(norm=RAW), "x" * 100_000,
+                      ["relu.norm", "'none', 'before' or 'after'", "xxx"]),
+    "100 kB Keras name": (lambda p: study(p)["defaults"].update(optimizer=RAW), "a" * 100_000,
+                          ["optimizer", "is not a Keras optimizer"]),
+    "50k-entry list": (lambda p: study(p)["defaults"].update(dense_units=RAW),
+                       "[" + ", ".join(["-1"] * 50_000) + "]",
+                       ["dense_units.0", "must be > 0", "and 49995 more"]),
+    "python object tag": (lambda p: study(p).update(question=RAW), "!!python/object:os.system x",
+                          ["params.yaml: malformed YAML", "constructor", "line"]),
+    "tab indentation": (lambda p: study(p).update(question=RAW), "\n\t\tbad: 1",
+                        ["params.yaml: malformed YAML", "line"]),
+    "recursive alias": (lambda p: study(p)["defaults"].update(optimizer_config=RAW),
+                        "&loop [*loop]", ["params.yaml", "aliases", "100000"]),
+}
+
+
+@pytest.mark.parametrize("case", list(YAML_TEXT_CASES))
+def test_yaml_values_as_dvc_reads_them(tmp_path, case, monkeypatch, capsys):
+    mutate, raw, expected = YAML_TEXT_CASES[case]
+    params = copy.deepcopy(BASE)
+    mutate(params)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False, width=1 << 20).replace(RAW, raw))
+    (tmp_path / "valid.json").write_text("{}")  # an earlier run's output: removed on failure
+    result = validate_in_process(tmp_path, monkeypatch, capsys)
+    assert_clean_failure(result, *expected, absent=[tmp_path / "valid.json"])
+    assert len(result.stderr) < 1000  # the bad value is quoted, never echoed whole
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("- studies\n- data\n", "expected a mapping at the top level"),
+    ("", "required key is missing"),
+    ("# only a comment\n", "required key is missing"),
+])
+def test_params_not_a_mapping(tmp_path, content, expected, monkeypatch, capsys):
+    (tmp_path / "params.yaml").write_text(content)
+    result = validate_in_process(tmp_path, monkeypatch, capsys)
+    assert_clean_failure(result, "params.yaml", expected, absent=[tmp_path / "valid.json"])
+
+
+def test_params_not_utf8(tmp_path):
+    data = (REPO / "params.yaml").read_bytes().replace(b"# Every", b"# Caf\xe9 (Latin-1)", 1)
+    (tmp_path / "params.yaml").write_bytes(data)
+    result = ablations("validate", "--out", "valid.json", cwd=tmp_path)
+    assert_clean_failure(result, "params.yaml: not UTF-8", "0xe9", "offset",
+                         absent=[tmp_path / "valid.json"])
+
+
+def alias_bomb(levels: int) -> str:
+    """'Billion laughs': each anchor a list of ten aliases of the one before (10**levels)."""
+    lines = ["lol0: &lol0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"lol{i}: &lol{i} [{', '.join([f'*lol{i - 1}'] * 10)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("levels", [5, 9])
+def test_yaml_alias_bomb_is_refused_quickly(tmp_path, levels):
+    (tmp_path / "params.yaml").write_text(alias_bomb(levels) + (REPO / "params.yaml").read_text())
+    result = ablations("validate", "--out", "valid.json", cwd=tmp_path)
+    assert_clean_failure(result, "params.yaml: more than 100000 values", "aliases",
+                         absent=[tmp_path / "valid.json"])
 
 
 def test_unknown_variant_on_the_command_line(tmp_path):

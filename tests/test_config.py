@@ -109,3 +109,38 @@ def test_bad_factors_are_refused(tmp_path, raw_params, factors, expected):
     raw_params["studies"]["bn_placement"].update(factors=factors, also_compare=[])
     with pytest.raises(ConfigError, match=f"studies.bn_placement: {expected}"):
         load_params(write(tmp_path, raw_params))
+
+
+YAML_11_VS_12 = """\
+learning_rate: 1e-4    # YAML 1.1 (PyYAML): the string '1e-4'
+flags: [yes, no, on, off, y]   # YAML 1.1: booleans
+octal: 0o17
+old_octal: 017         # YAML 1.1: 15
+sexagesimal: 1:30      # YAML 1.1: 90
+"""
+
+
+def test_params_are_read_exactly_as_dvc_reads_them(tmp_path):
+    """DVC's own params reader (dvc.api.params_show on a real DVC repo) and ours agree on the
+    values where YAML 1.1 and 1.2 differ, and on the repository's params.yaml."""
+    import dvc.api
+    from dvc.repo import Repo
+
+    from ablations.config import read_yaml
+
+    Repo.init(str(tmp_path), no_scm=True)
+    path = tmp_path / "params.yaml"
+    path.write_text(YAML_11_VS_12)
+    ours = read_yaml(path)
+    assert ours == dvc.api.params_show(repo=str(tmp_path))
+    assert ours == {"learning_rate": 1e-4, "flags": ["yes", "no", "on", "off", "y"], "octal": 15,
+                    "old_octal": 17, "sexagesimal": "1:30"}
+    path.write_text((REPO / "params.yaml").read_text())
+    assert read_yaml(path) == dvc.api.params_show(repo=str(tmp_path))
+
+
+def test_duplicate_keys_are_refused_like_dvc(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("polyfit: {folds: 2}\npolyfit: {folds: 3}\n")
+    with pytest.raises(ConfigError, match=r'duplicate key "polyfit" .* at line 2, column 1'):
+        load_params(path)

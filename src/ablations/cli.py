@@ -25,6 +25,10 @@ def cmd_validate(args) -> None:
     """Validate params.yaml completely, Keras names of every variant included."""
     from ablations.io import write_json
 
+    out = Path(args.out)
+    if out.is_dir():
+        raise AblationsError(f"--out {out}: is a folder; validate writes a file there")
+    out.unlink(missing_ok=True)  # a failed check leaves no earlier run's "valid" behind
     params = _params(args)
     from ablations.models.blocks import activation_layer, build_optimizer, weight_options
     from ablations.models.zoo import build_model  # imports Keras
@@ -171,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except AblationsError as error:
-        print(f"error: {error}", file=sys.stderr)
+        # A safety net: messages quote short excerpts, but no line may flood a terminal.
+        lines = [line if len(line) <= 990 else line[:989] + "…" for line in str(error).splitlines()]
+        print("error: " + "\n".join(lines), file=sys.stderr)
         return 2
     return 0
 

@@ -11,10 +11,10 @@ in `ablations.models.blocks`, where Keras is imported anyway.
 from __future__ import annotations
 
 import itertools
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ablations.data.formats import CLASS_NAMES, DATASET_NAMES, IMAGE_SHAPES
@@ -28,7 +28,8 @@ KerasId = str | dict[str, Any]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: no silent conversions (true is no batch size, "3" no epoch count); finite floats
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class PreparedData(Strict):
@@ -121,7 +122,7 @@ class Study(Strict):
     seeds: list[Annotated[int, Field(ge=0)]] = Field(default=[0], min_length=1)
     baseline: str  # the variant every other one is compared with in the verdict
     # Further pairs [a, b] the question asks about (a − b), e.g. [before, after] in bn_placement.
-    also_compare: list[tuple[str, str]] = []
+    also_compare: list[Annotated[tuple[str, str], Field(strict=False)]] = []  # YAML has no tuples
     target_val_accuracy: Annotated[float, Field(gt=0.0, le=1.0)]  # for epochs-to-target
     defaults: dict[str, Any]
     # A factorial design: factor → level → overrides. Its variants are the cross product of the
@@ -247,7 +248,28 @@ class Params(Strict):
 _BOUNDS = (("Input should be greater than or equal to", "must be >="),
            ("Input should be greater than", "must be >"),
            ("Input should be less than or equal to", "must be <="),
-           ("Input should be less than", "must be <"))
+           ("Input should be less than", "must be <"),
+           ("Input should be a valid integer", "must be a whole number"),
+           ("Input should be a valid number", "must be a number"),
+           ("Input should be a finite number", "must be a finite number"),
+           ("Input should be a valid boolean", "must be true or false"),
+           ("Input should be a valid string", "must be a string"),
+           ("Input should be a valid list", "must be a list"),
+           ("Input should be a valid dictionary", "must be a mapping"),
+           ("Input should be", "must be"))
+# A bad value is quoted, never echoed whole: it may be a huge list or string.
+_EXCERPT = reprlib.Repr()  # keyword arguments need Python 3.12
+_EXCERPT.maxlevel, _EXCERPT.maxdict, _EXCERPT.maxlist, _EXCERPT.maxtuple = 2, 4, 6, 6
+_EXCERPT.maxstring = _EXCERPT.maxother = 40
+
+
+def excerpt(value: Any, limit: int = 80) -> str:
+    """A short quote of `value` for an error message: at most `limit` characters."""
+    return shorten(_EXCERPT.repr(value), limit)
+
+
+def shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _describe(item: dict[str, Any], prefix: str) -> str:
@@ -258,15 +280,25 @@ def _describe(item: dict[str, Any], prefix: str) -> str:
         return f"{path}: required key is missing"
     message = item["msg"].removeprefix("Value error, ")
     if item["type"] == "value_error":  # our own checks: the message names the value already
-        return f"{path}: {message}"
+        return f"{path}: {shorten(message, 300)}"
     for verbose, short in _BOUNDS:
         message = message.replace(verbose, short)
-    return f"{path}: {message} (got {item['input']!r})"
+    hint = ""
+    if item["type"] == "bool_type" and str(item["input"]).lower() in _YAML11_BOOLEANS:
+        hint = "; YAML 1.2, as DVC reads it, takes yes/no/on/off as text"
+    return f"{path}: {message} (got {excerpt(item['input'])}{hint})"
+
+
+_YAML11_BOOLEANS = {"yes", "no", "on", "off", "y", "n"}
+MAX_ERRORS_SHOWN = 5
 
 
 def format_errors(error: ValidationError, prefix: str = "") -> str:
-    """One line naming every bad key path, what is wrong and what was given."""
-    return "; ".join(_describe(item, prefix) for item in error.errors())
+    """One line naming every bad key path, what is wrong and (a short excerpt of) what was given."""
+    items = error.errors()
+    shown = [_describe(item, prefix) for item in items[:MAX_ERRORS_SHOWN]]
+    more = len(items) - len(shown)
+    return "; ".join(shown + ([f"and {more} more"] if more else []))
 
 
 def resolve_variant(params: Params, study: str, name: str, seed: int | None = None) -> Variant:
@@ -298,33 +330,59 @@ def resolve_variant(params: Params, study: str, name: str, seed: int | None = No
     return cfg
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.safe_load keeps the last of two equal keys silently; two variants named alike
-    would then quietly be one."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+# Aliases (*name) let one anchored value stand for many; "billion laughs" files nest them so
+# that a few lines expand to billions of values. The repository's params.yaml has ~700 values.
+MAX_YAML_VALUES = 100_000
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
+    """The file as DVC reads it (its own parser: ruamel.yaml, YAML 1.2, duplicate keys refused),
+    so `1e-4` is a float and `yes` a string for both; any problem is one ConfigError line."""
+    from dvc.utils.serialize._yaml import YAMLFileCorruptedError, parse_yaml
+
     try:
-        text = Path(path).read_text()
+        data = Path(path).read_bytes()
     except OSError as error:
         raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
     try:
-        loaded = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: malformed YAML: {error}") from None
+        text = data.decode("utf-8")  # DVC opens params files as UTF-8 too
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{data[error.start]:02x} at offset "
+                          f"{error.start}); save it as UTF-8") from None
+    try:
+        loaded = parse_yaml(text, str(path))
+    except YAMLFileCorruptedError as error:
+        raise ConfigError(f"{path}: malformed YAML: {_yaml_problem(error.__cause__)}") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    _check_expanded_size(loaded, path)
     return loaded
+
+
+def _yaml_problem(error: BaseException | None) -> str:
+    """ruamel's several-line report as one line: what, where (1-based, as editors count)."""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return shorten(problem, 160) + where
+
+
+def _check_expanded_size(loaded: Any, path: Path) -> None:
+    """Refuse a file whose aliases expand to more than MAX_YAML_VALUES values (the loader
+    shares one object per anchor; validation and error messages would expand it)."""
+    pending, count = [loaded], 0
+    while pending:
+        value = pending.pop()
+        count += 1
+        if count > MAX_YAML_VALUES:
+            raise ConfigError(f"{path}: more than {MAX_YAML_VALUES} values once YAML aliases "
+                              "(*name) are expanded; allowed: at most that many (write the "
+                              "values out or use fewer aliases)")
+        if isinstance(value, dict):
+            pending.extend(value.keys())
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

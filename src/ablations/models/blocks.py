@@ -11,7 +11,7 @@ from typing import Any
 import keras
 from keras import layers
 
-from ablations.config import KerasId, Variant
+from ablations.config import KerasId, Variant, excerpt, shorten
 from ablations.errors import ConfigError
 
 
@@ -19,7 +19,8 @@ def _resolve(kind: str, getter, identifier: Any):
     try:
         return getter(identifier)
     except (ValueError, TypeError, KeyError) as error:
-        raise ConfigError(f"{kind}={identifier!r} is not a Keras {kind}: {error}") from None
+        reason = shorten(str(error).splitlines()[0] if str(error) else type(error).__name__, 200)
+        raise ConfigError(f"{kind}={excerpt(identifier)} is not a Keras {kind}: {reason}") from None
 
 
 def activation_layer(identifier: KerasId, name: str) -> layers.Layer:
