@@ -56,6 +56,8 @@ def test_transfer_sources_train_first_and_variant_data(repo_params):
     (lambda p: p["polyfit"].update(folds=1), "polyfit.folds"),
     (lambda p: p["studies"]["bn_placement"].update(also_compare=[["before", "middle"]]),
      "studies.bn_placement: also_compare"),
+    (lambda p: p["studies"]["transfer"]["variants"]["scratch"].update(freeze=True),
+     "studies.transfer.variants.scratch.freeze: true needs init_from"),
 ])
 def test_mistakes_name_their_key(tmp_path, raw_params, mutate, expected):
     params = copy.deepcopy(raw_params)

@@ -41,6 +41,61 @@ def test_batchnorm_after_activation_and_none():
     assert "Dropout" not in layer_types(plain)
 
 
+def names_of(model):
+    return [layer.name for layer in model.layers]
+
+
+@pytest.mark.parametrize(("order", "norm", "expected"), [
+    # conv_dropout > 0: dropout where the order says, else at the end of the block
+    (["conv", "act", "pool"], "before", ["conv", "bn", "act", "pool", "dropout"]),  # 003, 004
+    (["conv", "act", "pool"], "after", ["conv", "act", "bn", "pool", "dropout"]),  # 003 "after"
+    (["conv", "pool", "act"], "before", ["conv", "pool", "bn", "act", "dropout"]),  # laptop
+    (["conv", "dropout", "act", "pool"], "none", ["conv", "dropout", "act", "pool"]),  # 004 code
+])
+def test_conv_block_parts_come_in_the_configured_order(order, norm, expected):
+    cfg = Variant(**BASE, conv_order=order, norm=norm, conv_dropout=0.25)
+    names = names_of(build_model(cfg, (12, 12, 1), 3))
+    assert [name for name in names if name.startswith("block1_")] == [f"block1_{part}"
+                                                                      for part in expected]
+
+
+def test_norm_at_puts_batchnorm_only_where_listed():
+    convs_only = build_model(Variant(**BASE, norm="before", norm_at=["conv"]), (12, 12, 1), 3)
+    assert "fc1_bn" not in names_of(convs_only) and "block2_bn" in names_of(convs_only)
+    output = build_model(Variant(**BASE, norm="before", norm_at=["dense", "output"]),
+                         (12, 12, 1), 3)
+    assert names_of(output)[-3:] == ["head", "head_bn", "head_act"]
+    assert "block1_bn" not in names_of(output)
+    assert output.get_layer("head_act").activation is keras.activations.softmax
+
+
+def test_per_conv_kernels_strides_pooling_and_features():
+    cfg = Variant(conv_filters=[4, 8], conv_kernels=[5, 3], conv_strides=[2, 1],
+                  conv_pooled=[True, False], pooling="average", pool_padding="same",
+                  features="avg", conv_bias=False, dense_bias=False, dense_units=[6],
+                  epochs=1, batch_size=8)
+    model = build_model(cfg, (15, 15, 1), 3)
+    shapes = output_shapes(model)
+    assert shapes["block1_conv"] == (8, 8, 4) and shapes["block1_pool"] == (4, 4, 4)
+    assert "block2_pool" not in shapes and shapes["global_avg_pool"] == (8,)
+    assert isinstance(model.get_layer("block1_pool"), keras.layers.AveragePooling2D)
+    assert model.get_layer("block1_conv").kernel_size == (5, 5)
+    assert model.count_params() == (5 * 5 * 4) + (3 * 3 * 4 * 8) + (8 * 6) + (6 * 3 + 3)
+
+
+def test_dropout_at_hidden_only_skips_the_first_dense_layer():
+    cfg = Variant(**{**BASE, "dense_units": [16, 8]}, dropout=0.5, dropout_at=["hidden"])
+    names = names_of(build_model(cfg, (12, 12, 1), 3))
+    assert "fc1_dropout" not in names
+    assert names.index("fc2_dropout") == names.index("fc1_act") + 1
+    assert names.index("head_dropout") == names.index("fc2_act") + 1
+
+
+def test_per_conv_lists_must_match_the_conv_count():
+    with pytest.raises(ConfigError, match=r"conv_strides: one entry per conv layer, 2"):
+        build_model(Variant(**BASE, conv_strides=[2]), (12, 12, 1), 3)
+
+
 def test_input_norm_and_input_dropout_come_first():
     model = build_model(Variant(**BASE, input_norm=True, input_dropout=0.2), (12, 12, 1), 3)
     assert [layer.name for layer in model.layers[1:3]] == ["input_bn", "input_dropout"]

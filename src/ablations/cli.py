@@ -31,7 +31,7 @@ def cmd_validate(args) -> None:
     out.unlink(missing_ok=True)  # a failed check leaves no earlier run's "valid" behind
     params = _params(args)
     from ablations.models.blocks import activation_layer, build_optimizer, weight_options
-    from ablations.models.zoo import build_model  # imports Keras
+    from ablations.models.zoo import architecture, build_model, structure_only  # Keras
 
     built = set()  # architectures × image shapes built so far: building is what takes time
     for study, spec in params.studies.items():
@@ -39,15 +39,14 @@ def cmd_validate(args) -> None:
             cfg, where = params.variant(study, name), f"studies.{study}.variants.{name}"
             data = params.variant_data(study, name)
             shape, classes = params.input_shape(data)
-            architecture = (cfg.model, tuple(cfg.conv_filters), cfg.kernel_size, cfg.padding,
-                            tuple(cfg.dense_units), shape)
+            built_as = architecture(cfg, shape)
             try:  # every Keras name (activation, initializer, ...) resolved for every variant
                 activation_layer(cfg.activation, "check")
                 weight_options(cfg)
                 build_optimizer(cfg)
-                if architecture not in built:  # and each network built once, to check shapes
-                    build_model(cfg, shape, classes)
-                    built.add(architecture)
+                if built_as not in built:  # and each network built once, to check shapes
+                    build_model(structure_only(cfg), shape, classes)
+                    built.add(built_as)
             except AblationsError as error:
                 raise AblationsError(f"{where}: {error}") from None
             except ValueError as error:

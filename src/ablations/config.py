@@ -74,21 +74,45 @@ class Variant(Strict):
 
     model: Literal["cnn", "alexnet", "resnet50", "xception"] = "cnn"
     data: str | None = None  # a key of data.prepared; None = the study's data
-    conv_filters: list[PositiveInt]  # one conv block per entry, each followed by max-pooling
+    conv_filters: list[PositiveInt]  # one conv block per entry
     kernel_size: PositiveInt = 3
+    # Per conv layer (one entry per conv_filters entry); None: kernel_size / stride 1 / a pool
+    # after every conv (alexnet: after the 1st, 2nd and 5th, kernels k, 5, 3, 3, 3).
+    conv_kernels: list[PositiveInt] | None = None
+    conv_strides: list[PositiveInt] | None = None
+    conv_pooled: list[bool] | None = None
     padding: Literal["same", "valid"] = "same"
+    # The parts of a conv block in order; BatchNorm sits right before or after "act" (`norm`),
+    # so [conv, act, pool] with norm before is conv → BN → act → pool (notebooks 003, 004) and
+    # with norm after conv → act → BN → pool (003 "after"). Dropout (conv_dropout) goes where
+    # "dropout" stands, else at the end of the block.
+    conv_order: list[Literal["conv", "pool", "act", "dropout"]] = ["conv", "pool", "act"]
+    pooling: Literal["max", "average"] = "max"  # 2x2, stride 2
+    pool_padding: Literal["valid", "same"] = "valid"
     conv_bias: bool = True
+    conv_dropout: Probability = 0.0
+    # Map → vector before the dense part; None: flatten (cnn, alexnet) or the backbone's own
+    # global average pooling (resnet50, xception).
+    features: Literal["flatten", "avg", "max"] | None = None
     dense_units: list[PositiveInt]  # hidden dense layers, before the softmax head
+    dense_bias: bool = True
     activation: KerasId = "relu"
+    dense_activation: KerasId | None = None  # hidden dense layers; None: `activation`
     norm: Literal["none", "before", "after"] = "none"  # BatchNorm relative to the activation
+    # Which layers get that BatchNorm: conv blocks, hidden dense layers, the output (Dense →
+    # BN → softmax, notebook 001's AlexNet).
+    norm_at: list[Literal["conv", "dense", "output"]] = ["conv", "dense"]
     input_norm: bool = False  # BatchNorm on the input layer
     # Weight of the old value in BatchNorm's moving mean/variance, which testing uses. Keras'
     # 0.99 averages over ~100 steps: a schedule of a few hundred steps ends with statistics
     # that lag the weights (test accuracy collapses while training accuracy is fine).
     bn_momentum: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.99
     input_dropout: Probability = 0.0
-    dropout: Probability = 0.0  # before each dense layer (hidden and head)
+    dropout: Probability = 0.0  # rate of the dense part's dropout, placed per dropout_at
+    # "features": before the first dense layer; "hidden": after each hidden dense layer.
+    dropout_at: list[Literal["features", "hidden"]] = ["features", "hidden"]
     initializer: KerasId = "glorot_uniform"
+    dense_initializer: KerasId | None = None  # dense layers and head; None: `initializer`
     kernel_regularizer: KerasId | None = None
     bias_regularizer: KerasId | None = None
     optimizer: str = "adam"
@@ -103,6 +127,10 @@ class Variant(Strict):
     # trained first), all layers but the head; `freeze` keeps those layers fixed.
     init_from: str | None = None
     freeze: bool = False
+    # A source layer whose weights do not fit the target's (a first conv on 1-channel MNIST
+    # vs 3-channel images): "error" stops, "average_channels" copies a conv kernel averaged
+    # over its input channels and repeated to the target's (biases as they are).
+    transfer_mismatch: Literal["error", "average_channels"] = "error"
     # Pretrained backbone weights from a local file (e.g. Xception ImageNet .h5), checked
     # against its sha256 before loading; None = random initialization.
     weights_file: str | None = None
@@ -319,6 +347,9 @@ def resolve_variant(params: Params, study: str, name: str, seed: int | None = No
     if cfg.data is not None and cfg.data not in params.data.prepared:
         raise ConfigError(f"{where}.data: {cfg.data!r} is not one of data.prepared "
                           f"{sorted(params.data.prepared)}")
+    if cfg.freeze and cfg.init_from is None and cfg.weights_file is None:
+        raise ConfigError(f"{where}.freeze: true needs init_from (a variant to copy) or "
+                          "weights_file (pretrained weights): there is nothing to freeze")
     if cfg.init_from is not None:
         source = spec.variants.get(cfg.init_from, False)
         if source is False or cfg.init_from == name:

@@ -32,50 +32,68 @@ def activation_layer(identifier: KerasId, name: str) -> layers.Layer:
     return layers.Activation(_resolve("activation", keras.activations.get, identifier), name=name)
 
 
-def weight_options(cfg: Variant) -> dict[str, Any]:
-    """Initializer and regularizers for a Conv2D/Dense layer (fresh objects per layer)."""
+def weight_options(cfg: Variant, dense: bool = False) -> dict[str, Any]:
+    """Initializer and regularizers for a Conv2D/Dense layer (fresh objects per layer);
+    a dense layer takes cfg.dense_initializer when it is set."""
     reg = keras.regularizers.get
+    initializer = cfg.dense_initializer if dense and cfg.dense_initializer else cfg.initializer
     return {
-        "kernel_initializer": _resolve("initializer", keras.initializers.get, cfg.initializer),
+        "kernel_initializer": _resolve("initializer", keras.initializers.get, initializer),
         "kernel_regularizer": _resolve("kernel_regularizer", reg, cfg.kernel_regularizer),
         "bias_regularizer": _resolve("bias_regularizer", reg, cfg.bias_regularizer),
     }
 
 
-def norm_activation(x, cfg: Variant, name: str):
-    """BatchNorm before or after the activation (or none), as `cfg.norm` says."""
-    if cfg.norm == "before":
+def norm_activation(x, cfg: Variant, name: str, where: str = "conv", activation=None):
+    """BatchNorm before or after the activation (or none), as `cfg.norm` says, if `where`
+    (conv, dense, output) is one of cfg.norm_at."""
+    norm = cfg.norm if where in cfg.norm_at else "none"
+    if norm == "before":
         x = layers.BatchNormalization(name=f"{name}_bn")(x)
-    x = activation_layer(cfg.activation, name=f"{name}_act")(x)
-    if cfg.norm == "after":
+    x = activation_layer(activation or cfg.activation, name=f"{name}_act")(x)
+    if norm == "after":
         x = layers.BatchNormalization(name=f"{name}_bn")(x)
     return x
 
 
+POOLS = {"max": layers.MaxPooling2D, "average": layers.AveragePooling2D}
+
+
 def conv_block(x, filters: int, cfg: Variant, name: str, kernel_size: int | None = None,
-               pool: bool = True):
-    """Conv2D → [2x2 max-pooling] → norm/activation; `kernel_size` defaults to cfg's.
+               pool: bool = True, strides: int = 1):
+    """The parts of cfg.conv_order in that order: conv, pool (2x2, cfg.pooling), act (with
+    BatchNorm before or after it per cfg.norm) and dropout (cfg.conv_dropout, at the end of
+    the block when conv_order does not place it); `kernel_size` defaults to cfg's.
 
-    Pooling first: max-pooling commutes with monotone activations (ReLU, tanh, ELU, LeakyReLU),
-    so the function is the same as conv → activation → pool while BatchNorm and the activation
-    run on a map 4x smaller (BN is the costly op on CPU). Notebook 000 also normalizes after
-    pooling.
+    conv → pool → act (the laptop default): max-pooling commutes with monotone activations
+    (ReLU, tanh, ELU, LeakyReLU), so the function is conv → act → pool's while BatchNorm and the
+    activation run on a map 4x smaller (BN is the costly op on CPU). The notebooks normalize
+    before pooling (conv_order [conv, act, pool]); with BatchNorm that is another function.
     """
-    x = layers.Conv2D(
-        filters, kernel_size or cfg.kernel_size, padding=cfg.padding, use_bias=cfg.conv_bias,
-        name=f"{name}_conv", **weight_options(cfg),
-    )(x)
-    if pool:
-        x = layers.MaxPooling2D(2, name=f"{name}_pool")(x)
-    return norm_activation(x, cfg, name)
+    order = list(cfg.conv_order)
+    if cfg.conv_dropout and "dropout" not in order:
+        order.append("dropout")
+    for part in order:
+        if part == "conv":
+            x = layers.Conv2D(
+                filters, kernel_size or cfg.kernel_size, strides=strides, padding=cfg.padding,
+                use_bias=cfg.conv_bias, name=f"{name}_conv", **weight_options(cfg))(x)
+        elif part == "pool" and pool:
+            x = POOLS[cfg.pooling](2, padding=cfg.pool_padding, name=f"{name}_pool")(x)
+        elif part == "act":
+            x = norm_activation(x, cfg, name, "conv")
+        elif part == "dropout" and cfg.conv_dropout:
+            x = layers.Dropout(cfg.conv_dropout, name=f"{name}_dropout")(x)
+    return x
 
 
-def dense_block(x, units: int, cfg: Variant, name: str):
-    """Dropout (if any) → Dense → norm/activation: dropout sits before each dense layer."""
-    if cfg.dropout:
+def dense_block(x, units: int, cfg: Variant, name: str, dropout: bool):
+    """[Dropout] → Dense → norm/activation (cfg.dense_activation, else cfg.activation)."""
+    if dropout and cfg.dropout:
         x = layers.Dropout(cfg.dropout, name=f"{name}_dropout")(x)
-    x = layers.Dense(units, name=f"{name}_dense", **weight_options(cfg))(x)
-    return norm_activation(x, cfg, name)
+    x = layers.Dense(units, use_bias=cfg.dense_bias, name=f"{name}_dense",
+                     **weight_options(cfg, dense=True))(x)
+    return norm_activation(x, cfg, name, "dense", cfg.dense_activation)
 
 
 def build_optimizer(cfg: Variant, steps_per_epoch: int = 1) -> keras.optimizers.Optimizer:

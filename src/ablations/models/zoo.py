@@ -15,7 +15,7 @@ from keras import layers
 
 from ablations.config import Variant
 from ablations.errors import ConfigError, DataError
-from ablations.models.blocks import conv_block, dense_block, weight_options
+from ablations.models.blocks import conv_block, dense_block, norm_activation, weight_options
 
 HEAD = "head"
 
@@ -31,13 +31,38 @@ def _inputs(cfg: Variant, input_shape: tuple[int, ...]):
     return inputs, x
 
 
+def _pooling(cfg: Variant) -> str | None:
+    """A keras.applications backbone pools inside itself by default (cfg.features None)."""
+    return "avg" if cfg.features is None else None
+
+
+def _features(x, cfg: Variant, default: str | None = None):
+    """The map → vector step before the dense part: Flatten or global average/max pooling
+    (cfg.features; None: `default`, or nothing when a backbone pooled already)."""
+    kind = cfg.features or default
+    if kind is None:
+        return x
+    if kind == "flatten":
+        return layers.Flatten(name="flatten")(x)
+    pool = layers.GlobalAveragePooling2D if kind == "avg" else layers.GlobalMaxPooling2D
+    return pool(name=f"global_{kind}_pool")(x)
+
+
 def _classifier(x, cfg: Variant, num_classes: int):
-    """Dense blocks (dropout before each) → [dropout] → the softmax "head"."""
+    """Dense blocks → the softmax "head". cfg.dropout_at says where dropout goes: "features"
+    before the first dense layer, "hidden" after each hidden dense layer (before the next one
+    or the head); with "output" in cfg.norm_at the head is Dense → BatchNorm → softmax."""
     for index, units in enumerate(cfg.dense_units, start=1):
-        x = dense_block(x, units, cfg, name=f"fc{index}")
-    if cfg.dropout:
+        where = "features" if index == 1 else "hidden"
+        x = dense_block(x, units, cfg, name=f"fc{index}", dropout=where in cfg.dropout_at)
+    where = "hidden" if cfg.dense_units else "features"
+    if cfg.dropout and where in cfg.dropout_at:
         x = layers.Dropout(cfg.dropout, name="head_dropout")(x)
-    return layers.Dense(num_classes, activation="softmax", name=HEAD, **weight_options(cfg))(x)
+    if "output" not in cfg.norm_at or cfg.norm == "none":
+        return layers.Dense(num_classes, activation="softmax", name=HEAD,
+                            **weight_options(cfg, dense=True))(x)
+    x = layers.Dense(num_classes, name=HEAD, **weight_options(cfg, dense=True))(x)
+    return norm_activation(x, cfg, HEAD, "output", "softmax")
 
 
 def _check_size(x, input_shape, block: int) -> None:
@@ -47,17 +72,37 @@ def _check_size(x, input_shape, block: int) -> None:
         raise ValueError(f"images of {input_shape} shrink to nothing after conv block {block}")
 
 
+def _per_conv(cfg: Variant, key: str, default: list) -> list:
+    values = getattr(cfg, key)
+    if values is None:
+        return default
+    if len(values) != len(cfg.conv_filters):
+        raise ConfigError(f"{key}: one entry per conv layer, {len(cfg.conv_filters)} "
+                          f"(conv_filters {cfg.conv_filters}), got {values}")
+    return list(values)
+
+
+def _conv_stack(cfg: Variant, input_shape, kernels: list, pooled: list):
+    inputs, x = _inputs(cfg, input_shape)
+    kernels = _per_conv(cfg, "conv_kernels", kernels)
+    strides = _per_conv(cfg, "conv_strides", [1] * len(cfg.conv_filters))
+    pooled = _per_conv(cfg, "conv_pooled", pooled)
+    for index, (filters, kernel, stride, pool) in enumerate(
+            zip(cfg.conv_filters, kernels, strides, pooled, strict=True), start=1):
+        x = conv_block(x, filters, cfg, name=f"block{index}", kernel_size=kernel, pool=pool,
+                       strides=stride)
+        _check_size(x, input_shape, index)
+    return inputs, _features(x, cfg, "flatten")
+
+
 def cnn(cfg: Variant, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
-    """Input [BN] [dropout] → conv blocks → flatten → dense blocks → [dropout] softmax head.
+    """Input [BN] [dropout] → conv blocks → flatten → dense blocks → softmax head.
 
     Covers the small CNN of the batchnorm study, the BN-placement net and LeNet-5
     (kernel_size 5, padding valid, conv_filters [6, 16], dense_units [120, 84]).
     """
-    inputs, x = _inputs(cfg, input_shape)
-    for index, filters in enumerate(cfg.conv_filters, start=1):
-        x = conv_block(x, filters, cfg, name=f"block{index}")
-        _check_size(x, input_shape, index)
-    x = layers.Flatten(name="flatten")(x)
+    count = len(cfg.conv_filters)
+    inputs, x = _conv_stack(cfg, input_shape, [cfg.kernel_size] * count, [True] * count)
     return keras.Model(inputs, _classifier(x, cfg, num_classes), name=cfg.model)
 
 
@@ -66,23 +111,19 @@ ALEXNET_POOLED = (True, True, False, False, True)
 
 
 def alexnet(cfg: Variant, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
-    """AlexNet for 32x32 images (notebook 001): 5 conv layers (kernels k, 5, 3, 3, 3) with
-    2x2 max-pooling after the 1st, 2nd and 5th, then dense blocks and the head.
+    """AlexNet: 5 conv layers (kernels k, 5, 3, 3, 3 unless cfg.conv_kernels) with 2x2 pooling
+    after the 1st, 2nd and 5th (unless cfg.conv_pooled), then dense blocks and the head.
 
-    Unlike the notebook's first conv (11x11, stride 4, which leaves an 8x8 map after one layer
-    and a 1x1 map before the dense layers), every conv has stride 1: 32 → 16 → 8 → 4, so all
-    five convs see a spatial map. Widths come from cfg.conv_filters (AlexNet: 96, 256, 384,
-    384, 256); BatchNorm per cfg.norm, dropout before each dense layer per cfg.dropout.
+    Notebook 001's first conv is 11x11 at stride 4 (conv_kernels, conv_strides): on 32x32 it
+    leaves an 8x8 map and a 1x1 map before the dense layers; with every stride 1 (the default)
+    all five convs see a spatial map: 32 → 16 → 8 → 4. Widths come from cfg.conv_filters
+    (AlexNet: 96, 256, 384, 384, 256).
     """
     if len(cfg.conv_filters) != len(ALEXNET_KERNELS):
         raise ConfigError(f"conv_filters: alexnet has {len(ALEXNET_KERNELS)} conv layers "
                           f"(got {len(cfg.conv_filters)}: {cfg.conv_filters})")
-    inputs, x = _inputs(cfg, input_shape)
-    for index, (filters, kernel, pooled) in enumerate(
-            zip(cfg.conv_filters, ALEXNET_KERNELS, ALEXNET_POOLED), start=1):
-        x = conv_block(x, filters, cfg, name=f"block{index}", kernel_size=kernel, pool=pooled)
-        _check_size(x, input_shape, index)
-    x = layers.Flatten(name="flatten")(x)
+    kernels = [kernel or cfg.kernel_size for kernel in ALEXNET_KERNELS]
+    inputs, x = _conv_stack(cfg, input_shape, kernels, list(ALEXNET_POOLED))
     return keras.Model(inputs, _classifier(x, cfg, num_classes), name=cfg.model)
 
 
@@ -95,9 +136,9 @@ def resnet50(cfg: Variant, input_shape: tuple[int, ...], num_classes: int) -> ke
     count; Keras requires images of at least 32x32.
     """
     inputs, x = _inputs(cfg, input_shape)
-    backbone = keras.applications.ResNet50(
-        weights=None, include_top=False, input_shape=input_shape, pooling="avg")
-    x = backbone(x)
+    backbone = keras.applications.ResNet50(weights=None, include_top=False,
+                                           input_shape=input_shape, pooling=_pooling(cfg))
+    x = _features(backbone(x), cfg)
     return keras.Model(inputs, _classifier(x, cfg, num_classes), name=cfg.model)
 
 
@@ -148,16 +189,36 @@ def xception(cfg: Variant, input_shape: tuple[int, ...], num_classes: int) -> ke
     if channels == 1:  # a plain layer, not a Lambda: models load with safe_mode=True
         x = layers.Concatenate(name="gray_to_rgb")([x, x, x])
     backbone = keras.applications.Xception(
-        weights=None, include_top=False, input_shape=(*x.shape[1:3], 3), pooling="avg")
+        weights=None, include_top=False, input_shape=(*x.shape[1:3], 3), pooling=_pooling(cfg))
     if weights is not None:
         try:
             backbone.load_weights(weights)
         except (ValueError, OSError) as error:
             raise ConfigError(f"weights_file {weights}: not Xception backbone weights: "
                               f"{str(error).splitlines()[0]}") from None
-        backbone.trainable = not cfg.freeze
-    x = backbone(x)
+    backbone.trainable = not cfg.freeze
+    x = _features(backbone(x), cfg)
     return keras.Model(inputs, _classifier(x, cfg, num_classes), name=cfg.model)
+
+
+# Variant keys that change how a network trains but not its layers: networks that differ only
+# in these are built once by `validate` and `describe`.
+TRAINING_ONLY = {"data", "initializer", "dense_initializer", "kernel_regularizer",
+                 "bias_regularizer", "bn_momentum", "optimizer", "learning_rate",
+                 "optimizer_config", "lr_schedule", "epochs", "batch_size", "init_from",
+                 "transfer_mismatch", "weights_file", "weights_sha256", "mixed_precision",
+                 "seed"}
+
+
+def structure_only(cfg: Variant) -> Variant:
+    """`cfg` without pretrained weights: the same layers and counts (`validate`, `describe`
+    run before the weights are provisioned)."""
+    return cfg.model_copy(update={"weights_file": None})
+
+
+def architecture(cfg: Variant, input_shape: tuple[int, ...]) -> str:
+    """A key equal for variants whose networks have the same layers on the same images."""
+    return f"{input_shape} {cfg.model_dump_json(exclude=TRAINING_ONLY)}"
 
 
 BUILDERS = {"cnn": cnn, "alexnet": alexnet, "resnet50": resnet50, "xception": xception}
