@@ -313,12 +313,18 @@ def same(a, b):
     return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
+def rule(freeze=False, **extra):
+    return Variant(**BASE, freeze=freeze, init_from="source", **extra)
+
+
 def test_transfer_copies_every_layer_but_the_head():
     source, target = two_models()
     head_before = target.get_layer("head").get_weights()
-    copied = transfer_weights(source, target, freeze=False)
+    copied = transfer_weights(source, target, rule())
     src, dst = weights_of(source), weights_of(target)
-    assert copied == len(dst) - 1 == 6  # 2 conv + 2 BN + dense + BN
+    assert len(copied) == len(dst) - 1 == 6  # 2 conv + 2 BN + dense + BN
+    assert copied[0] == {"name": "block1_conv", "shapes": [[3, 3, 1, 4], [4]], "rule": "copied",
+                         "frozen": False}
     for name in dst:
         if name != "head":
             assert same(src[name], dst[name]), name
@@ -326,9 +332,16 @@ def test_transfer_copies_every_layer_but_the_head():
     assert all(layer.trainable for layer in target.layers)
 
 
+def test_copy_head_copies_the_head_too():
+    source, target = two_models()
+    copied = transfer_weights(source, target, rule(copy_head=True))
+    assert copied[-1]["name"] == "head"
+    assert same(weights_of(target)["head"], weights_of(source)["head"])
+
+
 def test_frozen_transfer_stays_fixed_through_a_training_step():
     source, target = two_models()
-    transfer_weights(source, target, freeze=True)
+    transfer_weights(source, target, rule(freeze=True))
     frozen = {layer.name for layer in target.layers if layer.weights and not layer.trainable}
     assert frozen == set(weights_of(target)) - {"head"}
     target.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy")
@@ -341,17 +354,22 @@ def test_frozen_transfer_stays_fixed_through_a_training_step():
     assert not same(before["head"], after["head"])
 
 
-def test_transfer_skips_layers_of_other_shapes():
-    """Gray source, RGB target (LeNet MNIST → STL-10): the first conv cannot be copied."""
+def test_transfer_of_other_shapes_is_an_error_unless_a_rule_is_chosen():
+    """Gray source, RGB target (LeNet MNIST → STL-10): the first conv is not silently skipped."""
     source, target = two_models((12, 12, 1), (12, 12, 3))
-    first_conv = target.get_layer("block1_conv").get_weights()
-    assert transfer_weights(source, target, freeze=True) == 5
-    assert same(target.get_layer("block1_conv").get_weights(), first_conv)
-    assert target.get_layer("block1_conv").trainable and not target.get_layer("block2_conv").trainable
+    with pytest.raises(ConfigError, match=r"transfer_mismatch: layer 'block1_conv' has weights "
+                                          r"\[\[3, 3, 1, 4\], \[4\]\].*\[\[3, 3, 3, 4\], \[4\]\]"):
+        transfer_weights(source, target, rule(freeze=True))
+    copied = transfer_weights(source, target, rule(freeze=True, transfer_mismatch="spread_channels"))
+    assert [row["rule"] for row in copied[:2]] == ["spread_channels", "copied"]
+    kernel = target.get_layer("block1_conv").get_weights()[0]
+    np.testing.assert_allclose(kernel.sum(axis=2), source.get_layer("block1_conv").get_weights()[0][:, :, 0],
+                               rtol=1e-6)  # a gray image (equal channels) gets the source's response
+    assert not target.get_layer("block1_conv").trainable
 
 
 def test_transfer_without_any_match_is_a_config_error():
     source = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="other")])
     _, target = two_models()
     with pytest.raises(ConfigError, match="init_from: no layer"):
-        transfer_weights(source, target, freeze=False)
+        transfer_weights(source, target, rule())

@@ -101,6 +101,12 @@ def test_transfer_starts_from_the_source_and_freezes_it(tmp_path, tracking_store
             np.testing.assert_array_equal(mine, theirs)  # copied, then kept fixed
     assert not np.array_equal(frozen.get_layer("head").get_weights()[0],
                               source.get_layer("head").get_weights()[0])
+    record = _info(tmp_path, "frozen")["transfer"]  # what was copied and frozen, in run.json
+    assert record["from"] == "source" and "head" not in [row["name"] for row in record["layers"]]
+    assert {"name": "block1_conv", "shapes": [list(w.shape) for w in frozen.get_layer(
+        "block1_conv").weights], "rule": "copied", "frozen": True} in record["layers"]
+    run = mlflow.MlflowClient(tracking_store).get_run(_info(tmp_path, "frozen")["run_id"])
+    assert run.data.tags["transfer_copied"] == str(len(record["layers"]))
 
 
 def test_a_crash_inside_training_leaves_the_run_failed_and_no_output(tmp_path, tracking_store):

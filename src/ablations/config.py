@@ -36,8 +36,13 @@ class PreparedData(Strict):
     """One prepared (split + scaled) copy of a raw dataset; studies refer to it by name."""
 
     source: Literal[DATASET_NAMES]  # type: ignore[valid-type]
-    scaling: Literal["zero_one", "minus_one_one", "standardize"]
+    # none: raw 0-255 pixels as floats (notebook 001); standardize: per-channel mean/std of the
+    # training split; standardize_global: one mean/std over all channels (notebooks 002, 003).
+    scaling: Literal["none", "zero_one", "minus_one_one", "standardize", "standardize_global"]
     size: PositiveInt | None = None  # pad/resize images to size x size pixels; None keeps them
+    # How a smaller image reaches `size`: zero-padding (LeNet-5's paper) or a bilinear resize
+    # (notebook 004's transforms.Resize); larger images are always resized.
+    fit: Literal["pad", "resize"] = "pad"
     val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
     max_train: PositiveInt | None = None  # cap on training images (stratified); None = all
     max_val: PositiveInt | None = None  # validation is run every epoch: a cap saves time
@@ -81,6 +86,9 @@ class Variant(Strict):
     conv_kernels: list[PositiveInt] | None = None
     conv_strides: list[PositiveInt] | None = None
     conv_pooled: list[bool] | None = None
+    # Layer-name prefixes (default block1, block2, ...): transfer copies layers by name, so a
+    # target with extra convs in front names the shared ones as the source does.
+    conv_names: list[str] | None = None
     padding: Literal["same", "valid"] = "same"
     # The parts of a conv block in order; BatchNorm sits right before or after "act" (`norm`),
     # so [conv, act, pool] with norm before is conv → BN → act → pool (notebooks 003, 004) and
@@ -113,6 +121,7 @@ class Variant(Strict):
     dropout_at: list[Literal["features", "hidden"]] = ["features", "hidden"]
     initializer: KerasId = "glorot_uniform"
     dense_initializer: KerasId | None = None  # dense layers and head; None: `initializer`
+    init_biases: bool = False  # biases start from the kernels' initializer too (notebook 001)
     kernel_regularizer: KerasId | None = None
     bias_regularizer: KerasId | None = None
     optimizer: str = "adam"
@@ -128,9 +137,11 @@ class Variant(Strict):
     init_from: str | None = None
     freeze: bool = False
     # A source layer whose weights do not fit the target's (a first conv on 1-channel MNIST
-    # vs 3-channel images): "error" stops, "average_channels" copies a conv kernel averaged
-    # over its input channels and repeated to the target's (biases as they are).
-    transfer_mismatch: Literal["error", "average_channels"] = "error"
+    # vs 3-channel images): "error" stops; "spread_channels" sums the kernel over the source's
+    # input channels and spreads it evenly over the target's, so a gray image (equal
+    # channels) gives the source's response.
+    transfer_mismatch: Literal["error", "spread_channels"] = "error"
+    copy_head: bool = False  # transfer the softmax head too (same class count; notebook 001)
     # Pretrained backbone weights from a local file (e.g. Xception ImageNet .h5), checked
     # against its sha256 before loading; None = random initialization.
     weights_file: str | None = None

@@ -251,6 +251,15 @@ def log_result(run_id: str, history: list[dict], fit_seconds: float, diverged: b
     return logged
 
 
+def log_transfer(run_id: str, copied: list[dict], source: str) -> None:
+    """What a transfer copied (layer names, weight shapes, rule) and froze: transfer.json
+    artifact, and tags with the counts so runs can be filtered on them."""
+    client = MlflowClient()
+    client.log_dict(run_id, {"from": source, "layers": copied}, "transfer.json")
+    client.set_tag(run_id, "transfer_copied", str(len(copied)))
+    client.set_tag(run_id, "transfer_frozen", str(sum(row["frozen"] for row in copied)))
+
+
 def mark_complete(run_json: Path, run_id: str | None = None) -> None:
     """run.json (train output): MLflow holds the whole run, `run_id` if replay made a new one."""
     info = read_json(run_json)

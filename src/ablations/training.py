@@ -168,19 +168,21 @@ def _seed_everything(seed: int) -> None:
 
 
 def _compiled_model(cfg: Variant, arrays: dict[str, np.ndarray], num_classes: int,
-                    source: Path | None) -> keras.Model:
+                    source: Path | None) -> tuple[keras.Model, list[dict]]:
+    """The compiled model and the layers transfer copied into it (see transfer_weights)."""
     # float16 compute on GPUs that have it; variables and the loss stay float32.
     keras.config.set_dtype_policy("mixed_float16" if cfg.mixed_precision else "float32")
     model = build_model(cfg, tuple(arrays["x_train"].shape[1:]), num_classes)
+    copied = []
     if source is not None:  # transfer: every layer but the head from the source unit's model
-        transfer_weights(keras.saving.load_model(source / "model.keras", safe_mode=True),
-                         model, cfg.freeze)
+        copied = transfer_weights(keras.saving.load_model(source / "model.keras", safe_mode=True),
+                                  model, cfg)
     model.compile(
         optimizer=build_optimizer(cfg, math.ceil(len(arrays["y_train"]) / cfg.batch_size)),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    return model
+    return model, copied
 
 
 def _fit(model, cfg: Variant, arrays, checkpoint: Path, run_id: str, guard: tracking.Guard) -> float:
@@ -266,7 +268,7 @@ def train_unit(study: str, unit: Unit, arrays: dict[str, np.ndarray]) -> str:
     checkpoint.mkdir(parents=True, exist_ok=True)
     keras.backend.clear_session()  # drop the previous unit's graph and layer names
     _seed_everything(cfg.seed)
-    model = _compiled_model(cfg, arrays, _num_classes(unit.data_dir, arrays), unit.source)
+    model, copied = _compiled_model(cfg, arrays, _num_classes(unit.data_dir, arrays), unit.source)
     run_id = tracking.start_run(study, unit.name, tracking.train_tags(study, unit.variant, cfg.seed),
                                 run_id=_resume_run_id(checkpoint))
     client = MlflowClient()  # after start_run, which sets the tracking URI
@@ -277,6 +279,8 @@ def train_unit(study: str, unit: Unit, arrays: dict[str, np.ndarray]) -> str:
     try:
         params = [Param(k, v) for k, v in tracking.flatten(cfg.model_dump()).items()]
         guard("before training", client.log_batch, run_id, params=params)
+        if copied:
+            guard("before training", tracking.log_transfer, run_id, copied, cfg.init_from)
         fit_seconds = _fit(model, cfg, arrays, checkpoint, run_id, guard)
         history = read_history(checkpoint / "history.csv")
         diverged = any(not math.isfinite(row["loss"]) for row in history) or len(history) < cfg.epochs
@@ -285,7 +289,8 @@ def train_unit(study: str, unit: Unit, arrays: dict[str, np.ndarray]) -> str:
         guard("after testing", tracking.log_metrics, run_id,
               {k: v for k, v in test.items() if v is not None})
         info = {"run_id": run_id, "seed": cfg.seed, "fingerprint": unit.fingerprint,
-                "fit_seconds": fit_seconds, "diverged": diverged, **test}
+                "fit_seconds": fit_seconds, "diverged": diverged, **test,
+                **({"transfer": {"from": cfg.init_from, "layers": copied}} if copied else {})}
         _save_outputs(model, unit.out, checkpoint, info, predictions)
         guard("while logging the model", log_model, model, run_id)
         guard("while ending the run", client.set_terminated, run_id, "FINISHED")

@@ -74,11 +74,11 @@ def split(cfg: PreparedData, raw_dir: Path, out_dir: Path) -> dict[str, int]:
     return {part: len(y) for part, (_, y) in arrays.items()}
 
 
-def _fit_to_size(x: np.ndarray, size: int | None) -> np.ndarray:
+def _fit_to_size(x: np.ndarray, size: int | None, fit: str = "pad") -> np.ndarray:
     """Zero-pad (e.g. 28→32 for LeNet-5, as in its paper) or resize square images to size x size."""
     if size is None or x.shape[1] == size:
         return x
-    if x.shape[1] < size and (size - x.shape[1]) % 2 == 0:
+    if fit == "pad" and x.shape[1] < size and (size - x.shape[1]) % 2 == 0:
         pad = (size - x.shape[1]) // 2
         return np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     from PIL import Image  # resizing is rare (STL-10 96→32); keep Pillow off the common path
@@ -91,6 +91,11 @@ def _fit_to_size(x: np.ndarray, size: int | None) -> np.ndarray:
 def scale_statistics(cfg: PreparedData, x_train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(offset, scale) per channel such that x' = (x - offset) / scale; from training data only."""
     channels = x_train.shape[-1]
+    if cfg.scaling == "none":
+        return np.zeros(channels), np.ones(channels)
+    if cfg.scaling == "standardize_global":
+        pixels = np.asarray(x_train, dtype=np.float64)
+        return np.full(channels, pixels.mean()), np.full(channels, pixels.std() + 1e-7)
     if cfg.scaling == "zero_one":
         return np.zeros(channels), np.full(channels, 255.0)
     if cfg.scaling == "minus_one_one":
@@ -107,7 +112,7 @@ def standardize(cfg: PreparedData, split_dir: Path, out_dir: Path) -> dict[str, 
     offset, scale = scale_statistics(cfg, x_train)
     with atomic_dir(out_dir) as tmp:
         for part in PARTS:
-            x = _fit_to_size(np.load(split_dir / f"x_{part}.npy"), cfg.size)
+            x = _fit_to_size(np.load(split_dir / f"x_{part}.npy"), cfg.size, cfg.fit)
             np.save(tmp / f"x_{part}.npy", ((x - offset) / scale).astype(np.float32))
             np.save(tmp / f"y_{part}.npy", np.load(split_dir / f"y_{part}.npy"))
         stats = {"offset": offset.tolist(), "scale": scale.tolist()}

@@ -37,8 +37,10 @@ def weight_options(cfg: Variant, dense: bool = False) -> dict[str, Any]:
     a dense layer takes cfg.dense_initializer when it is set."""
     reg = keras.regularizers.get
     initializer = cfg.dense_initializer if dense and cfg.dense_initializer else cfg.initializer
+    init = keras.initializers.get
     return {
-        "kernel_initializer": _resolve("initializer", keras.initializers.get, initializer),
+        "kernel_initializer": _resolve("initializer", init, initializer),
+        "bias_initializer": _resolve("initializer", init, initializer if cfg.init_biases else "zeros"),
         "kernel_regularizer": _resolve("kernel_regularizer", reg, cfg.kernel_regularizer),
         "bias_regularizer": _resolve("bias_regularizer", reg, cfg.bias_regularizer),
     }

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 import keras
+import numpy as np
 from keras import layers
 
 from ablations.config import Variant
@@ -87,10 +88,10 @@ def _conv_stack(cfg: Variant, input_shape, kernels: list, pooled: list):
     kernels = _per_conv(cfg, "conv_kernels", kernels)
     strides = _per_conv(cfg, "conv_strides", [1] * len(cfg.conv_filters))
     pooled = _per_conv(cfg, "conv_pooled", pooled)
-    for index, (filters, kernel, stride, pool) in enumerate(
-            zip(cfg.conv_filters, kernels, strides, pooled, strict=True), start=1):
-        x = conv_block(x, filters, cfg, name=f"block{index}", kernel_size=kernel, pool=pool,
-                       strides=stride)
+    names = _per_conv(cfg, "conv_names", [f"block{i}" for i in range(1, len(kernels) + 1)])
+    for index, (filters, kernel, stride, pool, name) in enumerate(
+            zip(cfg.conv_filters, kernels, strides, pooled, names, strict=True), start=1):
+        x = conv_block(x, filters, cfg, name=name, kernel_size=kernel, pool=pool, strides=stride)
         _check_size(x, input_shape, index)
     return inputs, _features(x, cfg, "flatten")
 
@@ -234,26 +235,64 @@ def build_model(cfg: Variant, input_shape: tuple[int, ...], num_classes: int) ->
     return model
 
 
-def transfer_weights(source: keras.Model, target: keras.Model, freeze: bool) -> int:
-    """Copy weights from `source` into the same-named layers of `target`, all but the head and
-    layers whose weight shapes differ (e.g. a first conv on 1 vs 3 channels); with `freeze`,
-    the copied layers stop training (BatchNorm then also keeps its moving statistics).
-    Call before `compile`. Returns the number of layers copied."""
-    copied = 0
+def _shapes(weights) -> list[list[int]]:
+    return [list(weight.shape) for weight in weights]
+
+
+def _spreadable(source: list[list[int]], target: list[list[int]]) -> bool:
+    """Conv weights that differ only in the kernel's input channels (axis 2)."""
+    return (len(source) == len(target) and len(source[0]) == len(target[0]) == 4
+            and [s for i, s in enumerate(source[0]) if i != 2] == [t for i, t in enumerate(target[0]) if i != 2]
+            and source[1:] == target[1:])
+
+
+def transfer_plan(source: keras.Model, target: keras.Model, cfg: Variant) -> list[tuple]:
+    """(name, weight shapes, rule) of every target layer that takes the weights of the
+    same-named source layer: all but the head (unless cfg.copy_head). A layer whose shapes
+    differ follows cfg.transfer_mismatch; it is never skipped silently."""
+    plan = []
     for layer in target.layers:
-        if layer.name == HEAD or not layer.weights:
+        if (layer.name == HEAD and not cfg.copy_head) or not layer.weights:
             continue
         try:
-            values = source.get_layer(layer.name).get_weights()
-        except ValueError:  # no layer of that name in the source
+            source_shapes = _shapes(source.get_layer(layer.name).weights)
+        except ValueError:  # no layer of that name in the source: trained from scratch
             continue
-        if [value.shape for value in values] != [tuple(w.shape) for w in layer.weights]:
-            continue
-        layer.set_weights(values)
-        if freeze:
-            layer.trainable = False
-        copied += 1
-    if not copied:
+        target_shapes = _shapes(layer.weights)
+        if source_shapes == target_shapes:
+            plan.append((layer.name, target_shapes, "copied"))
+        elif cfg.transfer_mismatch == "spread_channels" and _spreadable(source_shapes, target_shapes):
+            plan.append((layer.name, target_shapes, "spread_channels"))
+        else:
+            raise ConfigError(
+                f"transfer_mismatch: layer {layer.name!r} has weights {source_shapes} in "
+                f"{source.name!r} but {target_shapes} here; allowed: transfer_mismatch "
+                "spread_channels (a conv kernel on other input channels), or another layer name "
+                "(conv_names) to train it from scratch")
+    if not plan:
         raise ConfigError(f"init_from: no layer of model {source.name!r} matches a layer of "
-                          f"{target.name!r} by name and weight shapes (the head is never copied)")
+                          f"{target.name!r} by name (the head is copied only with copy_head)")
+    return plan
+
+
+def _spread(kernel: np.ndarray, channels: int) -> np.ndarray:
+    """Sum over the input channels, spread evenly over `channels`: same response to gray input."""
+    summed = kernel.sum(axis=2, keepdims=True) / channels
+    return np.repeat(summed, channels, axis=2)
+
+
+def transfer_weights(source: keras.Model, target: keras.Model, cfg: Variant) -> list[dict]:
+    """Copy the weights `transfer_plan` lists from `source` into `target`; with cfg.freeze the
+    copied layers stop training (BatchNorm then also keeps its moving statistics). Call before
+    `compile`. Returns {name, shapes, rule, frozen} per copied layer, for run.json and MLflow."""
+    copied = []
+    for name, shapes, rule in transfer_plan(source, target, cfg):
+        values = source.get_layer(name).get_weights()
+        if rule == "spread_channels":
+            values = [_spread(values[0], shapes[0][2]), *values[1:]]
+        layer = target.get_layer(name)
+        layer.set_weights(values)
+        if cfg.freeze:
+            layer.trainable = False
+        copied.append({"name": name, "shapes": shapes, "rule": rule, "frozen": cfg.freeze})
     return copied
