@@ -184,13 +184,14 @@ def test_evaluate_bn_speedup_pairs_twins_by_seed(evaluated):
 def test_evaluate_comparisons_and_verdict(evaluated):
     _, m, _ = evaluated
     assert set(m["comparisons"]) == {"relu-bn", "tanh", "tanh-bn"}
-    diff, half = stats.difference_ci([0.90, 0.91, 0.92], [0.85, 0.86, 0.84])
+    diff, half = stats.mean_ci([5.0, 5.0, 8.0])  # relu-bn − relu per seed, in points
     c = m["comparisons"]["relu-bn"]
-    assert (c["vs"], c["judgement"]) == ("relu", "better")
-    assert (c["difference_points"], c["ci_points"]) == pytest.approx((100 * diff, 100 * half))
+    assert (c["vs"], c["judgement"], c["n"]) == ("relu", "better", 3)
+    assert (c["difference_points"], c["ci_points"]) == pytest.approx((diff, half))
     assert c["text"] == (
-        f"relu-bn vs relu: +6.0 ± {100 * half:.1f} points of test accuracy — better")
-    assert m["comparisons"]["tanh"]["text"].startswith("tanh vs relu: ")
+        f"relu-bn is 6.0 ± {half:.1f} points of test accuracy above relu (3 seeds): better")
+    assert m["comparisons"]["tanh"]["text"].startswith("tanh vs relu: -34.3 ± ")  # seed 2: 0.10
+    assert m["comparisons"]["tanh"]["text"].endswith("the interval covers 0, so no difference is shown")
     assert m["comparisons"]["tanh-bn"]["judgement"] == "worse"
     assert m["best_variant"] == "relu-bn"
     acc_mean, acc_half = stats.mean_ci([0.90, 0.91, 0.92])
@@ -227,8 +228,8 @@ def test_one_seed_study_has_no_intervals(tmp_path):
     assert m["variants"]["relu"]["test_accuracy"]["ci"] is None
     assert m["comparisons"]["relu-bn"]["judgement"] is None
     assert m["comparisons"]["relu-bn"]["text"] == (
-        "relu-bn vs relu: +5.0 points of test accuracy — one seed: no interval")
-    assert "3 without interval (one seed)" in m["verdict"]
+        "relu-bn vs relu: +5.0 points of test accuracy from 1 seed, no interval, so no conclusion")
+    assert all(c["text"] + "." in m["verdict"] for c in m["comparisons"].values())
     assert "relu-bn, 90.0 % over 1 seed." in m["verdict"]
 
 
@@ -238,7 +239,8 @@ def test_pairs_the_question_asks_for_are_compared_in_the_verdict(tmp_path):
     m = study_metrics(params, "unit", read_study(params, "unit", models_dir, data_dir))
     pair = m["pair_comparisons"]["relu-bn vs tanh-bn"]
     assert (pair["vs"], pair["judgement"]) == ("tanh-bn", "better")  # 0.90-0.92 vs tanh-bn's lower
-    assert pair["text"].startswith("relu-bn vs tanh-bn: +") and pair["text"] + "." in m["verdict"]
+    assert pair["text"].startswith("relu-bn is ") and " above tanh-bn " in pair["text"]
+    assert pair["text"] + "." in m["verdict"]
     assert set(m["comparisons"]) == {"relu-bn", "tanh", "tanh-bn"}  # the baseline's stay
     page = study_section("unit", m, tmp_path / "no-plots")
     assert "Other comparisons the question asks for" in page and html.escape(pair["text"]) in page

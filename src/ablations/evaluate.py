@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from ablations import plots, stats, tracking
+from ablations import effects, plots, stats, tracking, verdicts
 from ablations.config import Params
 from ablations.errors import DataError
 from ablations.history import read_history
@@ -136,16 +136,43 @@ def speedup(with_bn: dict, without: dict) -> dict[str, Any]:
     return out
 
 
+def accuracies(variants: dict[str, dict]) -> effects.Values:
+    """{variant: {"seed0": test accuracy, …}}: what every effect is computed from."""
+    return {name: v["test_accuracy"]["values"] for name, v in variants.items()}
+
+
 def comparison(name: str, baseline: str, variants: dict[str, dict]) -> dict[str, Any]:
-    """Test accuracy of `name` minus the baseline's, in percentage points, with its interval."""
-    a = list(variants[name]["test_accuracy"]["values"].values())
-    b = list(variants[baseline]["test_accuracy"]["values"].values())
-    diff, half = stats.difference_ci(a, b)
-    return {"vs": baseline,
-            "difference_points": None if diff is None else 100 * diff,
-            "ci_points": None if half is None else 100 * half,
-            "judgement": stats.judge(diff, half),
-            "text": stats.verdict(name, baseline, a, b)}
+    """Test accuracy of `name` minus the baseline's, in percentage points, with its interval
+    (paired by seed)."""
+    effect = effects.contrast(accuracies(variants), {name: 1.0, baseline: -1.0})
+    return {"vs": baseline, "difference_points": effect["difference"],
+            "ci_points": effect["ci"], "n": effect["n"], "judgement": effect["judgement"],
+            "text": verdicts.difference_sentence(name, baseline, effect)}
+
+
+def study_effects(params: Params, study: str, variants: dict[str, dict]) -> dict[str, Any]:
+    """Main, simple and interaction effects of a factorial study, and the pairs its question
+    names: each variant against the baseline where the study has no factors, and `also_compare`."""
+    spec = params.studies[study]
+    values = accuracies(variants)
+    levels = spec.levels()
+    out: dict[str, Any] = {}
+    if levels:
+        reference = levels.get(spec.baseline) or {f: next(iter(lv)) for f, lv in spec.factors.items()}
+        out.update(effects.factorial_effects(values, levels, reference))
+        pairs = list(spec.also_compare)
+    else:
+        pairs = [(name, spec.baseline) for name in variants
+                 if name != spec.baseline and variants[name]["data"] == spec.data]
+        pairs += list(spec.also_compare)
+    out["pairs"] = effects.pair_effects(values, pairs)
+    return out
+
+
+def study_answers(found: dict[str, Any]) -> list[str]:
+    """One sentence per question: each factor level, each interaction, each pair."""
+    answers = verdicts.factorial_verdicts(found) if "main" in found else []
+    return answers + verdicts.pair_verdicts(found["pairs"])
 
 
 def best_variant(variants: dict[str, dict], data: str) -> str | None:
@@ -184,15 +211,8 @@ def study_verdict(metrics: dict[str, Any]) -> str:
     acc = variants[best]["test_accuracy"]
     parts = [f"Best mean test accuracy: {best}, {pm(acc, 100)} % over {_seeds(acc['n'])}."]
     if best == baseline:
-        parts.append(f"That is the baseline: no variant beats {baseline}.")
-    else:
-        parts.append(metrics["comparisons"][best]["text"] + ".")
-    parts += [c["text"] + "." for c in metrics["pair_comparisons"].values()]
-    judged = [c["judgement"] or "without interval (one seed)"
-              for c in metrics["comparisons"].values()]
-    if judged:
-        counts = ", ".join(f"{judged.count(j)} {j}" for j in sorted(set(judged)))
-        parts.append(f"Against the baseline {baseline}, the other variants are: {counts}.")
+        parts.append(f"That is the baseline: no variant has a higher mean than {baseline}.")
+    parts += [answer + "." for answer in metrics["answers"]]
     diverged = [f"{n} ({v['diverged']} of {_seeds(v['seeds'])})" for n, v in variants.items()
                 if v["diverged"]]
     if diverged:
@@ -237,7 +257,9 @@ def study_metrics(params: Params, study: str, units: dict[str, list[dict]]) -> d
                         if name != spec.baseline and variants[name]["data"] == spec.data},
         "pair_comparisons": {f"{a} vs {b}": comparison(a, b, variants) for a, b in spec.also_compare},
         "best_variant": best_variant(variants, spec.data),
+        "effects": study_effects(params, study, variants),
     }
+    metrics["answers"] = study_answers(metrics["effects"])
     metrics["verdict"] = study_verdict(metrics)
     return metrics
 

@@ -1,0 +1,107 @@
+"""Sentences from numbers: each effect (ablations.effects) in plain words that cannot say more
+than its interval does.
+
+Rules, checked by property tests (tests/test_verdicts.py):
+- "better"/"worse", "above"/"below", "larger"/"smaller" only when the 95% interval excludes 0,
+  and their direction is the sign of the difference;
+- one seed (no interval) or an interval covering 0: the number is given, the conclusion is
+  that none is shown;
+- a sentence names only the variants, levels or factors of the effect it describes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ablations.effects import effect_label
+
+UNIT = "points of test accuracy"
+
+
+def _seeds(n: int) -> str:
+    return "1 seed" if n == 1 else f"{n} seeds"
+
+
+def shown(effect: dict[str, Any]) -> bool:
+    """Whether the interval excludes 0 (a difference is shown)."""
+    d, h = effect["difference"], effect["ci"]
+    return d is not None and h is not None and abs(d) > h
+
+
+def _inconclusive(subject: str, effect: dict[str, Any]) -> str | None:
+    """The sentence when no direction may be stated, else None."""
+    d, h, n = effect["difference"], effect["ci"], effect["n"]
+    if d is None:
+        return f"{subject}: no seed has a finite result in every variant it needs"
+    if h is None:
+        return f"{subject}: {d:+.1f} {UNIT} from {_seeds(n)}, no interval, so no conclusion"
+    if abs(d) <= h:
+        return (f"{subject}: {d:+.1f} ± {h:.1f} {UNIT} over {_seeds(n)}; the interval covers 0, "
+                "so no difference is shown")
+    return None
+
+
+def difference_sentence(subject: str, reference: str, effect: dict[str, Any]) -> str:
+    """`subject` against `reference`: "relu-bn is 2.9 ± 0.8 points of test accuracy above relu
+    (3 seeds): better"."""
+    vague = _inconclusive(f"{subject} vs {reference}", effect)
+    if vague:
+        return vague
+    d, h = effect["difference"], effect["ci"]
+    side, word = ("above", "better") if d > 0 else ("below", "worse")
+    return (f"{subject} is {abs(d):.1f} ± {h:.1f} {UNIT} {side} {reference} "
+            f"({_seeds(effect['n'])}): {word}")
+
+
+def interaction_sentence(effect: dict[str, Any]) -> str:
+    """Do the two levels' effects add up? (interaction = how much the first factor's effect
+    changes when the second moves off its reference level)."""
+    (f1, f2), (l1, l2), (r1, r2) = effect["factors"], effect["levels"], effect["references"]
+    subject = f"{f1} {l1} × {f2} {l2} (interaction)"
+    vague = _inconclusive(subject, effect)
+    if vague:
+        if effect["ci"] is not None and effect["difference"] is not None:
+            return vague + f": consistent with {l1} and {l2} adding up"
+        return vague
+    d, h = effect["difference"], effect["ci"]
+    size = "larger" if d > 0 else "smaller"
+    return (f"{subject}: {f1} {l1}'s effect (vs {r1}) is {abs(d):.1f} ± {h:.1f} {UNIT} {size} "
+            f"with {f2} {l2} than with {r2} ({_seeds(effect['n'])}): they do not simply add up")
+
+
+def main_effect_sentence(main: dict[str, Any], simple: list[dict[str, Any]]) -> str:
+    """A factor level's main effect, then its effect within every setting of the others."""
+    head = difference_sentence(f"{main['factor']} {main['level']}",
+                               main["reference"], main) + ", averaged over the other factors"
+    if not simple:
+        return head
+    parts = []
+    for effect in simple:
+        where = ", ".join(effect["within"].values())
+        d, h = effect["difference"], effect["ci"]
+        number = "—" if d is None else f"{d:+.1f}" + ("" if h is None else f" ± {h:.1f}")
+        mark = ("better" if d > 0 else "worse") if shown(effect) else "not shown"
+        parts.append(f"{where}: {number} ({mark})")
+    return head + ". Within each setting: " + "; ".join(parts)
+
+
+def factorial_verdicts(effects: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """One sentence per factor level (main + simple effects) and per interaction."""
+    out = []
+    for main in effects["main"]:
+        simple = [s for s in effects["simple"]
+                  if (s["factor"], s["level"]) == (main["factor"], main["level"])]
+        out.append(main_effect_sentence(main, simple if len(simple) > 1 else []))
+    out += [interaction_sentence(effect) for effect in effects["interaction"]]
+    return out
+
+
+def pair_verdicts(pairs: list[dict[str, Any]]) -> list[str]:
+    return [difference_sentence(p["variant"], p["vs"], p) for p in pairs]
+
+
+def effect_rows(effects: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Flat rows (kind, label, difference, ci, n) for tables and forest plots."""
+    return [{"kind": kind, "label": effect_label(e), "difference": e["difference"],
+             "ci": e["ci"], "n": e["n"], "shown": shown(e)}
+            for kind in ("main", "simple", "interaction", "pairs") for e in effects.get(kind, [])]
