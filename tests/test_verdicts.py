@@ -87,7 +87,7 @@ def test_factorial_verdict_marks_each_setting_by_its_own_interval():
         head, _, within = text.partition(". Within each setting: ")
         check_words(head, main)
         for part, effect in zip(within.split("; "), simple):
-            assert part.startswith(names[4 + simple.index(effect)] + ": ")
+            assert part.startswith(f"{names[3]}={names[4 + simple.index(effect)]}: ")
             mark = part.rsplit("(", 1)[1].rstrip(")")
             assert mark == (("better" if effect["difference"] > 0 else "worse")
                             if shown(effect) else "not shown"), part

@@ -71,13 +71,13 @@ def interaction_sentence(effect: dict[str, Any]) -> str:
 
 def main_effect_sentence(main: dict[str, Any], simple: list[dict[str, Any]]) -> str:
     """A factor level's main effect, then its effect within every setting of the others."""
-    head = difference_sentence(f"{main['factor']} {main['level']}",
-                               main["reference"], main) + ", averaged over the other factors"
+    head = difference_sentence(f"{main['factor']} {main['level']} (averaged over the other "
+                               "factors)", main["reference"], main)
     if not simple:
         return head
     parts = []
     for effect in simple:
-        where = ", ".join(effect["within"].values())
+        where = ", ".join(f"{factor}={level}" for factor, level in effect["within"].items())
         d, h = effect["difference"], effect["ci"]
         number = "—" if d is None else f"{d:+.1f}" + ("" if h is None else f" ± {h:.1f}")
         mark = ("better" if d > 0 else "worse") if shown(effect) else "not shown"
