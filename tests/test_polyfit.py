@@ -10,9 +10,13 @@ from mlflow.tracking import MlflowClient
 from sklearn.model_selection import KFold, cross_val_score
 
 from ablations import polyfit
+from ablations.config import polyfit_config, read_yaml
 from ablations.errors import ConfigError
 from ablations.polyfit import DegreeScore
-from conftest import copy_store
+from conftest import REPO, copy_store
+
+# The study as params.yaml sets it (its one home).
+DEFAULT_CONFIG = read_yaml(REPO / "params.yaml")["polyfit"]
 
 QUADRATIC = [0.5, 1.0, -1.5]
 CUBIC = [1.0, -2.0, 0.5, 0.3]
@@ -20,7 +24,7 @@ CUBIC = [1.0, -2.0, 0.5, 0.3]
 
 def small_config(**overrides):
     """The default study shrunk so a full run (CV + MLflow) takes about a second."""
-    config = {**polyfit.DEFAULT_CONFIG, "n": 60, "max_degree": 5, "folds": 5, "seed": 3}
+    config = {**DEFAULT_CONFIG, "n": 60, "max_degree": 5, "folds": 5, "seed": 3}
     config.update(overrides)
     return config
 
@@ -139,20 +143,20 @@ def test_answer_is_built_from_the_numbers():
 )
 def test_config_errors_name_the_key(override, expected):
     with pytest.raises(ConfigError, match=expected.replace(".", r"\.")):
-        polyfit.validate_config({**polyfit.DEFAULT_CONFIG, **override})
+        polyfit_config({**DEFAULT_CONFIG, **override})
 
 
 def test_config_missing_key_and_non_mapping():
-    config = dict(polyfit.DEFAULT_CONFIG)
+    config = dict(DEFAULT_CONFIG)
     del config["folds"]
     with pytest.raises(ConfigError, match=r"polyfit\.folds: required key is missing"):
-        polyfit.validate_config(config)
+        polyfit_config(config)
     with pytest.raises(ConfigError, match="polyfit: must be a mapping"):
-        polyfit.validate_config([1, 2])
+        polyfit_config([1, 2])
 
 
 def test_default_config_is_valid():
-    cfg = polyfit.validate_config(polyfit.DEFAULT_CONFIG)
+    cfg = polyfit_config(DEFAULT_CONFIG)
     assert cfg.true_degree == 3 and cfg.max_degree == 15
 
 

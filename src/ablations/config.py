@@ -11,11 +11,22 @@ in `ablations.models.blocks`, where Keras is imported anyway.
 from __future__ import annotations
 
 import itertools
+import math
 import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from ablations.data.formats import CLASS_NAMES, DATASET_NAMES, IMAGE_SHAPES
 from ablations.errors import ConfigError
@@ -250,10 +261,61 @@ def factorial_cells(factors: dict[str, dict[str, Overrides | None]]
     return cells
 
 
+class PolyfitConfig(Strict):
+    """params.yaml's `polyfit:` block: data from a known polynomial, k-fold CV per degree."""
+
+    coefficients: list[StrictFloat] = Field(min_length=1)  # increasing powers: c0 + c1 x + …
+    noise: StrictFloat = Field(ge=0, allow_inf_nan=False)  # std of the Gaussian noise, y units
+    folds: StrictInt = Field(ge=2)
+    n: StrictInt  # samples
+    # x ~ Uniform(lo, hi); a YAML list (YAML has no tuples)
+    x_range: Annotated[tuple[StrictFloat, StrictFloat], Field(strict=False)]
+    max_degree: StrictInt = Field(ge=1)  # degrees 1..max_degree are scored
+    seed: StrictInt = Field(ge=0)  # seeds both the data and the fold shuffle
+
+    @field_validator("coefficients")
+    @classmethod
+    def _last_nonzero(cls, value: list[float]) -> list[float]:
+        if not all(math.isfinite(c) for c in value):
+            raise ValueError("must be finite numbers")
+        if value[-1] == 0:
+            raise ValueError("the last (highest-power) coefficient must be non-zero")
+        return value
+
+    @field_validator("n")
+    @classmethod
+    def _n_at_least_folds(cls, value: int, info: ValidationInfo) -> int:
+        folds = info.data.get("folds")
+        if folds is not None and value < folds:
+            raise ValueError(f"must be >= polyfit.folds ({folds}), got {value}")
+        return value
+
+    @field_validator("x_range")
+    @classmethod
+    def _increasing(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not (math.isfinite(value[0]) and math.isfinite(value[1]) and value[0] < value[1]):
+            raise ValueError(f"must be [lo, hi] with finite lo < hi, got {list(value)}")
+        return value
+
+    @field_validator("max_degree")
+    @classmethod
+    def _covers_truth(cls, value: int, info: ValidationInfo) -> int:
+        coefficients = info.data.get("coefficients")
+        if coefficients and value < len(coefficients) - 1:
+            raise ValueError(
+                f"must be >= the true degree len(coefficients) - 1 = {len(coefficients) - 1}"
+            )
+        return value
+
+    @property
+    def true_degree(self) -> int:
+        return len(self.coefficients) - 1
+
+
 class Params(Strict):
     data: DataConfig
     studies: dict[str, Study]
-    polyfit: dict[str, Any]  # validated by ablations.polyfit.PolyfitConfig
+    polyfit: PolyfitConfig
 
     @model_validator(mode="after")
     def _studies_use_prepared_data(self) -> Params:
@@ -437,7 +499,17 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     for study, spec in params.studies.items():
         for name in spec.variants:
             resolve_variant(params, study, name)
-    from ablations.polyfit import validate_config
-
-    validate_config(params.polyfit)
     return params
+
+
+def polyfit_config(block: Any, prefix: str = "polyfit") -> PolyfitConfig:
+    """Validate a `polyfit:` block on its own; any problem -> one ConfigError naming every bad
+    key path."""
+    if isinstance(block, PolyfitConfig):
+        return block
+    if not isinstance(block, dict):
+        raise ConfigError(f"{prefix}: must be a mapping, got {type(block).__name__}")
+    try:
+        return PolyfitConfig.model_validate(block)
+    except ValidationError as error:
+        raise ConfigError(format_errors(error, prefix)) from None

@@ -2,10 +2,7 @@
 
 Notebook 001's question "Perform K-Fold CV on a sequence of models (polynomial regression on
 synthetic data). Are the complex models chosen over the simpler models? Why / why not?" as one
-reproducible stage::
-
-    ablations polyfit --params params.yaml --metrics metrics/polyfit.json \
-        --plot plots/polyfit/cv_error.png
+reproducible stage (dvc.yaml's `polyfit`; its config is `config.PolyfitConfig`).
 
 Data come from a KNOWN polynomial (``polyfit.coefficients``, increasing powers) plus Gaussian
 noise, so the true degree is known.  Every degree 1..``max_degree`` is scored by shuffled,
@@ -36,102 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictFloat,
-    StrictInt,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-)
-
-from ablations.config import format_errors
-from ablations.errors import ConfigError
+from ablations.config import PolyfitConfig, polyfit_config
 from ablations.io import atomic_file, write_json
-
-# A config for params.yaml's `polyfit:` block with which the study is interesting: a cubic,
-# noise comparable to its smaller terms, few samples so high degrees visibly overfit (degree
-# 15's CV MSE is ~1000x the best), the minimum lands slightly above the truth (degree 5) and
-# the 1-SE rule recovers degree 3 (it does for seeds 1-5 at n=60; the minimum varies 3..12).
-DEFAULT_CONFIG: dict[str, Any] = {
-    "coefficients": [1.0, -2.0, 0.5, 0.3],  # y = 1 - 2x + 0.5x^2 + 0.3x^3 (true degree 3)
-    "noise": 1.0,  # std of the Gaussian noise, in y units; MSE floor = noise^2 = 1.0
-    "n": 60,  # samples: 54 per training fold at k=10 for up to 16 parameters -> high variance
-    "x_range": [-3.0, 3.0],  # x ~ Uniform(lo, hi)
-    "max_degree": 15,  # degrees 1..15 are scored, as in the notebook
-    "folds": 10,  # k of k-fold CV
-    "seed": 3,  # seeds both the data and the fold shuffle; picks: min 5, 1-SE 3 (true)
-}
-
-
-# --------------------------------------------------------------------------- config
-
-
-class PolyfitConfig(BaseModel):
-    """The validated `polyfit:` block of params.yaml."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    coefficients: list[StrictFloat] = Field(min_length=1)
-    noise: StrictFloat = Field(ge=0, allow_inf_nan=False)
-    folds: StrictInt = Field(ge=2)
-    n: StrictInt
-    x_range: tuple[StrictFloat, StrictFloat]
-    max_degree: StrictInt = Field(ge=1)
-    seed: StrictInt = Field(ge=0)
-
-    @field_validator("coefficients")
-    @classmethod
-    def _last_nonzero(cls, value: list[float]) -> list[float]:
-        if not all(math.isfinite(c) for c in value):
-            raise ValueError("must be finite numbers")
-        if value[-1] == 0:
-            raise ValueError("the last (highest-power) coefficient must be non-zero")
-        return value
-
-    @field_validator("n")
-    @classmethod
-    def _n_at_least_folds(cls, value: int, info: ValidationInfo) -> int:
-        folds = info.data.get("folds")
-        if folds is not None and value < folds:
-            raise ValueError(f"must be >= polyfit.folds ({folds}), got {value}")
-        return value
-
-    @field_validator("x_range")
-    @classmethod
-    def _increasing(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if not (math.isfinite(value[0]) and math.isfinite(value[1]) and value[0] < value[1]):
-            raise ValueError(f"must be [lo, hi] with finite lo < hi, got {list(value)}")
-        return value
-
-    @field_validator("max_degree")
-    @classmethod
-    def _covers_truth(cls, value: int, info: ValidationInfo) -> int:
-        coefficients = info.data.get("coefficients")
-        if coefficients and value < len(coefficients) - 1:
-            raise ValueError(
-                f"must be >= the true degree len(coefficients) - 1 = {len(coefficients) - 1}"
-            )
-        return value
-
-    @property
-    def true_degree(self) -> int:
-        return len(self.coefficients) - 1
-
-
-def validate_config(config: Any, prefix: str = "polyfit") -> PolyfitConfig:
-    """Validate a `polyfit:` block; any problem -> one ConfigError naming every bad key path."""
-    if isinstance(config, PolyfitConfig):
-        return config
-    if not isinstance(config, dict):
-        raise ConfigError(f"{prefix}: must be a mapping, got {type(config).__name__}")
-    try:
-        return PolyfitConfig.model_validate(config)
-    except ValidationError as exc:
-        raise ConfigError(format_errors(exc, prefix)) from None
-
+from ablations.plots import plt  # pyplot with the file-only (Agg) backend
 
 # --------------------------------------------------------------------------- study
 
@@ -299,10 +203,6 @@ def plot_cv(scores: Sequence[DegreeScore], chosen: tuple[int, int], true_degree:
     degrees = [s.degree for s in scores]
     means = np.array([s.mse_mean for s in scores])
     by_degree = {s.degree: s for s in scores}
-    # pyplot (Agg, set up by ablations.plots) only here: every stage validates the polyfit
-    # params through this module, and matplotlib's import costs 1.3 s on 2 CPU cores.
-    from ablations.plots import plt
-
     min_degree, one_se = chosen
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.errorbar(degrees, means, yerr=[s.mse_se for s in scores], marker="o", capsize=3,
@@ -401,11 +301,9 @@ def log_to_mlflow(config: dict, scores: Sequence[DegreeScore], chosen: tuple[int
 # --------------------------------------------------------------------------- stage
 
 
-def run(config: dict, metrics_path: Path, plot_path: Path) -> dict[str, Any]:
+def run(config: PolyfitConfig | dict, metrics_path: Path, plot_path: Path) -> dict[str, Any]:
     """The whole stage: validate, simulate, cross-validate, choose, plot, log, write metrics."""
-    from ablations.plots import plt  # pyplot only in the stage that draws (see plot_cv)
-
-    cfg = validate_config(config)
+    cfg = polyfit_config(config)
     x, y = make_data(cfg.coefficients, cfg.noise, cfg.n, cfg.x_range, cfg.seed)
     scores = cv_errors(x, y, range(1, cfg.max_degree + 1), cfg.folds, cfg.seed)
     chosen = choose_degree(scores)

@@ -1,11 +1,11 @@
 """What the train stage of a study has to do: one *unit* per (variant, seed), skipped when its
 outputs were made from the same config, data and code.
 
-One process trains a whole study (one TensorFlow import per study, not per variant: the
-import alone costs 7-10 s). DVC re-runs the stage when anything in the study changes; the
+One process trains a whole study, so Keras and its backend are imported once per study rather
+than once per variant. DVC re-runs the stage when anything in the study changes; the
 fingerprint in each unit's run.json then decides which units actually retrain, so adding a
 variant or a seed trains only that one. No Keras import here: a study whose units are all
-current finishes in about a second.
+current finishes without loading it.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ from functools import cache
 from importlib.metadata import version
 from pathlib import Path
 
+from ablations.codedeps import closure
 from ablations.config import Params, Variant
 from ablations.errors import ConfigError
 from ablations.io import read_json, unit_dir
 
-PACKAGE = Path(__file__).resolve().parent
-# Code whose change makes every unit retrain (DVC re-runs the stage when it changes, too).
-TRAINING_CODE = (PACKAGE / "training.py", PACKAGE / "models")
+# Code whose change makes every unit retrain: every module training imports, found from the
+# imports themselves (dvc.yaml's train deps are checked against the same closure).
+TRAINING_CODE = closure("ablations.training")
 
 
 @dataclass(frozen=True)
@@ -60,15 +61,13 @@ def _sha256_files(paths: list[Path]) -> str:
 
 @cache
 def data_digest(data_dir: Path) -> str:
-    """Content hash of a prepared dataset (~0.4 s per 200 MB; once per process)."""
+    """Content hash of a prepared dataset (once per process)."""
     return _sha256_files(sorted(Path(data_dir).glob("*.npy")))
 
 
 @cache
 def code_digest() -> str:
-    files = [path for root in TRAINING_CODE
-             for path in ([root] if root.is_file() else sorted(root.rglob("*.py")))]
-    return _sha256_files(files)
+    return _sha256_files(list(TRAINING_CODE))
 
 
 def fingerprint(cfg: Variant, data_dir: Path, source_fingerprint: str | None) -> str:
