@@ -134,7 +134,7 @@ def test_answer_is_built_from_the_numbers():
         ({"noise": -0.1}, "polyfit.noise: must be >= 0"),
         ({"max_degree": 0}, "polyfit.max_degree: must be >= 1"),
         ({"max_degree": 2}, "polyfit.max_degree: must be >= the true degree"),
-        ({"folds": "10"}, "polyfit.folds: Input should be a valid integer"),
+        ({"folds": "10"}, "polyfit.folds: must be a whole number"),
         ({"seed": True}, "polyfit.seed"),
         ({"x_range": [3.0, -3.0]}, "polyfit.x_range"),
         ({"coefficients": [1.0, 0.0]}, "polyfit.coefficients"),
