@@ -97,6 +97,77 @@ CONFIG_CASES = {
                          ["data.prepared.fmnist_pm1", "classes must be distinct"]),
 }
 
+# Upper bounds (config.MAX_*): each message names the limit.
+BOUND_CASES = {
+    "epochs 10**12": (lambda p: study(p)["defaults"].update(epochs=10**12),
+                      ["epochs", "must be <= 10000", "1000000000000"]),
+    "batch size 10**6": (lambda p: variant(p, "tanh").update(batch_size=10**6),
+                         ["variants.tanh.batch_size", "must be <= 65536"]),
+    "1001 seeds": (lambda p: study(p).update(seeds=list(range(1001))),
+                   ["studies.batchnorm.seeds: must have at most 1000 entries (got 1001)"]),
+    "seed 2**32": (lambda p: study(p).update(seeds=[0, 2**32]),
+                   ["studies.batchnorm.seeds.1", "must be <= 4294967295"]),
+    "split seed 2**40": (lambda p: p["data"]["prepared"]["fmnist_std"].update(seed=2**40),
+                         ["data.prepared.fmnist_std.seed", "must be <= 4294967295"]),
+    "conv width 10**6": (lambda p: study(p)["defaults"].update(conv_filters=[16, 10**6]),
+                         ["conv_filters.1", "must be <= 65536"]),
+    "65 dense layers": (lambda p: study(p)["defaults"].update(dense_units=[8] * 65),
+                        ["dense_units: must have at most 64 entries (got 65)"]),
+    "kernel 1000": (lambda p: study(p)["defaults"].update(kernel_size=1000),
+                    ["kernel_size", "must be <= 64"]),
+    "image size 10**5": (lambda p: p["data"]["prepared"]["fmnist32"].update(size=10**5),
+                         ["data.prepared.fmnist32.size", "must be <= 1024"]),
+    "learning rate 1000": (lambda p: study(p)["defaults"].update(learning_rate=1000.0),
+                           ["learning_rate", "must be <= 10"]),
+    "max_train 10**9": (lambda p: p["data"]["prepared"]["fmnist_pm1"].update(max_train=10**9),
+                        ["fmnist_pm1.max_train", "must be <= 10000000"]),
+    "polyfit degree 1000": (lambda p: p["polyfit"].update(max_degree=1000),
+                            ["polyfit.max_degree", "must be <= 50"]),
+    "polyfit 10**6 folds": (lambda p: p["polyfit"].update(folds=10**6),
+                            ["polyfit.folds", "must be <= 100"]),
+    "polyfit 10**9 samples": (lambda p: p["polyfit"].update(n=10**9),
+                              ["polyfit.n", "must be <= 10000000"]),
+    "10000 factorial cells": (lambda p: study(p).update(factors={
+        f"f{i}": {f"l{i}{j}": {} for j in range(10)} for i in range(4)}),
+        ["studies.batchnorm", "factors: 10000 cells", "at most 1000"]),
+}
+# Settings that would do nothing, and values the dataset cannot satisfy.
+DATASET_CASES = {
+    "freeze without init_from": (lambda p: variant(p, "relu").update(freeze=True),
+                                 ["variants.relu", "freeze: true", "init_from", "weights_file"]),
+    "weights_sha256 without file": (lambda p: variant(p, "relu").update(weights_sha256="ab" * 32),
+                                    ["variants.relu", "weights_sha256", "weights_file"]),
+    "class 10 of 10": (lambda p: p["data"]["prepared"]["fmnist_source"].update(classes=[0, 10]),
+                       ["data.prepared.fmnist_source", "[10] not classes of fashion_mnist",
+                        "allowed 0..9"]),
+    "one class": (lambda p: p["data"]["prepared"]["fmnist_target"].update(classes=[7]),
+                  ["data.prepared.fmnist_target", "at least 2"]),
+    "max_train < classes": (lambda p: p["data"]["prepared"]["fmnist_pm1"].update(max_train=5),
+                            ["fmnist_pm1", "max_train: 5 is fewer than the 10 classes"]),
+    "max_val < kept classes": (lambda p: p["data"]["prepared"]["fmnist_target"].update(max_val=4),
+                               ["fmnist_target", "max_val: 4 is fewer than the 5 classes"]),
+    "max_test < classes": (lambda p: p["data"]["prepared"]["fmnist32"].update(max_test=9),
+                           ["fmnist32", "max_test: 9 is fewer than the 10 classes"]),
+    "too few validation images": (
+        lambda p: p["data"]["prepared"]["fmnist_pm1"].update(val_fraction=0.0001),
+        ["fmnist_pm1", "val_fraction: 0.0001 leaves 6 validation images of the 60000",
+         "allowed: between 0.00017"]),
+    "too few training images": (
+        lambda p: p["data"]["prepared"]["fmnist_source"].update(val_fraction=0.9999),
+        ["fmnist_source", "val_fraction: 0.9999 leaves 3 training images of the 30000"]),
+    "variant name ../x": (lambda p: variant(p, "../escape").update(dropout=0.1),
+                          ["studies.batchnorm.variants", "'../escape' is not allowed",
+                           "letters, digits"]),
+    "study name with a space": (lambda p: p["studies"].update({"my study": p["studies"].pop("batchnorm")}),
+                                ["studies: the name 'my study' is not allowed"]),
+    "prepared name with a slash": (lambda p: p["data"]["prepared"].update(
+        {"a/b": p["data"]["prepared"]["fmnist_pm1"]}), ["data.prepared: the name 'a/b'"]),
+    "200-character variant name": (lambda p: variant(p, "v" * 200).update(dropout=0.1),
+                                   ["variants: the name 'vvvvvvvvvvvvvvvvv...vvvvvvvvvvvvvvvvvv' is", "at most 100"]),
+}
+CONFIG_CASES.update(BOUND_CASES)
+CONFIG_CASES.update(DATASET_CASES)
+
 
 @pytest.mark.parametrize("case", list(CONFIG_CASES))
 def test_invalid_params_fail_before_any_work(tmp_path, case, monkeypatch, capsys):
@@ -149,7 +220,10 @@ YAML_TEXT_CASES = {
                           ["optimizer", "is not a Keras optimizer"]),
     "50k-entry list": (lambda p: study(p)["defaults"].update(dense_units=RAW),
                        "[" + ", ".join(["-1"] * 50_000) + "]",
-                       ["dense_units.0", "must be > 0", "and 49995 more"]),
+                       ["dense_units: must have at most 64 entries (got 50000)"]),
+    "40 bad entries": (lambda p: study(p)["defaults"].update(dense_units=RAW),
+                       "[" + ", ".join(["-1"] * 40) + "]",
+                       ["dense_units.0: must be > 0 (got -1)", "; and 35 more"]),
     "python object tag": (lambda p: study(p).update(question=RAW), "!!python/object:os.system x",
                           ["params.yaml: malformed YAML", "constructor", "line"]),
     "tab indentation": (lambda p: study(p).update(question=RAW), "\n\t\tbad: 1",
@@ -247,6 +321,22 @@ def test_corrupt_idx_is_rejected(tmp_path, corrupt, expected):
     write_mnist_like(tmp_path / "raw", images=corrupt(good))
     result = ablations("split", "d", "--raw", "raw", "--out", "split", cwd=tmp_path)
     assert_clean_failure(result, expected, absent=[tmp_path / "split"])
+
+
+def test_tiny_dataset_split_is_one_error(tmp_path):
+    """20 images, 2 per class: 10 % validation is 2 images for 10 classes (scikit-learn's
+    stratified split raises a ValueError); then a class of one image."""
+    split_params(tmp_path)
+    write_mnist_like(tmp_path / "raw")
+    result = ablations("split", "d", "--raw", "raw", "--out", "split", cwd=tmp_path)
+    assert_clean_failure(result, "mnist in raw: val_fraction 0.1 of 20 training images leaves 2",
+                         "at least one per class (10)", absent=[tmp_path / "split"])
+    y = np.arange(19) % 10  # class 9 has one image
+    (tmp_path / "raw" / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(idx_bytes(y)))
+    (tmp_path / "raw" / "train-images-idx3-ubyte.gz").write_bytes(
+        gzip.compress(idx_bytes(np.zeros((19, 28, 28)))))
+    result = ablations("split", "d", "--raw", "raw", "--out", "split", cwd=tmp_path)
+    assert_clean_failure(result, "class '9' has 1 training image", absent=[tmp_path / "split"])
 
 
 def test_truncated_gzip_is_rejected(tmp_path):

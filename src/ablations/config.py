@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -28,11 +29,35 @@ from pydantic import (
     model_validator,
 )
 
-from ablations.data.formats import CLASS_NAMES, DATASET_NAMES, IMAGE_SHAPES
+from ablations.data.formats import CLASS_NAMES, DATASET_NAMES, IMAGE_SHAPES, SPLIT_SIZES
 from ablations.errors import ConfigError
+
+# Upper bounds: far above any study this pipeline is meant for, low enough that a slip (an
+# extra zero, a pasted number) fails at once rather than hours into a run. Messages name them.
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 65_536
+MAX_SEEDS = 1_000  # trainings per variant
+MAX_VARIANTS = 1_000  # per study, factorial cells included
+MAX_LAYERS = 64  # entries of conv_filters or dense_units
+MAX_WIDTH = 65_536  # filters of a conv layer, units of a dense layer
+MAX_KERNEL_SIZE = 64  # pixels per side
+MAX_IMAGE_SIZE = 1_024  # data.prepared.*.size, pixels per side
+MAX_IMAGES = 10_000_000  # max_train, max_val, max_test
+MAX_SEED = 2**32 - 1  # the seed range of NumPy and scikit-learn
+MAX_LEARNING_RATE = 10.0
+MAX_NAME_LENGTH = 100
+MAX_DEGREE = 50  # polyfit: a least-squares fit of higher degree is hopelessly ill-conditioned
+MAX_FOLDS = 100  # polyfit
+MAX_SAMPLES = 10_000_000  # polyfit.n
+# Names of studies, variants and prepared datasets become folder names and DVC stage names.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 
 Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
 PositiveInt = Annotated[int, Field(gt=0)]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+ImageCount = Annotated[int, Field(gt=0, le=MAX_IMAGES)]
+Widths = Annotated[list[Annotated[int, Field(gt=0, le=MAX_WIDTH)]], Field(max_length=MAX_LAYERS)]
+Kernel = Annotated[int, Field(gt=0, le=MAX_KERNEL_SIZE)]
 # A Keras identifier: a name ("relu") or a serialized object ({"class_name": "L2", "config": {...}}).
 KerasId = str | dict[str, Any]
 
@@ -50,23 +75,51 @@ class PreparedData(Strict):
     # none: raw 0-255 pixels as floats (notebook 001); standardize: per-channel mean/std of the
     # training split; standardize_global: one mean/std over all channels (notebooks 002, 003).
     scaling: Literal["none", "zero_one", "minus_one_one", "standardize", "standardize_global"]
-    size: PositiveInt | None = None  # pad/resize images to size x size pixels; None keeps them
+    # pad/resize images to size x size pixels; None keeps them
+    size: Annotated[int, Field(gt=0, le=MAX_IMAGE_SIZE)] | None = None
     # How a smaller image reaches `size`: zero-padding (LeNet-5's paper) or a bilinear resize
     # (notebook 004's transforms.Resize); larger images are always resized.
     fit: Literal["pad", "resize"] = "pad"
     val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
-    max_train: PositiveInt | None = None  # cap on training images (stratified); None = all
-    max_val: PositiveInt | None = None  # validation is run every epoch: a cap saves time
-    max_test: PositiveInt | None = None
+    max_train: ImageCount | None = None  # cap on training images (stratified); None = all
+    max_val: ImageCount | None = None  # validation is run every epoch: a cap saves time
+    max_test: ImageCount | None = None
     # Keep only these classes, relabelled 0..k-1 in this order (e.g. a transfer source/target
     # pair from one dataset); None keeps every class.
     classes: list[Annotated[int, Field(ge=0)]] | None = None
-    seed: Annotated[int, Field(ge=0)] = 0
+    seed: Seed = 0
 
     @model_validator(mode="after")
     def _classes_distinct(self) -> PreparedData:
         if self.classes is not None and len(set(self.classes)) != len(self.classes):
             raise ValueError(f"classes must be distinct (got {self.classes})")
+        return self
+
+    @model_validator(mode="after")
+    def _fits_the_dataset(self) -> PreparedData:
+        """Classes and caps against the dataset's known classes and split sizes, before any
+        data is read (the split stage checks the actual files again)."""
+        count = len(CLASS_NAMES[self.source])
+        unknown = [c for c in self.classes or () if c >= count]
+        if unknown:
+            raise ValueError(f"classes: {unknown} not classes of {self.source} "
+                             f"(allowed 0..{count - 1})")
+        kept = len(self.classes) if self.classes is not None else count
+        if kept < 2:
+            raise ValueError(f"classes: {self.classes} keeps {kept} class; a classifier needs "
+                             "at least 2")
+        for cap in ("max_train", "max_val", "max_test"):
+            if getattr(self, cap) is not None and getattr(self, cap) < kept:
+                raise ValueError(f"{cap}: {getattr(self, cap)} is fewer than the {kept} classes "
+                                 "(allowed: at least one image per class)")
+        train, _ = SPLIT_SIZES[self.source]
+        images = train * kept // count  # the official training images of the kept classes
+        val = math.ceil(self.val_fraction * images)  # as scikit-learn's train_test_split counts
+        if min(val, images - val) < kept:
+            part = "validation" if val < kept else "training"
+            raise ValueError(f"val_fraction: {self.val_fraction} leaves {min(val, images - val)} "
+                             f"{part} images of the {images} of {self.source} ({kept} classes); "
+                             f"allowed: between {kept / images:.2g} and {1 - kept / images:.4g}")
         return self
 
 
@@ -90,11 +143,11 @@ class Variant(Strict):
 
     model: Literal["cnn", "alexnet", "resnet50", "xception"] = "cnn"
     data: str | None = None  # a key of data.prepared; None = the study's data
-    conv_filters: list[PositiveInt]  # one conv block per entry
-    kernel_size: PositiveInt = 3
+    conv_filters: Widths  # one conv block per entry
+    kernel_size: Kernel = 3
     # Per conv layer (one entry per conv_filters entry); None: kernel_size / stride 1 / a pool
     # after every conv (alexnet: after the 1st, 2nd and 5th, kernels k, 5, 3, 3, 3).
-    conv_kernels: list[PositiveInt] | None = None
+    conv_kernels: list[Kernel] | None = None
     conv_strides: list[PositiveInt] | None = None
     conv_pooled: list[bool] | None = None
     # Layer-name prefixes (default block1, block2, ...): transfer copies layers by name, so a
@@ -113,7 +166,7 @@ class Variant(Strict):
     # Map → vector before the dense part; None: flatten (cnn, alexnet) or the backbone's own
     # global average pooling (resnet50, xception).
     features: Literal["flatten", "avg", "max"] | None = None
-    dense_units: list[PositiveInt]  # hidden dense layers, before the softmax head
+    dense_units: Widths  # hidden dense layers, before the softmax head
     dense_bias: bool = True
     activation: KerasId = "relu"
     dense_activation: KerasId | None = None  # hidden dense layers; None: `activation`
@@ -136,13 +189,13 @@ class Variant(Strict):
     kernel_regularizer: KerasId | None = None
     bias_regularizer: KerasId | None = None
     optimizer: str = "adam"
-    learning_rate: Annotated[float, Field(gt=0.0)] = 1e-3
+    learning_rate: Annotated[float, Field(gt=0.0, le=MAX_LEARNING_RATE)] = 1e-3
     optimizer_config: dict[str, Any] = {}  # extra optimizer arguments, e.g. momentum
     # cosine: the rate decays from learning_rate to 0 over all epochs, so short schedules end
     # on settled weights instead of the noise of a constant step.
     lr_schedule: Literal["constant", "cosine"] = "constant"
-    epochs: PositiveInt
-    batch_size: PositiveInt
+    epochs: Annotated[int, Field(gt=0, le=MAX_EPOCHS)]
+    batch_size: Annotated[int, Field(gt=0, le=MAX_BATCH_SIZE)]
     # Transfer: start from the weights of variant `init_from` of the same study (same seed,
     # trained first), all layers but the head; `freeze` keeps those layers fixed.
     init_from: str | None = None
@@ -158,7 +211,13 @@ class Variant(Strict):
     weights_file: str | None = None
     weights_sha256: str | None = None
     mixed_precision: bool = False  # float16 compute (GPU runs); float32 variables either way
-    seed: Annotated[int, Field(ge=0)] = 0  # set per run from the study's `seeds`
+    seed: Seed = 0  # set per run from the study's `seeds`
+
+    @model_validator(mode="after")
+    def _settings_take_effect(self) -> Variant:
+        if self.weights_sha256 is not None and self.weights_file is None:
+            raise ValueError("weights_sha256 is set but weights_file is not")
+        return self
 
 
 Overrides = dict[str, Any]
@@ -169,7 +228,7 @@ class Study(Strict):
     question: str
     data: str  # a key of data.prepared
     # Every variant is trained once per seed; results are mean ± 95% confidence interval.
-    seeds: list[Annotated[int, Field(ge=0)]] = Field(default=[0], min_length=1)
+    seeds: list[Seed] = Field(default=[0], min_length=1, max_length=MAX_SEEDS)
     baseline: str  # the variant every other one is compared with in the verdict
     # Further pairs [a, b] the question asks about (a − b), e.g. [before, after] in bn_placement.
     also_compare: list[Annotated[tuple[str, str], Field(strict=False)]] = []  # YAML has no tuples
@@ -251,6 +310,9 @@ def factorial_cells(factors: dict[str, dict[str, Overrides | None]]
                 raise ValueError(f"factors {owner[key]} and {factor} both set {key!r}: each key "
                                  "belongs to one factor")
     cells: dict[str, tuple[dict[str, str], Overrides]] = {}
+    cells_count = math.prod(len(levels) for levels in factors.values())
+    if cells_count > MAX_VARIANTS:  # checked before the product is built
+        raise ValueError(f"factors: {cells_count} cells; allowed: at most {MAX_VARIANTS} variants")
     for combination in itertools.product(*(list(levels.items()) for levels in factors.values())):
         named = [level for level, _ in combination if level != NO_LEVEL]
         name = "-".join(named) or NO_LEVEL
@@ -264,14 +326,14 @@ def factorial_cells(factors: dict[str, dict[str, Overrides | None]]
 class PolyfitConfig(Strict):
     """params.yaml's `polyfit:` block: data from a known polynomial, k-fold CV per degree."""
 
-    coefficients: list[StrictFloat] = Field(min_length=1)  # increasing powers: c0 + c1 x + …
+    coefficients: list[StrictFloat] = Field(min_length=1, max_length=MAX_DEGREE + 1)  # increasing powers: c0 + c1 x + …
     noise: StrictFloat = Field(ge=0, allow_inf_nan=False)  # std of the Gaussian noise, y units
-    folds: StrictInt = Field(ge=2)
-    n: StrictInt  # samples
+    folds: StrictInt = Field(ge=2, le=MAX_FOLDS)
+    n: StrictInt = Field(le=MAX_SAMPLES)  # samples
     # x ~ Uniform(lo, hi); a YAML list (YAML has no tuples)
     x_range: Annotated[tuple[StrictFloat, StrictFloat], Field(strict=False)]
-    max_degree: StrictInt = Field(ge=1)  # degrees 1..max_degree are scored
-    seed: StrictInt = Field(ge=0)  # seeds both the data and the fold shuffle
+    max_degree: StrictInt = Field(ge=1, le=MAX_DEGREE)  # degrees 1..max_degree are scored
+    seed: StrictInt = Field(ge=0, le=MAX_SEED)  # seeds both the data and the fold shuffle
 
     @field_validator("coefficients")
     @classmethod
@@ -316,6 +378,21 @@ class Params(Strict):
     data: DataConfig
     studies: dict[str, Study]
     polyfit: PolyfitConfig
+
+    @model_validator(mode="after")
+    def _names_are_folder_names(self) -> Params:
+        named = [("data.prepared", list(self.data.prepared)), ("studies", list(self.studies))]
+        named += [(f"studies.{name}.variants", list(study.variants))
+                  for name, study in self.studies.items()]
+        for where, names in named:
+            for name in names:
+                if len(name) > MAX_NAME_LENGTH or not NAME_PATTERN.fullmatch(name):
+                    raise ValueError(f"{where}: the name {excerpt(name)} is not allowed; names "
+                                     "are folder names: letters, digits and _ . + - (not first), "
+                                     f"at most {MAX_NAME_LENGTH} characters")
+            if where.endswith(".variants") and len(names) > MAX_VARIANTS:
+                raise ValueError(f"{where}: {len(names)} variants; allowed: at most {MAX_VARIANTS}")
+        return self
 
     @model_validator(mode="after")
     def _studies_use_prepared_data(self) -> Params:
@@ -374,14 +451,18 @@ def shorten(text: str, limit: int) -> str:
 
 
 def _describe(item: dict[str, Any], prefix: str) -> str:
-    path = ".".join(str(part) for part in (prefix, *item["loc"]) if part != "") or "<top>"
+    path = ".".join(str(part) for part in (prefix, *item["loc"]) if part != "")
     if item["type"] == "extra_forbidden":
         return f"{path}: unknown key"
     if item["type"] == "missing":
         return f"{path}: required key is missing"
     message = item["msg"].removeprefix("Value error, ")
     if item["type"] == "value_error":  # our own checks: the message names the value already
-        return f"{path}: {shorten(message, 300)}"
+        return f"{path}: {shorten(message, 300)}" if path else shorten(message, 300)
+    if item["type"] in ("too_long", "too_short"):
+        bound = "at most" if item["type"] == "too_long" else "at least"
+        limit = item["ctx"]["max_length" if item["type"] == "too_long" else "min_length"]
+        return f"{path}: must have {bound} {limit} entries (got {item['ctx']['actual_length']})"
     for verbose, short in _BOUNDS:
         message = message.replace(verbose, short)
     hint = ""

@@ -53,6 +53,12 @@ IMAGE_SHAPES = {  # height, width, channels of the original images
     "mnist": (28, 28, 1), "stl10": (96, 96, 3),
 }
 
+# Images of each official split, (train, test); validate checks caps and val_fraction against them.
+SPLIT_SIZES = {
+    "cifar10": (50_000, 10_000), "digits": (1_500, 297), "fashion_mnist": (60_000, 10_000),
+    "mnist": (60_000, 10_000), "stl10": (5_000, 8_000),
+}
+
 # digits has no official split: the first 1500 of sklearn's 1797 samples train, the rest test.
 # Deterministic and seed-free; the samples cycle through the classes, so both parts are balanced.
 DIGITS_TRAIN_SIZE = 1500

@@ -9,6 +9,7 @@ Split comes first so that standardization statistics are computed on the trainin
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +22,41 @@ from ablations.io import atomic_dir, read_json, write_json
 PARTS = ("train", "val", "test")
 
 
-def _stratified_cap(x, y, limit: int | None, seed: int):
+def _stratified_cap(x, y, limit: int | None, seed: int, cap: str):
     """At most `limit` samples, class proportions kept (a shrunk run stays balanced)."""
     if limit is None or limit >= len(y):
         return x, y
-    from sklearn.model_selection import train_test_split  # 3.5 s import: split only
+    counts = np.bincount(y)
+    classes = np.count_nonzero(counts)
+    if limit < classes:
+        raise DataError(f"{cap}: {limit} is fewer than the {classes} classes of these images "
+                        "(allowed: at least one image per class)")
+    if counts[counts > 0].min() < 2 or len(y) - limit < classes:
+        # scikit-learn cannot stratify these (a class of one image, or fewer images left out
+        # than classes): a seeded uniform draw instead
+        kept = np.random.default_rng(seed).permutation(len(y))[:limit]
+    else:
+        from sklearn.model_selection import train_test_split  # 3.5 s import: split only
 
-    index = np.arange(len(y))
-    kept, _ = train_test_split(index, train_size=limit, stratify=y, random_state=seed)
+        kept, _ = train_test_split(np.arange(len(y)), train_size=limit, stratify=y,
+                                   random_state=seed)
     kept.sort()
     return x[kept], y[kept]
+
+
+def _check_splittable(y: np.ndarray, val_fraction: float, raw: RawData, where: str) -> None:
+    """What a stratified train/validation split needs, as one DataError instead of
+    scikit-learn's traceback: two images per class, and as many images as classes on each side."""
+    counts = np.bincount(y, minlength=len(raw.class_names))
+    single = [raw.class_names[c] for c in np.flatnonzero(counts == 1)]
+    if single:
+        raise DataError(f"{where}: class {single[0]!r} has 1 training image; a stratified "
+                        "train/validation split needs at least 2 per class")
+    classes, val = np.count_nonzero(counts), math.ceil(val_fraction * len(y))
+    if min(val, len(y) - val) < max(classes, 1):
+        raise DataError(f"{where}: val_fraction {val_fraction} of {len(y)} training images "
+                        f"leaves {val} for validation and {len(y) - val} for training; each "
+                        f"side needs at least one per class ({classes})")
 
 
 def _keep_classes(raw: RawData, classes: list[int] | None, source: str) -> RawData:
@@ -58,13 +84,14 @@ def split(cfg: PreparedData, raw_dir: Path, out_dir: Path) -> dict[str, int]:
     from sklearn.model_selection import train_test_split  # 3.5 s import: keep it off standardize
 
     raw = _keep_classes(load_raw(cfg.source, Path(raw_dir)), cfg.classes, cfg.source)
+    _check_splittable(raw.y_train, cfg.val_fraction, raw, f"{cfg.source} in {raw_dir}")
     x_train, x_val, y_train, y_val = train_test_split(
         raw.x_train, raw.y_train, test_size=cfg.val_fraction,
         stratify=raw.y_train, random_state=cfg.seed,
     )
-    x_train, y_train = _stratified_cap(x_train, y_train, cfg.max_train, cfg.seed)
-    x_val, y_val = _stratified_cap(x_val, y_val, cfg.max_val, cfg.seed)
-    x_test, y_test = _stratified_cap(raw.x_test, raw.y_test, cfg.max_test, cfg.seed)
+    x_train, y_train = _stratified_cap(x_train, y_train, cfg.max_train, cfg.seed, "max_train")
+    x_val, y_val = _stratified_cap(x_val, y_val, cfg.max_val, cfg.seed, "max_val")
+    x_test, y_test = _stratified_cap(raw.x_test, raw.y_test, cfg.max_test, cfg.seed, "max_test")
     arrays = {"train": (x_train, y_train), "val": (x_val, y_val), "test": (x_test, y_test)}
     with atomic_dir(out_dir) as tmp:
         for part, (x, y) in arrays.items():
