@@ -147,3 +147,45 @@ def test_duplicate_keys_are_refused_like_dvc(tmp_path):
     path.write_text("polyfit: {folds: 2}\npolyfit: {folds: 3}\n")
     with pytest.raises(ConfigError, match=r'duplicate key "polyfit" .* at line 2, column 1'):
         load_params(path)
+
+
+# ---------------------------------------------------------------- budgets (conf/ → params.yaml)
+
+def test_params_yaml_is_the_laptop_budgets_composition(tmp_path):
+    """params.yaml is generated (DVC's Hydra composition of conf/), never a hand-kept copy."""
+    from ablations.config import compose_budget
+
+    compose_budget("laptop", tmp_path / "params.yaml", REPO / "conf")
+    assert (REPO / "params.yaml").read_text() == (tmp_path / "params.yaml").read_text(), (
+        "params.yaml differs from conf/'s laptop composition: edit conf/, then run "
+        "`ablations compose laptop`")
+    assert load_params(REPO / "params.yaml").budget == "laptop"
+
+
+@pytest.mark.parametrize("budget", ["laptop", "notebook"])
+def test_each_budget_validates(tmp_path, budget):
+    """What CI checks: the real `ablations validate --budget …` (every network built once)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "valid.json"
+    result = subprocess.run([sys.executable, "-m", "ablations.cli", "validate", "--budget", budget,
+                             "--out", str(out)], cwd=REPO, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert out.exists()
+
+
+def test_budgets_share_studies_and_differ_in_data():
+    laptop, notebook = load_params(REPO / "params.yaml", "laptop"), load_params(REPO / "params.yaml", "notebook")
+    assert notebook.budget == "notebook" and set(laptop.studies) < set(notebook.studies)
+    assert set(laptop.data.raw) == {"fashion_mnist"} and "cifar10" in notebook.data.raw
+    for study in laptop.studies:  # the same questions and variants in both
+        assert laptop.studies[study].question == notebook.studies[study].question
+        assert set(laptop.studies[study].variants) == set(notebook.studies[study].variants)
+
+
+def test_unknown_budget_is_one_error_line():
+    with pytest.raises(ConfigError, match=r"budget 'gpu': no .*conf/budget/gpu.yaml \(have "
+                                          r"\['laptop', 'notebook'\]\)"):
+        load_params(REPO / "params.yaml", "gpu")

@@ -169,7 +169,8 @@ def test_queued_experiments_run_two_at_once_and_keep_every_mlflow_run(pipeline):
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "repro"], repo, env)
     rates = ("0.002", "0.003")
     for rate in rates:
-        run(["dvc", "exp", "run", "--queue", "-n", f"lr-{rate}",
+        # --no-hydra: this repo's params.yaml is the shrunk file above, not conf/'s composition
+        run(["dvc", "exp", "run", "--queue", "--no-hydra", "-n", f"lr-{rate}",
              "-S", f"+studies.batchnorm.variants.relu.learning_rate={rate}"], repo, env)
     run(["dvc", "queue", "start", "-j", "2"], repo, env)
     deadline = time.time() + 400

@@ -18,7 +18,7 @@ from ablations.errors import AblationsError
 def _params(args):
     from ablations.config import load_params
 
-    return load_params(args.params)
+    return load_params(args.params, getattr(args, "budget", None))
 
 
 def cmd_validate(args) -> None:
@@ -55,6 +55,31 @@ def cmd_validate(args) -> None:
                     f"{data}.size): {str(error).splitlines()[0]}") from None
     # Constant content: downstream stages re-run for their own params, not for this file.
     write_json(Path(args.out), {"params": "valid"})
+
+
+def cmd_describe(args) -> None:
+    """Each variant's layers, output shapes and parameter counts (built, not trained)."""
+    import json
+
+    params = _params(args)
+    unknown = [study for study in args.studies if study not in params.studies]
+    if unknown:
+        raise AblationsError(f"studies.{unknown[0]}: no such study (have {sorted(params.studies)})")
+    from ablations.describe import as_text, describe  # imports Keras
+
+    described = describe(params, args.studies or list(params.studies))
+    print(json.dumps(described, indent=1) if args.json else as_text(described))
+
+
+def cmd_compose(args) -> None:
+    """Write params.yaml as budget BUDGET's composition of conf/ (what `dvc exp run -S
+    budget=BUDGET` writes); the committed params.yaml is the laptop budget's."""
+    from ablations.config import compose_budget, load_params
+
+    out = Path(args.params)
+    compose_budget(args.budget, out, out.parent / "conf")
+    load_params(out)
+    print(f"{out}: budget {args.budget}")
 
 
 def cmd_download(args) -> None:
@@ -150,7 +175,13 @@ def _parser() -> argparse.ArgumentParser:
         command.set_defaults(func=func)
         return command
 
-    stage("validate", cmd_validate, "--out")
+    budget_help = "a conf/budget/ name: validate its composition instead of --params"
+    stage("validate", cmd_validate, "--out").add_argument("--budget", help=budget_help)
+    describe = stage("describe", cmd_describe)
+    describe.add_argument("studies", nargs="*", metavar="study", help="default: every study")
+    describe.add_argument("--budget", help=budget_help)
+    describe.add_argument("--json", action="store_true", help="machine-readable output")
+    stage("compose", cmd_compose, "budget")
     stage("download", cmd_download, "dataset", "--out")
     stage("split", cmd_split, "name", "--raw", "--out")
     stage("standardize", cmd_standardize, "name", "--split", "--out")
@@ -167,7 +198,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    missing = [k for k, v in vars(args).items() if v is None and k != "seed"]
+    missing = [k for k, v in vars(args).items() if v is None and k not in ("seed", "budget")]
     if missing:
         print(f"error: missing option(s): {', '.join('--' + m for m in missing)}", file=sys.stderr)
         return 2

@@ -375,6 +375,7 @@ class PolyfitConfig(Strict):
 
 
 class Params(Strict):
+    budget: str = "laptop"  # the conf/budget/ file params.yaml was composed with
     data: DataConfig
     studies: dict[str, Study]
     polyfit: PolyfitConfig
@@ -570,9 +571,42 @@ def _check_expanded_size(loaded: Any, path: Path) -> None:
             pending.extend(value)
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Validate the whole params file, every variant included; raise one ConfigError."""
-    raw = read_yaml(Path(path))
+def budgets(conf_dir: Path) -> list[str]:
+    return sorted(path.stem for path in (conf_dir / "budget").glob("*.yaml"))
+
+
+def compose_budget(budget: str, out: Path, conf_dir: Path) -> None:
+    """Write `out` as `dvc exp run -S budget=BUDGET` writes params.yaml: conf/config.yaml
+    composed with conf/budget/BUDGET.yaml by DVC's own Hydra call (DVC's default config_dir
+    `conf` and config_name `config`)."""
+    if budget not in budgets(conf_dir):
+        raise ConfigError(f"budget {budget!r}: no {conf_dir}/budget/{budget}.yaml "
+                          f"(have {budgets(conf_dir)})")
+    from dvc.utils.hydra import compose_and_dump
+
+    try:
+        compose_and_dump(out, str(conf_dir.resolve()), None, "config",
+                         str(conf_dir.resolve().parent), [f"budget={budget}"])
+    except Exception as error:  # noqa: BLE001 Hydra's and OmegaConf's many error classes
+        raise ConfigError(f"{conf_dir}: cannot compose budget {budget!r}: "
+                          f"{str(error).splitlines()[0]}") from None
+
+
+def load_params(path: str | Path = "params.yaml", budget: str | None = None) -> Params:
+    """Validate the whole params file, every variant included; raise one ConfigError. With
+    `budget`, the file is that budget's composition from the conf/ folder beside `path`
+    (what `dvc exp run -S budget=…` would write), not `path` itself."""
+    if budget is not None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            composed = Path(folder) / "params.yaml"
+            compose_budget(budget, composed, Path(path).parent / "conf")
+            return _validated(read_yaml(composed), f"budget {budget}")
+    return _validated(read_yaml(Path(path)), path)
+
+
+def _validated(raw: dict[str, Any], path) -> Params:
     try:
         params = Params(**raw)
     except ValidationError as error:

@@ -44,11 +44,14 @@ def _counts(model) -> dict[str, int]:
 
 
 def _transfer(source, target, cfg) -> dict[str, Any]:
+    """What transfer would copy into `target` (a model of its own), frozen as training would."""
     from ablations.models.zoo import transfer_plan
 
+    plan = transfer_plan(source, target, cfg)
+    for name, _, _ in plan:
+        target.get_layer(name).trainable = not cfg.freeze
     return {"from": cfg.init_from, "frozen": cfg.freeze,
-            "layers": [{"name": name, "shapes": shapes, "rule": rule}
-                       for name, shapes, rule in transfer_plan(source, target, cfg)]}
+            "layers": [{"name": name, "shapes": shapes, "rule": rule} for name, shapes, rule in plan]}
 
 
 def describe(params: Params, studies: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -57,9 +60,11 @@ def describe(params: Params, studies: list[str]) -> dict[str, dict[str, dict[str
 
     built: dict[str, Any] = {}  # a network is built once per architecture and image shape
 
-    def model_of(study: str, name: str):
+    def model_of(study: str, name: str, shared: bool = True):
         cfg = structure_only(params.variant(study, name))
         shape, classes = params.input_shape(params.variant_data(study, name))
+        if not shared:  # a transfer target: its copied layers may be frozen
+            return cfg, build_model(cfg, shape, classes)
         key = architecture(cfg, shape)
         if key not in built:
             built[key] = build_model(cfg, shape, classes)
@@ -69,11 +74,12 @@ def describe(params: Params, studies: list[str]) -> dict[str, dict[str, dict[str
     for study in studies:
         result[study] = {}
         for name in params.studies[study].variants:
-            cfg, model = model_of(study, name)
-            entry = {**_counts(model), "layers": layer_rows(model)}
+            cfg, model = model_of(study, name, shared=params.variant(study, name).init_from is None)
+            transfer = None
             if cfg.init_from is not None:
-                entry["transfer"] = _transfer(model_of(study, cfg.init_from)[1], model, cfg)
-            result[study][name] = entry
+                transfer = _transfer(model_of(study, cfg.init_from)[1], model, cfg)
+            result[study][name] = {**_counts(model), "layers": layer_rows(model),
+                                   **({"transfer": transfer} if transfer else {})}
     return result
 
 
