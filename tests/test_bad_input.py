@@ -180,8 +180,9 @@ def test_invalid_params_fail_before_any_work(tmp_path, case, monkeypatch, capsys
 
 
 def test_duplicate_variant_names(tmp_path):
-    text = (REPO / "params.yaml").read_text().replace("      after: {norm: after}\n",
-                                                      "      before: {norm: after}\n")
+    text = (REPO / "params.yaml").read_text().replace("      after:\n        norm: after\n",
+                                                      "      before:\n        norm: after\n")
+    assert text != (REPO / "params.yaml").read_text()
     (tmp_path / "params.yaml").write_text(text)
     result = ablations("validate", "--out", "valid.json", cwd=tmp_path)
     assert_clean_failure(result, 'duplicate key "before"', absent=[tmp_path / "valid.json"])
@@ -257,7 +258,7 @@ def test_params_not_a_mapping(tmp_path, content, expected, monkeypatch, capsys):
 
 
 def test_params_not_utf8(tmp_path):
-    data = (REPO / "params.yaml").read_bytes().replace(b"# Every", b"# Caf\xe9 (Latin-1)", 1)
+    data = b"# Caf\xe9 (Latin-1)\n" + (REPO / "params.yaml").read_bytes()
     (tmp_path / "params.yaml").write_bytes(data)
     result = ablations("validate", "--out", "valid.json", cwd=tmp_path)
     assert_clean_failure(result, "params.yaml: not UTF-8", "0xe9", "offset",
