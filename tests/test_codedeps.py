@@ -52,7 +52,10 @@ def test_every_dvc_stage_has_a_command_and_the_walk_follows_lazy_imports():
 
 
 def test_unit_fingerprint_covers_what_train_imports():
-    assert set(units.TRAINING_CODE) == set(codedeps.stage_closure("train"))
+    # All but the executor, which decides where units run, not what they compute: a change
+    # to it re-runs the stage (a dvc.yaml dep) but retrains no unit.
+    executor = codedeps.PACKAGE_DIR / "executors.py"
+    assert set(units.TRAINING_CODE) == set(codedeps.stage_closure("train")) - {executor}
 
 
 def import_graph() -> dict[str, set[str]]:

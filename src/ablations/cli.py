@@ -112,8 +112,9 @@ def _prepared(args):
 
 def cmd_train(args) -> None:
     """Train every (variant, seed) of a study whose outputs are not current, or only VARIANTs."""
-    from ablations import units
+    from ablations import executors, units
 
+    executor = executors.choose(args.executor)
     params = _params(args)
     if args.study not in params.studies:
         raise AblationsError(f"studies.{args.study}: no such study (have {sorted(params.studies)})")
@@ -123,10 +124,8 @@ def cmd_train(args) -> None:
     todo = [unit for unit in planned if not unit.is_current()]
     print(f"train {args.study}: {len(todo)} to train, {len(planned) - len(todo)} current, "
           f"{len(removed)} removed", flush=True)
-    if todo:
-        from ablations.training import train_study  # imports Keras: only when there is work
-
-        train_study(args.study, todo)
+    if todo:  # Keras (and Ray) imported only when there is work
+        executors.train(executor, args.study, todo)
 
 
 def cmd_replay(args) -> None:
@@ -188,6 +187,9 @@ def _parser() -> argparse.ArgumentParser:
     train = stage("train", cmd_train, "study", "--data", "--out", "--checkpoints")
     train.add_argument("variants", nargs="*", metavar="variant",
                        help="train only these variants (default: all, and remove stale ones)")
+    train.add_argument("--executor", default="",
+                       help="where units train: local (in this process) or ray (Ray tasks); "
+                            "default: $ABLATIONS_EXECUTOR, else local")
     replay = stage("replay", cmd_replay, "study", "variant", "--out")
     replay.add_argument("--seed", type=int, help="which seed's run (default: the study's first)")
     stage("evaluate", cmd_evaluate, "study", "--models", "--data", "--metrics", "--plots")
