@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import mlflow
 import numpy as np
@@ -24,7 +25,7 @@ CUBIC = [1.0, -2.0, 0.5, 0.3]
 
 def small_config(**overrides):
     """The default study shrunk so a full run (CV + MLflow) takes about a second."""
-    config = {**DEFAULT_CONFIG, "n": 60, "max_degree": 5, "folds": 5, "seed": 3}
+    config = {**DEFAULT_CONFIG, "n": 60, "max_degree": 5, "folds": 5, "seed": 3, "draws": 3}
     config.update(overrides)
     return config
 
@@ -116,11 +117,97 @@ def test_answer_is_built_from_the_numbers():
     scores = polyfit.cv_errors(x, y, range(1, 16), folds=10, seed=3)
     chosen = polyfit.choose_degree(scores)
     verdict = polyfit.answer(scores, 3, noise=1.0)
-    assert chosen == (5, 3)  # the recommended default: minimum a bit above truth, 1-SE = truth
-    assert verdict.startswith("No:")
-    assert "degree-3 polynomial" in verdict and "degree 5 by minimum" in verdict
-    assert f"{scores[-1].mse_mean / scores[4].mse_mean:.3g}x the best" in verdict
-    assert "one-standard-error rule" in verdict and "not chosen" in verdict
+    assert chosen == (5, 3)  # the recommended default: minimum above truth, 1-SE = truth
+    assert "degree-3 polynomial" in verdict
+    assert "degree 5 by minimum mean MSE" in verdict and "above the true degree 3" in verdict
+    assert "degree 3 by the one-standard-error rule, the true degree." in verdict
+    assert "chosen by the minimum." in verdict
+    gap = scores[2].mse_mean - scores[4].mse_mean
+    assert f"{gap / scores[4].mse_se:.2g} standard errors" in verdict
+    assert f"Degree 15 has {scores[-1].mse_mean / scores[4].mse_mean:.3g}x the minimum" in verdict
+
+
+def random_scores(rng, max_degree):
+    """Synthetic CV scores: any shape of curve, SEs from tiny to large."""
+    return [_score(d, float(rng.uniform(0.5, 5) * rng.choice([1, 1, 100])), float(rng.uniform(0.001, 1)))
+            for d in range(1, max_degree + 1)]
+
+
+BANNED = re.compile(r"\b(only|slightly|correct\w*|Yes|No|better|worse)\b")
+
+
+def test_one_draw_verdict_never_contradicts_its_numbers():
+    """The issue's contradictions, over random curves: "Yes" then "not chosen", "slightly
+    above" for any distance, a 1-SE pick below the truth called a correction, "only" for a
+    gap of several standard errors."""
+    rng = np.random.default_rng(16)
+    for _ in range(500):
+        max_degree = int(rng.integers(2, 16))
+        true_degree = int(rng.integers(1, max_degree + 1))
+        scores = random_scores(rng, max_degree)
+        min_degree, one_se = polyfit.choose_degree(scores)
+        text = polyfit.answer(scores, true_degree)
+        assert not BANNED.search(text), text
+        named = [int(d) for d in re.search(r"picks degree (\d+) by minimum.*, and degree (\d+) by "
+                                           "the one-standard-error", text).groups()]
+        assert named == [min_degree, one_se], text
+        for rule, degree in (("minimum mean MSE", min_degree), ("one-standard-error rule", one_se)):
+            where = re.search(re.escape(rule) + r"[^,]*, (above|below|the true degree)", text).group(1)
+            expected = ("above" if degree > true_degree else "below" if degree < true_degree
+                        else "the true degree")
+            assert where == expected, text
+        chosen_by = re.search(r"chosen by ([^.]*)\.", text).group(1)
+        assert ("minimum" in chosen_by) == (min_degree > true_degree), text
+        assert ("1-SE" in chosen_by) == (one_se > true_degree), text
+        assert (chosen_by == "neither rule") == (max(min_degree, one_se) <= true_degree), text
+
+
+def test_draws_verdict_follows_the_frequencies():
+    rng = np.random.default_rng(17)
+    for _ in range(300):
+        degrees = tuple(range(1, int(rng.integers(3, 16)) + 1))
+        true_degree = int(rng.choice(degrees))
+        total = int(rng.integers(2, 60))
+        spread = rng.dirichlet(np.ones(len(degrees)) * rng.uniform(0.05, 2))
+        chosen = [tuple(int(c) for c in rng.choice(degrees, size=total, p=spread)) for _ in range(2)]
+        draws = polyfit.Draws(seeds=tuple(range(total)), degrees=degrees,
+                              mse=np.ones((total, len(degrees))), chosen_min=chosen[0],
+                              chosen_1se=chosen[1])
+        text = polyfit.draws_answer(draws, true_degree)
+        assert not BANNED.search(text), text
+        for rule, picks, sentence in zip(("minimum", "one-standard-error"), chosen,
+                                         text.split("Over the same draws,")):
+            above = sum(p > true_degree for p in picks)
+            assert f"the {rule} rule chose a degree above {true_degree} in {above} of {total}" in sentence
+            assert f"degree {true_degree} in {picks.count(true_degree)} and a lower degree in " \
+                   f"{sum(p < true_degree for p in picks)};" in sentence
+            counts = {d: picks.count(d) for d in degrees}
+            mode = int(re.search(r"most frequent choice is degree (\d+) \((\d+)", sentence).group(1))
+            assert counts[mode] == max(counts.values())
+            low, high = polyfit.wilson(above, total)
+            assert ("in most draws" in sentence) == (low > 0.5 and 0 < above < total), sentence
+            assert ("in a minority" in sentence) == (high < 0.5 and above > 0), sentence
+            assert ("in none of the draws" in sentence) == (above == 0)
+            assert ("in every draw" in sentence) == (above == total)
+
+
+def test_wilson_interval():
+    assert polyfit.wilson(0, 50)[0] == 0.0 and polyfit.wilson(50, 50)[1] == 1.0
+    low, high = polyfit.wilson(22, 50)  # the default run's minimum rule: 22 of 50 above truth
+    assert low < 0.44 < high and (round(low, 3), round(high, 3)) == (0.312, 0.577)
+
+
+def test_repeated_selection_counts_every_draw():
+    cfg = polyfit_config(small_config(draws=4))
+    first, draws = polyfit.repeat_selection(cfg)
+    assert draws.seeds == (3, 4, 5, 6) and draws.mse.shape == (4, 5)
+    x, y = polyfit.make_data(cfg.coefficients, cfg.noise, cfg.n, cfg.x_range, 3)
+    assert [s.mse_mean for s in first] == [s.mse_mean for s in polyfit.cv_errors(x, y, range(1, 6), 5, 3)]
+    assert list(draws.mse[0]) == [s.mse_mean for s in first]
+    summary = polyfit.draws_dict(draws, 3)
+    for rule in ("min_rule", "one_se_rule"):
+        assert sum(summary[rule]["frequency"].values()) == 4
+    assert summary["cv_mse"]["5"]["median"] == pytest.approx(float(np.median(draws.mse[:, 4])))
 
 
 # --------------------------------------------------------------------------- config
@@ -173,6 +260,8 @@ def test_run_writes_outputs_and_logs_nested_runs(tmp_path, tracking):
     assert written["true_degree"] == 3 and written["chosen_degree_1se"] == 3
     assert set(written["per_degree"]) == {"1", "2", "3", "4", "5"}
     assert set(written["per_degree"]["3"]) == {"mean", "std", "se"}
+    assert written["draws"]["count"] == 3 and written["draws"]["seeds"] == [3, 5]
+    assert written["verdict"].startswith("Over 3 data draws from a degree-3 polynomial")
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.rglob("*.tmp"))
 
@@ -185,6 +274,8 @@ def test_run_writes_outputs_and_logs_nested_runs(tmp_path, tracking):
     assert parent.data.params["folds"] == "5" and parent.data.params["x_range"] == "[-3.0, 3.0]"
     assert parent.data.metrics["chosen_degree_1se"] == 3
     assert parent.data.metrics["best_cv_mse"] == pytest.approx(metrics["best_cv_mse"])
+    assert parent.data.metrics["draws"] == 3
+    assert parent.data.metrics["share_above_truth_1se"] == metrics["draws"]["one_se_rule"]["share_above"]
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"cv_error.png", "verdict.txt"} <= artifacts
     children = [r for r in runs if r is not parent]
@@ -196,6 +287,8 @@ def test_run_writes_outputs_and_logs_nested_runs(tmp_path, tracking):
         degree = child.data.params["degree"]
         assert child.data.metrics["cv_mse_mean"] == pytest.approx(
             metrics["per_degree"][degree]["mean"])
+        assert child.data.metrics["chosen_min_draws"] == (
+            metrics["draws"]["min_rule"]["frequency"][degree])
         history = client.get_metric_history(child.info.run_id, "cv_mse_fold")
         assert sorted(m.step for m in history) == [0, 1, 2, 3, 4]
 

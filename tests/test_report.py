@@ -123,7 +123,7 @@ def test_report_renders_in_chromium(report, tmp_path):
     assert [i for i in images if not (i["complete"] and i["width"] > 0)] == []
     assert problems == []
     assert "Does BatchNorm help <small> CNNs & why?" in text  # shown as text, not as markup
-    assert "relu-bn vs relu: +6.0 ±" in text
+    assert "relu-bn is 6.0 ±" in text and "above relu" in text
     data = screenshot.read_bytes()
     assert data.startswith(PNG) and len(data) > 10_000
 

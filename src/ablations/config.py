@@ -333,7 +333,10 @@ class PolyfitConfig(Strict):
     # x ~ Uniform(lo, hi); a YAML list (YAML has no tuples)
     x_range: Annotated[tuple[StrictFloat, StrictFloat], Field(strict=False)]
     max_degree: StrictInt = Field(ge=1, le=MAX_DEGREE)  # degrees 1..max_degree are scored
-    seed: StrictInt = Field(ge=0, le=MAX_SEED)  # seeds both the data and the fold shuffle
+    seed: StrictInt = Field(ge=0, le=MAX_SEED)  # data and fold shuffle of draw i: seed + i
+    # The whole selection is repeated on `draws` data sets: how often each degree is chosen
+    # answers the question, not one hand-picked draw.
+    draws: StrictInt = Field(default=1, ge=1, le=10_000)
 
     @field_validator("coefficients")
     @classmethod

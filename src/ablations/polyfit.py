@@ -9,8 +9,11 @@ noise, so the true degree is known.  Every degree 1..``max_degree`` is scored by
 seeded ``KFold`` cross-validation of a scikit-learn ``Pipeline``
 (PolynomialFeatures -> StandardScaler -> LinearRegression).  Reported per degree: the CV MSE
 mean, its fold-to-fold standard deviation and standard error (std / sqrt(k)); the degree chosen
-by the minimum mean and by the one-standard-error rule; and a verdict sentence computed from
-those numbers.  MLflow gets one parent run ("polyfit") with one nested run per degree.
+by the minimum mean and by the one-standard-error rule.  The whole selection is repeated on
+``draws`` independent data sets (seeds seed, seed+1, …): how often each rule chose each degree,
+and the CV-error curve over draws (median, 10th-90th percentile, mean ± std), answer the
+question; the verdict is computed from those frequencies, the first draw illustrating.  MLflow
+gets one parent run ("polyfit") with one nested run per degree.
 
 Why plain least squares and not Ridge: after StandardScaler the monomial columns of degree 15
 on [-3, 3] are strongly collinear (condition number ~2e5 for the default data), but that is far
@@ -85,28 +88,24 @@ def make_model(degree: int):
 def cv_errors(
     x: np.ndarray, y: np.ndarray, degrees: Iterable[int], folds: int, seed: int
 ) -> list[DegreeScore]:
-    """Score each degree with the SAME shuffled, seeded k folds (paired comparison)."""
-    from sklearn.model_selection import KFold, cross_validate
+    """Score each degree with the SAME shuffled, seeded k folds (paired comparison). A plain
+    loop over KFold's splits, not cross_validate: its per-call cloning and scorer overhead was
+    most of the time of these tiny fits, which run `draws` x max_degree x folds times."""
+    from sklearn.model_selection import KFold
 
-    splitter = KFold(n_splits=folds, shuffle=True, random_state=seed)
+    splits = list(KFold(n_splits=folds, shuffle=True, random_state=seed).split(x))
     scores = []
     for degree in degrees:
-        result = cross_validate(
-            make_model(degree), x, y, cv=splitter,
-            scoring="neg_mean_squared_error", return_train_score=True,
-        )
-        fold_mse = -np.asarray(result["test_score"], dtype=float)
+        test_mse, train_mse = [], []
+        for train, test in splits:
+            model = make_model(degree).fit(x[train], y[train])
+            test_mse.append(float(np.mean((model.predict(x[test]) - y[test]) ** 2)))
+            train_mse.append(float(np.mean((model.predict(x[train]) - y[train]) ** 2)))
+        fold_mse = np.asarray(test_mse)
         std = float(np.std(fold_mse, ddof=1))  # sample std over the k folds
-        scores.append(
-            DegreeScore(
-                degree=int(degree),
-                mse_mean=float(np.mean(fold_mse)),
-                mse_std=std,
-                mse_se=std / math.sqrt(folds),
-                fold_mse=tuple(float(v) for v in fold_mse),
-                train_mse_mean=float(-np.mean(result["train_score"])),
-            )
-        )
+        scores.append(DegreeScore(degree=int(degree), mse_mean=float(np.mean(fold_mse)),
+                                  mse_std=std, mse_se=std / math.sqrt(folds),
+                                  fold_mse=tuple(test_mse), train_mse_mean=float(np.mean(train_mse))))
     return scores
 
 
@@ -121,92 +120,187 @@ def choose_degree(scores: Sequence[DegreeScore]) -> tuple[int, int]:
 # --------------------------------------------------------------------------- verdict
 
 
-def _complexity_sentence(by_degree: dict[int, DegreeScore], best: DegreeScore) -> str:
+def _relation(degree: int, true_degree: int) -> str:
+    if degree > true_degree:
+        return f"above the true degree {true_degree}"
+    if degree < true_degree:
+        return f"below the true degree {true_degree}"
+    return "the true degree"
+
+
+def _training_sentence(by_degree: dict[int, DegreeScore], best: DegreeScore) -> str:
+    """The largest degree's held-out error against its training error (the variance)."""
     top = by_degree[max(by_degree)]
-    above = [s for s in by_degree.values() if s.degree > best.degree]
-    if not above:
-        return (
-            f"The largest degree scored ({top.degree}) is also the best, so no model more "
-            "complex than the chosen one was tried."
-        )
-    worst = max(above, key=lambda s: s.mse_mean)
-    worst_note = (
-        "" if worst is top
-        else f"; the worst is degree {worst.degree} at {worst.mse_mean / best.mse_mean:.3g}x"
-    )
-    return (
-        f"Higher degrees are worse on held-out folds: degree {top.degree} has CV MSE "
-        f"{top.mse_mean:.3g} ({top.mse_mean / best.mse_mean:.3g}x the best{worst_note}) "
-        f"although its training MSE "
-        f"({top.train_mse_mean:.3g}) is lower than the best model's ({best.train_mse_mean:.3g}). "
-        "The extra terms fit the noise of the training folds, and CV scores every model on data "
-        "it did not see, so that variance shows up as error and overly complex models are not "
-        "chosen."
-    )
-
-
-def _choice_sentence(by_degree: dict[int, DegreeScore], best: DegreeScore, one_se: int,
-                     true_degree: int) -> str:
-    if best.degree > true_degree:
-        truth = by_degree.get(true_degree)
-        gap = (
-            f" (degree {true_degree}'s mean is only {truth.mse_mean - best.mse_mean:.3g} higher, "
-            f"against a standard error of {best.mse_se:.3g})" if truth else ""
-        )
-        return (
-            f"The minimum lands on degree {best.degree}, slightly above the truth, because its "
-            f"unneeded terms cost less than the fold-to-fold noise{gap}; the one-standard-error "
-            f"rule corrects for that and picks the simplest adequate model, degree {one_se}."
-        )
-    if best.degree == true_degree and one_se == true_degree:
-        return "Both the minimum and the one-standard-error rule recover the true degree."
-    return (
-        f"Degree {one_se} (one-standard-error rule) is below the truth: with this noise and "
-        f"sample size the higher-order terms of the true polynomial are too small to detect."
-    )
+    if top.degree == best.degree:
+        return (f"The largest degree scored ({top.degree}) has the minimum CV MSE, so no model "
+                "more complex than the chosen one was scored.")
+    side = "lower" if top.train_mse_mean < best.train_mse_mean else "not lower"
+    return (f"Degree {top.degree} has {top.mse_mean / best.mse_mean:.3g}x the minimum CV MSE "
+            f"while its training MSE ({top.train_mse_mean:.3g}) is {side} than degree "
+            f"{best.degree}'s ({best.train_mse_mean:.3g}).")
 
 
 def answer(scores: Sequence[DegreeScore], true_degree: int, noise: float | None = None) -> str:
-    """Answer the notebook's question from the numbers (not a hand-written conclusion)."""
+    """What one data draw shows, from its numbers only: each rule's degree and where it lies
+    relative to the truth, the truth's distance from the minimum in standard errors, the
+    largest degree's held-out vs training error."""
     by_degree = {s.degree: s for s in scores}
     min_degree, one_se = choose_degree(scores)
     best = by_degree[min_degree]
-    complex_chosen = one_se > true_degree
     parts = [
-        f"{'Yes' if complex_chosen else 'No'}: the data come from a degree-{true_degree} "
-        f"polynomial; {len(best.fold_mse)}-fold CV picks degree {min_degree} by minimum mean MSE "
-        f"({best.mse_mean:.3g} +/- {best.mse_se:.3g} SE) and degree {one_se} by the "
-        "one-standard-error rule."
-    ]
+        f"The data come from a degree-{true_degree} polynomial; {len(best.fold_mse)}-fold CV "
+        f"picks degree {min_degree} by minimum mean MSE ({best.mse_mean:.3g} +/- "
+        f"{best.mse_se:.3g} SE), {_relation(min_degree, true_degree)}, and degree {one_se} by "
+        f"the one-standard-error rule, {_relation(one_se, true_degree)}."]
+    above = [rule for rule, degree in (("the minimum", min_degree), ("the 1-SE rule", one_se))
+             if degree > true_degree]
+    parts.append("In this draw a model more complex than the truth is chosen by "
+                 + (" and ".join(above) if above else "neither rule") + ".")
+    truth = by_degree.get(true_degree)
+    if truth is not None and min_degree != true_degree and best.mse_se > 0:
+        gap = truth.mse_mean - best.mse_mean
+        parts.append(f"Degree {true_degree}'s mean CV MSE is {gap:.3g} above the minimum, "
+                     f"{gap / best.mse_se:.2g} standard errors of the minimum.")
     if noise:
-        parts.append(
-            f"The best CV MSE is {best.mse_mean / noise**2:.3g}x the noise variance "
-            f"{noise**2:.3g}, the floor that no model can beat."
-        )
-    simpler = by_degree.get(true_degree - 1)
-    if simpler is not None:
-        parts.append(
-            f"Too simple a model underfits: degree {simpler.degree} has "
-            f"{simpler.mse_mean / best.mse_mean:.3g}x the best CV MSE (bias)."
-        )
-    parts.append(_complexity_sentence(by_degree, best))
-    parts.append(_choice_sentence(by_degree, best, one_se, true_degree))
+        parts.append(f"The minimum CV MSE is {best.mse_mean / noise**2:.3g}x the noise variance "
+                     f"{noise**2:.3g}, the floor that no model can beat.")
+    parts.append(_training_sentence(by_degree, best))
     return " ".join(parts)
+
+
+# --------------------------------------------------------------------------- many draws
+
+
+@dataclass(frozen=True)
+class Draws:
+    """The selection repeated on independent data sets: per draw, each degree's mean CV MSE
+    (rows: draws, columns: degrees) and the degree each rule chose."""
+
+    seeds: tuple[int, ...]
+    degrees: tuple[int, ...]
+    mse: np.ndarray
+    chosen_min: tuple[int, ...]
+    chosen_1se: tuple[int, ...]
+
+
+def repeat_selection(cfg: PolyfitConfig) -> tuple[list[DegreeScore], Draws]:
+    """(the first draw's scores, all draws): data and folds of draw i seeded with seed + i."""
+    degrees = range(1, cfg.max_degree + 1)
+    first, rows, chosen = None, [], []
+    for seed in range(cfg.seed, cfg.seed + cfg.draws):
+        x, y = make_data(cfg.coefficients, cfg.noise, cfg.n, cfg.x_range, seed)
+        scores = cv_errors(x, y, degrees, cfg.folds, seed)
+        first = first or scores
+        rows.append([s.mse_mean for s in scores])
+        chosen.append(choose_degree(scores))
+    return first, Draws(seeds=tuple(range(cfg.seed, cfg.seed + cfg.draws)),
+                        degrees=tuple(degrees), mse=np.array(rows),
+                        chosen_min=tuple(c[0] for c in chosen),
+                        chosen_1se=tuple(c[1] for c in chosen))
+
+
+def frequencies(chosen: Sequence[int], degrees: Sequence[int]) -> dict[int, int]:
+    """How many draws chose each degree (every degree listed, 0 included)."""
+    return {d: sum(c == d for c in chosen) for d in degrees}
+
+
+def wilson(count: int, total: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (sound at 0 and at `total`, unlike p ± z·se)."""
+    from scipy.special import ndtri
+
+    z = float(ndtri(0.5 + confidence / 2))
+    p = count / total
+    centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    low = 0.0 if count == 0 else max(0.0, centre - half)  # exact ends, not float residue
+    return low, 1.0 if count == total else min(1.0, centre + half)
+
+
+def rule_summary(chosen: Sequence[int], degrees: Sequence[int], true_degree: int) -> dict[str, Any]:
+    """Counts above / at / below the truth, the share above with its interval, the mode."""
+    counts = frequencies(chosen, degrees)
+    above = sum(c > true_degree for c in chosen)
+    low, high = wilson(above, len(chosen))
+    mode = max(counts, key=lambda d: (counts[d], -d))  # ties: the simpler degree
+    return {"frequency": {str(d): n for d, n in counts.items()}, "above": above,
+            "at": counts.get(true_degree, 0), "below": sum(c < true_degree for c in chosen),
+            "share_above": above / len(chosen), "share_above_ci": [low, high],
+            "most_frequent": mode, "most_frequent_count": counts[mode]}
+
+
+def _how_often(summary: dict[str, Any], total: int) -> str:
+    low, high = summary["share_above_ci"]
+    if summary["above"] == 0:
+        return "in none of the draws"
+    if summary["above"] == total:
+        return "in every draw"
+    if low > 0.5:
+        return "in most draws"
+    if high < 0.5:
+        return "in a minority of draws"
+    return "in about half of the draws (the interval includes 50%)"
+
+
+def draws_answer(draws: Draws, true_degree: int) -> str:
+    """The question answered from the frequencies of the chosen degrees over all draws."""
+    total = len(draws.seeds)
+    parts = [f"Over {total} data draws from a degree-{true_degree} polynomial,"]
+    for rule, chosen in (("minimum", draws.chosen_min), ("one-standard-error", draws.chosen_1se)):
+        if len(parts) > 1:
+            parts.append("Over the same draws,")
+        s = rule_summary(chosen, draws.degrees, true_degree)
+        low, high = s["share_above_ci"]
+        parts.append(
+            f"the {rule} rule chose a degree above {true_degree} in {s['above']} of {total} "
+            f"draws ({100 * s['share_above']:.0f}%, 95% interval {100 * low:.0f}-{100 * high:.0f}%), "
+            f"degree {true_degree} in {s['at']} and a lower degree in {s['below']}; its most "
+            f"frequent choice is degree {s['most_frequent']} ({s['most_frequent_count']} draws). "
+            f"So under the {rule} rule a model more complex than the truth is chosen "
+            f"{_how_often(s, total)}.")
+    return " ".join(parts)
+
+
+def curve_summary(draws: Draws) -> dict[str, dict[str, float]]:
+    """Per degree: mean, std, median and 10th/90th percentiles of the mean CV MSE over draws
+    (high degrees are heavy-tailed: the median and percentiles say more than mean ± std)."""
+    out = {}
+    for column, degree in enumerate(draws.degrees):
+        values = draws.mse[:, column]
+        q10, median, q90 = np.percentile(values, [10, 50, 90])
+        out[str(degree)] = {"mean": float(values.mean()),
+                            "std": float(values.std(ddof=1)) if values.size > 1 else None,
+                            "median": float(median), "q10": float(q10), "q90": float(q90)}
+    return out
 
 
 # --------------------------------------------------------------------------- outputs
 
 
 def plot_cv(scores: Sequence[DegreeScore], chosen: tuple[int, int], true_degree: int,
-            path: Path | None = None):
-    """CV MSE (mean +/- 1 SE) vs degree on a log scale; saved atomically as PNG if `path`."""
+            path: Path | None = None, draws: Draws | None = None):
+    """CV MSE (mean +/- 1 SE) vs degree of the first draw on a log scale; with several
+    draws, also the CV MSE over draws and how often each rule chose each degree. Saved
+    atomically as PNG if `path`."""
+    many = draws is not None and len(draws.seeds) > 1
+    fig, axes = plt.subplots(1, 3 if many else 1, figsize=(18, 4.5) if many else (7, 4.5),
+                             squeeze=False)
+    _plot_first_draw(axes[0][0], scores, chosen, true_degree)
+    if many:
+        _plot_over_draws(axes[0][1], draws, true_degree)
+        _plot_frequencies(axes[0][2], draws, true_degree)
+    fig.tight_layout()
+    if path is not None:
+        with atomic_file(Path(path), "wb") as handle:
+            fig.savefig(handle, format="png", dpi=120)
+    return fig
+
+
+def _plot_first_draw(ax, scores, chosen, true_degree) -> None:
     degrees = [s.degree for s in scores]
-    means = np.array([s.mse_mean for s in scores])
     by_degree = {s.degree: s for s in scores}
     min_degree, one_se = chosen
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ax.errorbar(degrees, means, yerr=[s.mse_se for s in scores], marker="o", capsize=3,
-                label="CV test MSE (mean ± 1 SE over folds)")
+    ax.errorbar(degrees, [s.mse_mean for s in scores], yerr=[s.mse_se for s in scores],
+                marker="o", capsize=3, label="CV test MSE (mean ± 1 SE over folds)")
     ax.plot(degrees, [s.train_mse_mean for s in scores], ls=":", color="grey",
             label="training MSE (mean over folds)")
     best = by_degree[min_degree]
@@ -220,17 +314,38 @@ def plot_cv(scores: Sequence[DegreeScore], chosen: tuple[int, int], true_degree:
     ax.set_yscale("log", nonpositive="clip")
     ax.set_xticks(degrees)
     ax.set(xlabel="polynomial degree", ylabel="mean squared error",
-           title=f"{len(best.fold_mse)}-fold CV error vs polynomial degree")
+           title=f"first draw: {len(best.fold_mse)}-fold CV error vs degree")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    if path is not None:
-        with atomic_file(Path(path), "wb") as handle:
-            fig.savefig(handle, format="png", dpi=120)
-    return fig
+
+
+def _plot_over_draws(ax, draws: Draws, true_degree: int) -> None:
+    q10, median, q90 = np.percentile(draws.mse, [10, 50, 90], axis=0)
+    ax.fill_between(draws.degrees, q10, q90, alpha=0.25, label="10th-90th percentile")
+    ax.plot(draws.degrees, median, marker="o", label="median")
+    ax.plot(draws.degrees, draws.mse.mean(axis=0), ls="--", color="black", label="mean")
+    ax.axvline(true_degree, color="green", ls="-.", lw=1, label=f"true degree {true_degree}")
+    ax.set_yscale("log", nonpositive="clip")
+    ax.set_xticks(draws.degrees)
+    ax.set(xlabel="polynomial degree", ylabel="mean CV MSE of a draw",
+           title=f"CV error over {len(draws.seeds)} data draws")
+    ax.legend(fontsize=8)
+
+
+def _plot_frequencies(ax, draws: Draws, true_degree: int) -> None:
+    degrees = np.array(draws.degrees)
+    for offset, label, chosen in ((-0.2, "minimum", draws.chosen_min),
+                                  (0.2, "1-SE rule", draws.chosen_1se)):
+        counts = frequencies(chosen, draws.degrees)
+        ax.bar(degrees + offset, [counts[d] for d in draws.degrees], width=0.4, label=label)
+    ax.axvline(true_degree, color="green", ls="-.", lw=1, label=f"true degree {true_degree}")
+    ax.set_xticks(draws.degrees)
+    ax.set(xlabel="chosen degree", ylabel="draws",
+           title=f"degree chosen in each of {len(draws.seeds)} draws")
+    ax.legend(fontsize=8)
 
 
 def metrics_dict(scores: Sequence[DegreeScore], chosen: tuple[int, int], true_degree: int,
-                 verdict: str) -> dict[str, Any]:
+                 verdict: str, draws: Draws | None = None) -> dict[str, Any]:
     """The DVC metrics file: numeric top-level keys, per-degree mean/std/se, the verdict."""
     by_degree = {s.degree: s for s in scores}
     return {
@@ -243,7 +358,16 @@ def metrics_dict(scores: Sequence[DegreeScore], chosen: tuple[int, int], true_de
             for s in scores
         },
         "verdict": verdict,
+        **({} if draws is None else {"draws": draws_dict(draws, true_degree)}),
     }
+
+
+def draws_dict(draws: Draws, true_degree: int) -> dict[str, Any]:
+    """Per rule: how often each degree was chosen; the CV MSE curve over draws."""
+    return {"count": len(draws.seeds), "seeds": [draws.seeds[0], draws.seeds[-1]],
+            "min_rule": rule_summary(draws.chosen_min, draws.degrees, true_degree),
+            "one_se_rule": rule_summary(draws.chosen_1se, draws.degrees, true_degree),
+            "cv_mse": curve_summary(draws)}
 
 
 # --------------------------------------------------------------------------- MLflow
@@ -253,7 +377,24 @@ def _param_value(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, (list, tuple, dict)) else value
 
 
-def _log_degree_runs(scores: Sequence[DegreeScore]) -> None:
+def draws_metrics(draws: Draws | None, true_degree: int) -> tuple[dict[str, float],
+                                                                  dict[int, dict[str, float]]]:
+    """MLflow metrics of the repeated selection: (parent's, {degree: that degree's run's})."""
+    if draws is None:
+        return {}, {}
+    rules = {"min": rule_summary(draws.chosen_min, draws.degrees, true_degree),
+             "1se": rule_summary(draws.chosen_1se, draws.degrees, true_degree)}
+    parent = {"draws": len(draws.seeds), **{f"share_above_truth_{rule}": s["share_above"]
+                                            for rule, s in rules.items()}}
+    curve = curve_summary(draws)
+    per_degree = {d: {"cv_mse_median_over_draws": curve[str(d)]["median"],
+                      **{f"chosen_{rule}_draws": s["frequency"][str(d)] for rule, s in rules.items()}}
+                  for d in draws.degrees}
+    return parent, per_degree
+
+
+def _log_degree_runs(scores: Sequence[DegreeScore],
+                     extra: dict[int, dict[str, float]] | None = None) -> None:
     import mlflow
 
     for s in scores:
@@ -261,14 +402,16 @@ def _log_degree_runs(scores: Sequence[DegreeScore]) -> None:
             mlflow.set_tag("study", "polyfit")
             mlflow.log_param("degree", s.degree)
             mlflow.log_metrics({"cv_mse_mean": s.mse_mean, "cv_mse_std": s.mse_std,
-                                "cv_mse_se": s.mse_se, "train_mse_mean": s.train_mse_mean})
+                                "cv_mse_se": s.mse_se, "train_mse_mean": s.train_mse_mean,
+                                **(extra or {}).get(s.degree, {})})
             for fold, value in enumerate(s.fold_mse):
                 mlflow.log_metric("cv_mse_fold", value, step=fold)
 
 
 def log_to_mlflow(config: dict, scores: Sequence[DegreeScore], chosen: tuple[int, int],
-                  verdict: str, figure) -> str:
-    """One parent run "polyfit" + one nested run per degree; returns the parent's run id.
+                  verdict: str, figure, draws: Draws | None = None) -> str:
+    """One parent run "polyfit" + one nested run per degree (the first draw's CV errors, and
+    how often each rule chose that degree over all draws); returns the parent's run id.
 
     The caller sets the tracking URI and experiment.  Under `mlflow run` (MLFLOW_RUN_ID set)
     the parent becomes a child of that run instead of resuming it (MLflow would otherwise
@@ -287,11 +430,13 @@ def log_to_mlflow(config: dict, scores: Sequence[DegreeScore], chosen: tuple[int
             outer = {"parent_run_id": outer_run_id}
         with mlflow.start_run(run_name="polyfit", tags={"study": "polyfit"}, **outer) as parent:
             mlflow.log_params({key: _param_value(value) for key, value in config.items()})
+            over_draws, per_degree = draws_metrics(draws, true_degree)
             mlflow.log_metrics({"chosen_degree_min": chosen[0], "chosen_degree_1se": chosen[1],
-                                "true_degree": true_degree, "best_cv_mse": best.mse_mean})
+                                "true_degree": true_degree, "best_cv_mse": best.mse_mean,
+                                **over_draws})
             mlflow.log_figure(figure, "cv_error.png")
             mlflow.log_text(verdict, "verdict.txt")
-            _log_degree_runs(scores)
+            _log_degree_runs(scores, per_degree)
             return parent.info.run_id
     finally:
         if outer_run_id is not None:
@@ -301,17 +446,24 @@ def log_to_mlflow(config: dict, scores: Sequence[DegreeScore], chosen: tuple[int
 # --------------------------------------------------------------------------- stage
 
 
+def study_answer(scores: Sequence[DegreeScore], draws: Draws, cfg: PolyfitConfig) -> str:
+    """Over many draws: the frequencies answer, the first draw illustrates; one draw: itself."""
+    first = answer(scores, cfg.true_degree, noise=cfg.noise)
+    if len(draws.seeds) == 1:
+        return f"One data draw (seed {cfg.seed}), so no frequencies: " + first
+    return draws_answer(draws, cfg.true_degree) + f" First draw (seed {cfg.seed}): " + first
+
+
 def run(config: PolyfitConfig | dict, metrics_path: Path, plot_path: Path) -> dict[str, Any]:
     """The whole stage: validate, simulate, cross-validate, choose, plot, log, write metrics."""
     cfg = polyfit_config(config)
-    x, y = make_data(cfg.coefficients, cfg.noise, cfg.n, cfg.x_range, cfg.seed)
-    scores = cv_errors(x, y, range(1, cfg.max_degree + 1), cfg.folds, cfg.seed)
+    scores, draws = repeat_selection(cfg)
     chosen = choose_degree(scores)
-    verdict = answer(scores, cfg.true_degree, noise=cfg.noise)
-    metrics = metrics_dict(scores, chosen, cfg.true_degree, verdict)
-    figure = plot_cv(scores, chosen, cfg.true_degree)
+    verdict = study_answer(scores, draws, cfg)
+    metrics = metrics_dict(scores, chosen, cfg.true_degree, verdict, draws)
+    figure = plot_cv(scores, chosen, cfg.true_degree, draws=draws)
     try:
-        log_to_mlflow(cfg.model_dump(mode="json"), scores, chosen, verdict, figure)
+        log_to_mlflow(cfg.model_dump(mode="json"), scores, chosen, verdict, figure, draws)
         with atomic_file(Path(plot_path), "wb") as handle:
             figure.savefig(handle, format="png", dpi=120)
         write_json(Path(metrics_path), metrics)
