@@ -153,6 +153,8 @@ def test_evaluate_study_metrics(evaluated):
     assert relu["epochs_to_target"]["mean"] == pytest.approx(3.0)
     assert relu["seconds_to_target"]["mean"] == pytest.approx(6.0)
     assert (relu["epochs_to_target"]["reached"], relu["epochs_to_target"]["of"]) == (3, 3)
+    runs = {f"seed{seed}": len(VAL_ACCURACY["relu"][index]) for index, seed in enumerate((0, 1, 2))}
+    assert relu["epochs_run"]["values"] == runs  # history.csv's rows: fewer if stopped early
 
     tanh = m["variants"]["tanh"]  # never reaches the target; seed 2 diverged (test loss NaN)
     assert tanh["epochs_to_target"] | {"values": None} == {

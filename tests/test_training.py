@@ -109,6 +109,19 @@ def test_transfer_starts_from_the_source_and_freezes_it(tmp_path, tracking_store
     assert run.data.tags["transfer_copied"] == str(len(record["layers"]))
 
 
+def test_early_stopping_records_the_epochs_run(tmp_path, tracking_store):
+    """min_delta 100: no epoch after the first improves val_loss, so patience 1 stops after 2
+    of at most 6 epochs; that is no divergence, and the run says how many epochs ran."""
+    write_prepared(tmp_path / "data" / "d")
+    stop = {"monitor": "val_loss", "patience": 1, "min_delta": 100.0}
+    [run_id] = _train(tmp_path, write_params(tmp_path, epochs=6, early_stopping=stop))
+    info = _info(tmp_path, "v")
+    history = read_history(tmp_path / "out" / "v" / "seed7" / "history.csv")
+    assert len(history) == info["epochs_run"] == 2
+    assert info["stopped_early"] is True and info["best_epoch"] == 1 and info["diverged"] is False
+    assert mlflow.MlflowClient(tracking_store).get_run(run_id).data.metrics["epochs_run"] == 2
+
+
 def test_a_crash_inside_training_leaves_the_run_failed_and_no_output(tmp_path, tracking_store):
     data = write_prepared(tmp_path / "data" / "d")
     np.save(data / "x_val.npy", np.zeros((4, 5, 5, 1), np.float32))  # wrong image size

@@ -138,6 +138,16 @@ class DataConfig(Strict):
         return self
 
 
+class EarlyStopping(Strict):
+    """Train until stable (notebook 000): stop once `monitor` has not improved by `min_delta`
+    for `patience` epochs; the variant's `epochs` is then the maximum."""
+
+    monitor: Literal["val_loss", "val_accuracy", "loss", "accuracy"] = "val_loss"
+    patience: PositiveInt = 3
+    min_delta: Annotated[float, Field(ge=0.0)] = 0.0
+    restore_best_weights: bool = True  # the model kept is the best epoch's, not the last's
+
+
 class Variant(Strict):
     """Everything one training can change; study defaults ⊕ variant overrides."""
 
@@ -196,6 +206,7 @@ class Variant(Strict):
     lr_schedule: Literal["constant", "cosine"] = "constant"
     epochs: Annotated[int, Field(gt=0, le=MAX_EPOCHS)]
     batch_size: Annotated[int, Field(gt=0, le=MAX_BATCH_SIZE)]
+    early_stopping: EarlyStopping | None = None  # None: exactly `epochs` epochs
     # Transfer: start from the weights of variant `init_from` of the same study (same seed,
     # trained first), all layers but the head; `freeze` keeps those layers fixed.
     init_from: str | None = None

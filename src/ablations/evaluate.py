@@ -99,6 +99,7 @@ def variant_metrics(units: list[dict], target: float, data: str) -> dict[str, An
         "test_accuracy": result(u["test_accuracy"] for u in units),
         "test_loss": result(u["test_loss"] for u in units),
         "fit_seconds": result(u["fit_seconds"] for u in units),
+        "epochs_run": result(len(u["history"]) for u in units),  # < epochs: stopped early
         "epochs_to_target": {**result(e for e, _ in reached),
                              "reached": sum(e is not None for e, _ in reached), "of": len(units)},
         "seconds_to_target": result(s for _, s in reached),

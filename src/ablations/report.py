@@ -61,7 +61,7 @@ def _figures(folder: Path) -> str:
 def _variants_table(m: dict) -> str:
     header = ["variant", "seeds", "diverged", "test accuracy %", "test loss",
               f"epochs to {m['target_val_accuracy']:g} val acc.", "reached",
-              "seconds to target", "fit seconds"]
+              "seconds to target", "fit seconds", "epochs run"]
     rows, classes = [], []
     for name, v in m["variants"].items():
         label = f"{name} (baseline)" if name == m["baseline"] else name
@@ -70,7 +70,7 @@ def _variants_table(m: dict) -> str:
         rows.append([label, str(v["seeds"]), str(v["diverged"]), pm(v["test_accuracy"], 100),
                      pm(v["test_loss"], digits=3), pm(v["epochs_to_target"]),
                      f"{v['epochs_to_target']['reached']} of {v['epochs_to_target']['of']}",
-                     pm(v["seconds_to_target"]), pm(v["fit_seconds"])])
+                     pm(v["seconds_to_target"]), pm(v["fit_seconds"]), pm(v["epochs_run"])])
         classes.append("baseline" if name == m["baseline"] else "")
     return _table(header, rows, classes)
 

@@ -185,8 +185,11 @@ def _compiled_model(cfg: Variant, arrays: dict[str, np.ndarray], num_classes: in
     return model, copied
 
 
-def _fit(model, cfg: Variant, arrays, checkpoint: Path, run_id: str, guard: tracking.Guard) -> float:
-    """Train with resume-from-backup; return seconds spent in `fit`."""
+def _fit(model, cfg: Variant, arrays, checkpoint: Path, run_id: str,
+         guard: tracking.Guard) -> tuple[float, dict]:
+    """Train with resume-from-backup; return seconds spent in `fit` and, with early stopping,
+    whether it stopped early and the best epoch (1-based; its weights are kept if
+    restore_best_weights). A resumed training restarts the patience count."""
     # Backup before the epoch is recorded, so history and MLflow never hold an epoch the backup
     # lacks; two backups kept, so a kill -9 during a write falls back to the previous one.
     batches, set_epoch = epoch_batches(arrays["x_train"], arrays["y_train"], cfg.batch_size, cfg.seed)
@@ -197,6 +200,10 @@ def _fit(model, cfg: Variant, arrays, checkpoint: Path, run_id: str, guard: trac
         EpochRecorder(checkpoint / "history.csv", run_id, guard),
         keras.callbacks.TerminateOnNaN(),
     ]
+    stopper = None
+    if cfg.early_stopping is not None:  # after the recorder: every epoch run is in history.csv
+        stopper = keras.callbacks.EarlyStopping(**cfg.early_stopping.model_dump())
+        callbacks.append(stopper)
     started = time.perf_counter()
     model.fit(
         batches,
@@ -205,7 +212,9 @@ def _fit(model, cfg: Variant, arrays, checkpoint: Path, run_id: str, guard: trac
         shuffle=False,  # the batches are shuffled already, reproducibly (EpochRandomness)
         callbacks=callbacks, verbose=2,
     )
-    return time.perf_counter() - started
+    stopped = {} if stopper is None else {
+        "stopped_early": stopper.stopped_epoch > 0, "best_epoch": stopper.best_epoch + 1}
+    return time.perf_counter() - started, stopped
 
 
 def log_model(model: keras.Model, run_id: str) -> None:
@@ -281,14 +290,17 @@ def train_unit(study: str, unit: Unit, arrays: dict[str, np.ndarray]) -> str:
         guard("before training", client.log_batch, run_id, params=params)
         if copied:
             guard("before training", tracking.log_transfer, run_id, copied, cfg.init_from)
-        fit_seconds = _fit(model, cfg, arrays, checkpoint, run_id, guard)
+        fit_seconds, stopped = _fit(model, cfg, arrays, checkpoint, run_id, guard)
         history = read_history(checkpoint / "history.csv")
-        diverged = any(not math.isfinite(row["loss"]) for row in history) or len(history) < cfg.epochs
+        # Fewer epochs than `epochs` without early stopping: TerminateOnNaN ended the training.
+        cut_short = len(history) < cfg.epochs and not stopped.get("stopped_early")
+        diverged = any(not math.isfinite(row["loss"]) for row in history) or cut_short
         test, predictions = test_results(model, arrays, max(cfg.batch_size, 512))
         guard("after training", tracking.log_result, run_id, history, fit_seconds, diverged)
         guard("after testing", tracking.log_metrics, run_id,
-              {k: v for k, v in test.items() if v is not None})
+              {"epochs_run": len(history), **{k: v for k, v in test.items() if v is not None}})
         info = {"run_id": run_id, "seed": cfg.seed, "fingerprint": unit.fingerprint,
+                "epochs_run": len(history), **stopped,
                 "fit_seconds": fit_seconds, "diverged": diverged, **test,
                 **({"transfer": {"from": cfg.init_from, "layers": copied}} if copied else {})}
         _save_outputs(model, unit.out, checkpoint, info, predictions)
