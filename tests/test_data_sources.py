@@ -5,11 +5,13 @@ Real files, real tar.gz archives and a real HTTP server on 127.0.0.1: nothing is
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import hashlib
 import http.server
 import io
+import re
 import struct
 import tarfile
 import threading
@@ -20,7 +22,8 @@ import pytest
 
 from ablations.data import sources
 from ablations.data.formats import load_raw
-from ablations.data.sources import DATASETS, MANIFEST, MIRROR_ENV, DatasetSpec, FileSpec, fetch
+from ablations.data.sources import (DATASETS, MANIFEST, MAX_MEMBERS, MIRROR_ENV, DatasetSpec,
+                                   FileSpec, fetch)
 from ablations.errors import DataError
 
 
@@ -216,6 +219,43 @@ def test_unsafe_archive_members_rejected(tmp_path, member, fragment):
     assert not dest.exists()  # no partial extraction, no staging folder, no temp archive
     assert listing(tmp_path / "work") == ["raw"]
     assert not Path("/tmp/ablations-evil.bin").exists()
+
+
+def zeros_archive(size: int) -> bytes:
+    """A cifar-10-binary.tar.gz whose one member is `size` zero bytes: ~1000x compression."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo("cifar-10-batches-bin/data_batch_1.bin")
+        info.size = size
+        tar.addfile(info, io.BytesIO(bytes(size)))
+    return buffer.getvalue()
+
+
+def many_members_archive(count: int) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for i in range(count):
+            add_member(tar, f"cifar-10-batches-bin/f{i}", b"")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("archive, spec_size, expected", [
+    # 8 MiB of zeros in an ~8 KiB archive, no known size: bounded by MAX_EXPANSION x the archive
+    (zeros_archive(8 << 20), None, "holds more than"),
+    # incompressible records, but more than the dataset's known size + 10 %
+    (cifar_archive(), 30_000, "holds more than 33,000 bytes once extracted"),
+    (many_members_archive(MAX_MEMBERS + 1), None, f"holds more than {MAX_MEMBERS} members"),
+])
+def test_archive_beyond_its_bound_is_refused(tmp_path, archive, spec_size, expected):
+    (tmp_path / "mirror").mkdir()
+    (tmp_path / "mirror/cifar-10-binary.tar.gz").write_bytes(archive)
+    spec = dataclasses.replace(cifar_spec(archive), extracted_bytes=spec_size)
+    dest = tmp_path / "work/raw/cifar10"
+    with pytest.raises(DataError, match=re.escape(expected)) as err:
+        fetch(spec, dest, mirror=tmp_path / "mirror", allow_download=False)
+    assert "refusing to extract anything" in str(err.value)
+    assert not dest.exists()  # nothing extracted, no staging folder, no temp archive
+    assert listing(tmp_path / "work") == ["raw"]
 
 
 def test_corrupt_archive_with_matching_hash_is_data_error(tmp_path):

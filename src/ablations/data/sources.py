@@ -42,6 +42,11 @@ _CHUNK = 1 << 20
 _TIMEOUT_S = 60  # per socket operation, not for the whole download
 DOWNLOAD_ATTEMPTS = 3  # a dropped connection or a corrupted transfer is retried from scratch
 _RETRY_PAUSE_S = 2.0  # seconds before the 2nd attempt, doubled before each later one
+# Archive bounds (a "compression bomb" expands a small verified file without limit).
+# Image archives hardly compress (CIFAR-10: 163 MB → 184 MB); a known size gets 10 % margin.
+MAX_EXPANSION = 20  # extracted bytes per archive byte, when the dataset's size is unknown
+_SIZE_MARGIN = 1.1
+MAX_MEMBERS = 1_000  # files and folders per archive (CIFAR-10 has 8, STL-10 8)
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,9 @@ class DatasetSpec:
     files: tuple[FileSpec, ...] = ()
     base_url: str | None = None  # a file's URL is base_url + file.name
     extract_dir: str | None = None  # set for a .tar.gz: the folder the archive extracts to
+    # Bytes the archive's files hold once extracted, when known; extraction stops beyond it
+    # (plus a margin), else beyond MAX_EXPANSION times the archive's own size.
+    extracted_bytes: int | None = None
     system_dirs: tuple[Path, ...] = ()  # distribution copies searched after the mirror
     build: Callable[[Path], None] | None = field(default=None, compare=False)  # bundled data
 
@@ -120,6 +128,7 @@ DATASETS: dict[str, DatasetSpec] = {
                         "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"),),
         base_url="https://www.cs.toronto.edu/~kriz/",
         extract_dir=CIFAR10_DIR,
+        extracted_bytes=6 * 10_000 * (1 + 3 * 32 * 32),  # 6 batches of 10,000 records (+ 2 small files)
     ),
     "stl10": DatasetSpec(
         "stl10",
@@ -127,6 +136,9 @@ DATASETS: dict[str, DatasetSpec] = {
                         "f31fd99273a1acb8609c8db427cebb1de3f71de77758cdc0e22956e1289b9866"),),
         base_url="http://ai.stanford.edu/~acoates/stl10/",
         extract_dir=STL10_DIR,
+        # train 5,000 + test 8,000 + unlabeled 100,000 images of 96x96x3, a label byte each
+        # labelled image (+ class names, fold indices)
+        extracted_bytes=113_000 * 3 * 96 * 96 + 13_000,
     ),
     "digits": DatasetSpec("digits", build=_write_digits),
 }
@@ -273,7 +285,9 @@ def _place(spec: DatasetSpec, file: FileSpec, tmp: Path, dest: Path) -> None:
         os.replace(tmp, dest / file.name)
         _fsync_dir(dest)
     else:
-        _extract(tmp, dest, spec.extract_dir, file)
+        limit = (int(spec.extracted_bytes * _SIZE_MARGIN) if spec.extracted_bytes
+                 else MAX_EXPANSION * tmp.stat().st_size)
+        _extract(tmp, dest, spec.extract_dir, file, limit)
 
 
 def _missing_message(spec: DatasetSpec, file: FileSpec, dest: Path, sources: _SourceDirs,
@@ -383,14 +397,15 @@ class _Progress:
 # --------------------------------------------------------------------------- archives
 
 
-def _extract(archive: Path, dest: Path, folder: str, file: FileSpec) -> None:
-    """Extract a verified .tar.gz into a temp folder in `dest`, then rename `folder` into place."""
+def _extract(archive: Path, dest: Path, folder: str, file: FileSpec, limit: int) -> None:
+    """Extract a verified .tar.gz (at most `limit` bytes of files) into a temp folder in
+    `dest`, then rename `folder` into place."""
     staging = Path(tempfile.mkdtemp(dir=dest, prefix=f".{folder}.partial-"))
     try:
         try:
             with tarfile.open(archive, "r:gz") as tar:
-                check_members(tar, file.name)
-                tar.extractall(staging, filter="data")  # second line of defence
+                members = check_members(tar, file.name, limit)
+                tar.extractall(staging, members=members, filter="data")  # second line of defence
         except (tarfile.TarError, EOFError, OSError) as err:
             raise DataError(f"{file.name}: corrupt archive ({err})") from None
         if not (staging / folder).is_dir():
@@ -402,9 +417,22 @@ def _extract(archive: Path, dest: Path, folder: str, file: FileSpec) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def check_members(tar: tarfile.TarFile, archive_name: str) -> None:
-    """Reject any member that could write outside the target or is not a plain file/folder."""
-    for member in tar.getmembers():
+def check_members(tar: tarfile.TarFile, archive_name: str,
+                  limit: int) -> list[tarfile.TarInfo]:
+    """The archive's members, read one header at a time; refused whole when one could write
+    outside the target or is not a plain file/folder, or when they are more than MAX_MEMBERS or
+    would hold more than `limit` bytes (the sizes are the headers', which extraction obeys)."""
+    members, total = [], 0
+    for member in tar:
+        members.append(member)
+        total += member.size
+        if len(members) > MAX_MEMBERS or total > limit:
+            what = (f"more than {MAX_MEMBERS} members" if len(members) > MAX_MEMBERS
+                    else f"more than {limit:,} bytes once extracted")
+            raise DataError(f"{archive_name}: holds {what}; allowed: the dataset's known size "
+                            f"+ 10 %, or {MAX_EXPANSION} times the archive's size when that is "
+                            f"unknown, and at most {MAX_MEMBERS} members; refusing to extract "
+                            "anything")
         path = PurePosixPath(member.name)
         if path.is_absolute() or member.name.startswith(("/", "\\")) or ".." in path.parts:
             reason = "escapes the extraction folder"
@@ -416,6 +444,7 @@ def check_members(tar: tarfile.TarFile, archive_name: str) -> None:
             continue
         raise DataError(f"{archive_name}: unsafe archive member {member.name!r} {reason}; "
                         "refusing to extract anything")
+    return members
 
 
 def _sizes(folder: Path) -> dict[str, int]:
