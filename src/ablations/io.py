@@ -1,4 +1,6 @@
-"""Atomic writes: a crash never leaves a half-written file or folder where a stage's output goes."""
+"""Atomic writes: a crash never leaves a half-written file or folder where a stage's output goes.
+Outputs get the modes the user's umask gives (tempfile's private 0600/0700 would hide them
+from teammates on a shared machine)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,20 @@ from pathlib import Path
 from typing import Any
 
 
+def _read_umask() -> int:
+    mask = os.umask(0o022)  # the only portable way to read it is to set it, then set it back
+    os.umask(mask)
+    return mask
+
+
+UMASK = _read_umask()  # read once, at import, before any thread could create a file
+
+
+def publish(path: Path | str, directory: bool = False) -> None:
+    """Give a temp file or folder the mode a plain open()/mkdir() would have given it."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~UMASK)
+
+
 @contextlib.contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a temp folder beside `target`; on success it replaces `target`, on error it is removed."""
@@ -20,6 +36,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield tmp
+        publish(tmp, directory=True)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
@@ -38,6 +55,7 @@ def atomic_file(target: Path, mode: str = "w") -> Iterator[Any]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        publish(tmp)
         os.replace(tmp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -35,6 +35,7 @@ import numpy as np
 
 from ablations.data.formats import CIFAR10_DIR, STL10_DIR
 from ablations.errors import DataError
+from ablations.io import publish
 
 MIRROR_ENV = "ABLATIONS_DATA_MIRROR"
 MANIFEST = ".fetched.json"  # records a verified archive's extraction (see _archive_is_current)
@@ -282,6 +283,7 @@ def _report(failures: list[str], message: str) -> bool:
 def _place(spec: DatasetSpec, file: FileSpec, tmp: Path, dest: Path) -> None:
     if spec.extract_dir is None:
         _fsync(tmp)
+        publish(tmp)
         os.replace(tmp, dest / file.name)
         _fsync_dir(dest)
     else:
@@ -501,6 +503,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
+        publish(tmp)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
