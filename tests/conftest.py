@@ -1,9 +1,12 @@
 """Shared test setup: quiet TensorFlow, no MLflow telemetry, the repo's real params file;
 tiny data, variants and params files for real trainings."""
 
+import importlib
 import os
 import shutil
+import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -94,3 +97,15 @@ def train_command(params, data_root, out, checkpoints, *variants):
     """The real CLI command that trains study `unit` (data_root holds prepared dataset `d`)."""
     return [sys.executable, "-m", "ablations.cli", "--params", str(params), "train", "unit",
             *variants, "--data", str(data_root), "--out", str(out), "--checkpoints", str(checkpoints)]
+
+
+@pytest.fixture(scope="session")
+def ray_extra():
+    """Ray importable by this interpreter (and the commands it runs): the `ray` extra of
+    pyproject.toml pip-installed once when missing, as on a fresh clone under CI. Never a skip."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *extras["ray"]], check=True)
+        importlib.invalidate_caches()

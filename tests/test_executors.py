@@ -5,31 +5,17 @@ fails the stage while the others' outputs are kept; choosing Ray without Ray is 
 The Ray tests install the `ray` extra into this environment when it is missing (a fresh clone
 under CI): they run everywhere, never skip."""
 
-import importlib
 import os
 import re
 import subprocess
-import sys
-import tomllib
 
 import mlflow
 import numpy as np
 import pytest
-from conftest import REPO, copy_store, train_command, write_params, write_prepared
+from conftest import copy_store, train_command, write_params, write_prepared
 
 from ablations.history import read_history
 from ablations.io import read_json
-
-
-@pytest.fixture(scope="session")
-def ray_extra():
-    """Ray importable by this interpreter (and the CLI it runs): the extra pip-installed once."""
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *extras["ray"]], check=True)
-        importlib.invalidate_caches()
 
 
 def _env(store_uri, **extra):
