@@ -74,8 +74,9 @@ def stage_commands(study: str, data: str, source: str, params: Path) -> dict[str
         "train": [*cli, "train", study, "--data", prepared, "--out", models,
                   "--checkpoints", f"{PATHS['checkpoints']}/{study}"],
         "evaluate": [*cli, "evaluate", study, "--models", models, "--data", prepared,
-                     "--metrics", f"{PATHS['metrics']}/{study}.json",
-                     "--plots", f"{PATHS['plots']}/{study}"],
+                     "--results", f"{PATHS['results']}/{study}.json",
+                     "--metrics", f"{PATHS['metrics']}/{study}",
+                     "--curves", f"{PATHS['curves']}/{study}.csv"],
     }
 
 

@@ -13,9 +13,9 @@ from mlflow.tracking import MlflowClient
 from ablations import plots, stats
 from ablations.config import load_params
 from ablations.errors import DataError
-from ablations.evaluate import (epochs_to_target, evaluate_study, read_study, study_figures,
-                                study_metrics)
-from ablations.history import write_history
+from ablations.evaluate import (epochs_to_target, evaluate_study, headline, read_study,
+                                study_histories, study_metrics, study_results)
+from ablations.history import read_curves, write_history
 from ablations.io import unit_dir, write_json
 from ablations.plots import FIGURES
 from ablations.report import study_section
@@ -114,21 +114,31 @@ def write_fake_study(root, seeds=(0, 1, 2), variants=VARIANTS, also_compare=()):
 
 
 def evaluate(root, params, models_dir, data_dir):
-    return evaluate_study(params, "unit", models_dir, data_dir, root / "metrics" / "unit.json",
-                          root / "plots" / "unit")
+    """The evaluate stage's function, with dvc.yaml's layout under `root`."""
+    return evaluate_study(params, "unit", models_dir, data_dir, root / "results" / "unit.json",
+                          root / "metrics" / "unit", root / "curves" / "unit.csv")
+
+
+def plot(root, params, models_dir, data_dir):
+    """The plot stage's function on evaluate's outputs under `root`."""
+    return plots.plot_study(params, "unit", root / "results" / "unit.json",
+                            root / "curves" / "unit.csv", models_dir, data_dir,
+                            root / "plots" / "unit")
 
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, migrated_store):
-    """(root, metrics as read back from metrics/unit.json, tracking URI): the fake study
-    evaluated once for the module."""
+    """(root, results as read back from results/unit.json, tracking URI): the fake study
+    evaluated, then plotted, once for the module."""
     root = tmp_path_factory.mktemp("study")
     uri = copy_store(migrated_store, root)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         patch.delenv("MLFLOW_RUN_ID", raising=False)
-        evaluate(root, *write_fake_study(root))
-    return root, json.loads((root / "metrics" / "unit.json").read_text()), uri
+        study = write_fake_study(root)
+        evaluate(root, *study)
+        plot(root, *study)
+    return root, json.loads((root / "results" / "unit.json").read_text()), uri
 
 
 def test_epochs_to_target_counts_epochs_and_seconds():
@@ -207,7 +217,7 @@ def test_evaluate_comparisons_and_verdict(evaluated):
     assert "tanh-bn vs tanh: not measurable" in m["verdict"]
 
 
-def test_evaluate_writes_figures_and_one_summary_run(evaluated):
+def test_plot_writes_figures_and_each_stage_one_run(evaluated):
     root, _, uri = evaluated
     written = sorted(p.name for p in (root / "plots" / "unit").iterdir())
     assert written == sorted(FIGURES)
@@ -215,13 +225,61 @@ def test_evaluate_writes_figures_and_one_summary_run(evaluated):
         assert (root / "plots" / "unit" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("unit")
-    runs = client.search_runs([experiment.experiment_id])
-    assert [r.info.run_name for r in runs] == ["unit-summary"]
-    run = runs[0]
-    assert run.data.metrics["relu-bn.test_accuracy_mean"] == pytest.approx(0.91)
-    assert run.data.tags["mlflow.note.content"].startswith("Best mean test accuracy")
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert artifacts == set(FIGURES) | {"unit.json"}
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == {"unit-summary", "unit-figures"}
+    summary = runs["unit-summary"]
+    assert summary.data.metrics["relu-bn.test_accuracy_mean"] == pytest.approx(0.91)
+    assert summary.data.tags["mlflow.note.content"].startswith("Best mean test accuracy")
+    assert {a.path for a in client.list_artifacts(summary.info.run_id)} == {"unit.json"}
+    figures = runs["unit-figures"]
+    assert figures.data.tags["dvc_stage"] == "plot@unit"
+    assert {a.path for a in client.list_artifacts(figures.info.run_id)} == set(FIGURES)
+
+
+def test_headline_rows_share_columns_and_equal_the_results(evaluated):
+    """metrics/unit/: one small JSON per variant (DVC's table row), the same column names in
+    every row, the numbers equal to those of the results file."""
+    root, m, _ = evaluated
+    rows = {p.stem: json.loads(p.read_text()) for p in (root / "metrics" / "unit").iterdir()}
+    assert rows == headline(m)
+    assert set(rows) == set(VARIANTS)
+    accuracy = m["variants"]["relu"]["test_accuracy"]
+    assert rows["relu"] == {"test_acc": accuracy["mean"], "test_acc_ci": accuracy["ci"]}
+    c, speedup = m["comparisons"]["relu-bn"], m["bn_speedup"]["relu-bn"]["epochs_ratio"]
+    assert rows["relu-bn"] == {
+        "test_acc": pytest.approx(0.91), "test_acc_ci": m["variants"]["relu-bn"]["test_accuracy"]["ci"],
+        "vs": "relu", "diff_pts": c["difference_points"], "diff_ci": c["ci_points"],
+        "judgement": "better", "speedup": speedup["mean"], "speedup_ci": speedup["ci"]}
+    assert rows["tanh-bn"]["speedup"] is None  # its twin never reached the target
+    assert {key for row in rows.values() for key in row} == set(rows["relu-bn"])
+
+
+def test_curves_file_is_every_history_in_long_format(evaluated, tmp_path):
+    root, _, _ = evaluated
+    path = root / "curves" / "unit.csv"
+    lines = path.read_text().splitlines()
+    assert lines[0] == "variant,seed,epoch,metric,value"
+    epochs = sum(len(VAL_ACCURACY[name][index]) for name in VARIANTS for index in range(3))
+    assert len(lines) == 1 + 4 * epochs  # loss, val_loss, accuracy, val_accuracy per epoch
+    assert "relu-bn,1,2,val_accuracy,0.85" in lines
+    curves = read_curves(path)
+    assert list(curves) == list(VARIANTS) and list(curves["relu"]) == [0, 1, 2]
+    assert [row["val_accuracy"] for row in curves["relu"][1]] == VAL_ACCURACY["relu"][1]
+    assert math.isnan(curves["tanh"][2][1]["val_accuracy"])  # the diverged epoch stays NaN
+
+
+def test_confusion_counts_pool_the_best_variants_seeds(evaluated):
+    root, m, _ = evaluated
+    confusion = m["confusion"]
+    assert (confusion["variant"], confusion["seeds"], confusion["classes"]) == (
+        "relu-bn", 3, CLASSES)
+    y_test = np.load(root / "data" / "prepared" / "d" / "y_test.npy")
+    predictions = [np.load(unit_dir(root / "models" / "unit", "relu-bn", seed) /
+                           "test_predictions.npy") for seed in (0, 1, 2)]
+    counts = np.array(confusion["counts"])
+    assert counts.sum() == 3 * N_TEST
+    assert np.trace(counts) == sum(int((p == y_test).sum()) for p in predictions)
+    assert counts[0].sum() == 3 * int((y_test == 0).sum())  # rows: the true class
 
 
 def test_one_seed_study_has_no_intervals(tmp_path):
@@ -243,6 +301,9 @@ def test_pairs_the_question_asks_for_are_compared_in_the_verdict(tmp_path):
     assert (pair["vs"], pair["judgement"]) == ("tanh-bn", "better")  # 0.90-0.92 vs tanh-bn's lower
     assert pair["text"].startswith("relu-bn is ") and " above tanh-bn " in pair["text"]
     assert pair["text"] + "." in m["verdict"]
+    assert headline(m)["relu-bn-vs-tanh-bn"] == {
+        "vs": "tanh-bn", "diff_pts": pair["difference_points"], "diff_ci": pair["ci_points"],
+        "judgement": "better"}
     assert set(m["comparisons"]) == {"relu-bn", "tanh", "tanh-bn"}  # the baseline's stay
     page = study_section("unit", m, tmp_path / "no-plots")
     assert "Other comparisons the question asks for" in page and html.escape(pair["text"]) in page
@@ -254,8 +315,8 @@ def test_bn_violins_only_where_the_study_varies_batchnorm(tmp_path):
     variants = {"relu": {"norm": "before"}, "relu-bn": {"norm": "before", "activation": "tanh"}}
     params, models_dir, data_dir = write_fake_study(tmp_path, variants=variants)
     units = read_study(params, "unit", models_dir, data_dir)
-    figures = study_figures(params, "unit", units, study_metrics(params, "unit", units),
-                            models_dir, data_dir)
+    figures = plots.study_figures(params, "unit", study_results(params, "unit", units, data_dir),
+                                  study_histories(units), models_dir, data_dir)
     assert (unit_dir(models_dir, "relu-bn", 0) / "bn_params.npz").exists()
     assert "bn_params.png" not in figures and "learning_curves.png" in figures
     plots.close(figures)
@@ -278,7 +339,10 @@ def test_missing_training_names_file_and_stage(tmp_path):
     (unit_dir(models_dir, "tanh", 1) / "run.json").unlink()
     with pytest.raises(DataError, match=r"tanh/seed1/run.json: missing; .*dvc repro train@unit"):
         evaluate(tmp_path, params, models_dir, data_dir)
-    assert not (tmp_path / "metrics").exists() and not (tmp_path / "plots").exists()
+    assert not any((tmp_path / name).exists() for name in ("results", "metrics", "curves"))
+    with pytest.raises(DataError, match=r"results/unit.json: missing; .*dvc repro evaluate@unit"):
+        plot(tmp_path, params, models_dir, data_dir)
+    assert not (tmp_path / "plots").exists()
 
 
 def test_predictions_of_another_dataset_are_rejected(tmp_path):
@@ -288,12 +352,13 @@ def test_predictions_of_another_dataset_are_rejected(tmp_path):
         evaluate(tmp_path, params, models_dir, data_dir)
 
 
-def test_metrics_file_has_no_nan(evaluated):
+def test_results_and_metrics_files_have_no_nan(evaluated):
     """DVC and browsers read strict JSON: a diverged run's NaN must be written as null."""
     root, _, _ = evaluated
-    text = (root / "metrics" / "unit.json").read_text()
-    json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in metrics JSON"))
-    assert not any(isinstance(v, float) and math.isnan(v) for v in _leaves(json.loads(text)))
+    for path in [root / "results" / "unit.json", *(root / "metrics" / "unit").iterdir()]:
+        text = path.read_text()
+        json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in {path}"))
+        assert not any(isinstance(v, float) and math.isnan(v) for v in _leaves(json.loads(text)))
 
 
 def _leaves(tree):
@@ -317,11 +382,16 @@ def test_bn_violins_take_constant_and_single_values():
 
 
 def test_evaluate_and_report_do_not_import_keras():
-    """They read files only: no TensorFlow start-up (seconds, GBs) in these stages."""
+    """They read files only: no TensorFlow start-up (seconds, GBs) in these stages; evaluate
+    computes numbers only, the plot stage alone imports matplotlib."""
     import subprocess
     import sys
 
-    code = ("import sys, ablations.evaluate, ablations.report, ablations.plots, ablations.stats; "
-            "print(sorted({'keras', 'tensorflow', 'torch', 'jax'} & set(sys.modules)))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    def imported(modules):
+        code = (f"import sys, {modules}; print(sorted({{'keras', 'tensorflow', 'torch', 'jax', "
+                "'matplotlib'} & set(sys.modules)))")
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    assert imported("ablations.evaluate, ablations.stats, ablations.history") == "[]"
+    assert imported("ablations.report, ablations.plots") == "['matplotlib']"

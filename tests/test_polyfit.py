@@ -253,10 +253,14 @@ def test_default_config_is_valid():
 def test_run_writes_outputs_and_logs_nested_runs(tmp_path, tracking):
     client, experiment_id = tracking
     metrics_path, plot_path = tmp_path / "metrics/polyfit.json", tmp_path / "plots/p/cv.png"
-    metrics = polyfit.run(small_config(), metrics_path, plot_path)
+    results_path = tmp_path / "results/polyfit.json"
+    metrics = polyfit.run(small_config(), results_path, metrics_path, plot_path)
 
-    written = json.loads(metrics_path.read_text())
+    written = json.loads(results_path.read_text())
     assert written == metrics
+    assert json.loads(metrics_path.read_text()) == {  # DVC's table: a few numbers, no text
+        key: metrics[key] for key in ("true_degree", "chosen_degree_min", "chosen_degree_1se",
+                                      "best_cv_mse")}
     assert written["true_degree"] == 3 and written["chosen_degree_1se"] == 3
     assert set(written["per_degree"]) == {"1", "2", "3", "4", "5"}
     assert set(written["per_degree"]["3"]) == {"mean", "std", "se"}
@@ -299,7 +303,8 @@ def test_under_mlflow_run_the_study_becomes_a_child(tmp_path, tracking, monkeypa
     client.log_param(outer.info.run_id, "study", "polyfit")
     monkeypatch.setenv("MLFLOW_RUN_ID", outer.info.run_id)
 
-    polyfit.run(small_config(max_degree=3), tmp_path / "m.json", tmp_path / "p.png")
+    polyfit.run(small_config(max_degree=3), tmp_path / "r.json", tmp_path / "m.json",
+                tmp_path / "p.png")
 
     runs = {r.info.run_name: r for r in _runs(client, experiment_id)}
     assert runs["polyfit"].data.tags["mlflow.parentRunId"] == outer.info.run_id
@@ -318,8 +323,8 @@ def test_a_crash_marks_the_run_failed_and_leaves_no_outputs(tmp_path, tracking, 
 
     monkeypatch.setattr(mlflow, "log_text", broken_log_text)
     with pytest.raises(RuntimeError, match="artifact store down"):
-        polyfit.run(small_config(), tmp_path / "m.json", tmp_path / "p.png")
+        polyfit.run(small_config(), tmp_path / "r.json", tmp_path / "m.json", tmp_path / "p.png")
     runs = _runs(client, experiment_id)
     assert [r.info.status for r in runs] == ["FAILED"]
     assert mlflow.active_run() is None
-    assert not (tmp_path / "m.json").exists() and not (tmp_path / "p.png").exists()
+    assert not any((tmp_path / name).exists() for name in ("r.json", "m.json", "p.png"))

@@ -20,7 +20,7 @@ from test_evaluate import write_fake_study  # the fake study on disk, as the tra
 
 from ablations import plots, polyfit
 from ablations.errors import DataError
-from ablations.evaluate import read_study, study_figures, study_metrics
+from ablations.evaluate import read_study, study_histories, study_results
 from ablations.io import write_json
 from ablations.report import build_report
 from conftest import copy_store
@@ -34,27 +34,28 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def write_polyfit(root, params):
-    """metrics/polyfit.json and plots/polyfit/cv_error.png from the real polyfit functions."""
+    """results/polyfit.json and plots/polyfit/cv_error.png from the real polyfit functions."""
     cfg = params.polyfit
     x, y = polyfit.make_data(cfg.coefficients, cfg.noise, cfg.n, cfg.x_range, cfg.seed)
     scores = polyfit.cv_errors(x, y, range(1, cfg.max_degree + 1), cfg.folds, cfg.seed)
     chosen = polyfit.choose_degree(scores)
     verdict = polyfit.answer(scores, cfg.true_degree, noise=cfg.noise)
-    write_json(root / "metrics" / "polyfit.json",
+    write_json(root / "results" / "polyfit.json",
                polyfit.metrics_dict(scores, chosen, cfg.true_degree, verdict))
     plots.close({"cv": polyfit.plot_cv(scores, chosen, cfg.true_degree,
                                        root / "plots" / "polyfit" / "cv_error.png")})
 
 
 def write_study_outputs(root, params, models_dir, data_dir):
-    """metrics/unit.json and plots/unit/*.png as the evaluate stage writes them (without its
-    MLflow run: one store per module is enough)."""
+    """results/unit.json and plots/unit/*.png as the evaluate and plot stages write them
+    (without their MLflow runs: one store per module is enough)."""
     units = read_study(params, "unit", models_dir, data_dir)
-    metrics = study_metrics(params, "unit", units)
-    figures = study_figures(params, "unit", units, metrics, models_dir, data_dir)
+    metrics = study_results(params, "unit", units, data_dir)
+    figures = plots.study_figures(params, "unit", metrics, study_histories(units), models_dir,
+                                  data_dir)
     plots.save_figures(figures, root / "plots" / "unit")
     plots.close(figures)
-    write_json(root / "metrics" / "unit.json", metrics)
+    write_json(root / "results" / "unit.json", metrics)
     return metrics
 
 
@@ -69,7 +70,7 @@ def report(tmp_path_factory, migrated_store):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         patch.delenv("MLFLOW_RUN_ID", raising=False)
-        html = build_report(params, root / "metrics", root / "plots",
+        html = build_report(params, root / "results", root / "plots",
                             root / "reports" / "index.html")
     return root, metrics, html, uri
 
@@ -105,7 +106,7 @@ def test_report_is_one_self_contained_escaped_file(report):
     for comparison in metrics["comparisons"].values():
         assert escape(comparison["text"]) in html
     assert escape(metrics["verdict"]) in html
-    assert escape(json.loads((root / "metrics" / "polyfit.json").read_text())["verdict"]) in html
+    assert escape(json.loads((root / "results" / "polyfit.json").read_text())["verdict"]) in html
     assert not list(html_path.parent.glob(".index.html*"))  # no temp file left (atomic write)
 
 

@@ -139,19 +139,30 @@ def cmd_replay(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    """Statistics over seeds, verdicts and figures of one study (no Keras import)."""
+    """Statistics over seeds and verdicts of one study: numbers only (no Keras import)."""
     from ablations.evaluate import evaluate_study
 
     params = _params(args)
-    evaluate_study(params, args.study, Path(args.models), Path(args.data), Path(args.metrics),
-                   Path(args.plots))
+    evaluate_study(params, args.study, Path(args.models), Path(args.data), Path(args.results),
+                   Path(args.metrics), Path(args.curves))
+
+
+def cmd_plot(args) -> None:
+    """The figures of one study, from evaluate's results and curves."""
+    params = _params(args)
+    if args.study not in params.studies:
+        raise AblationsError(f"studies.{args.study}: no such study (have {sorted(params.studies)})")
+    from ablations.plots import plot_study  # imports matplotlib
+
+    plot_study(params, args.study, Path(args.results), Path(args.curves), Path(args.models),
+               Path(args.data), Path(args.out))
 
 
 def cmd_report(args) -> None:
     """reports/index.html: every study's question, table, figures and verdict on one page."""
     from ablations.report import build_report
 
-    build_report(_params(args), Path(args.metrics), Path(args.plots), Path(args.out))
+    build_report(_params(args), Path(args.results), Path(args.plots), Path(args.out))
 
 
 def cmd_polyfit(args) -> None:
@@ -159,7 +170,7 @@ def cmd_polyfit(args) -> None:
 
     params = _params(args)
     tracking.use_experiment("polyfit")
-    polyfit.run(params.polyfit, Path(args.metrics), Path(args.plot))
+    polyfit.run(params.polyfit, Path(args.results), Path(args.metrics), Path(args.plot))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -192,9 +203,11 @@ def _parser() -> argparse.ArgumentParser:
                             "default: $ABLATIONS_EXECUTOR, else local")
     replay = stage("replay", cmd_replay, "study", "variant", "--out")
     replay.add_argument("--seed", type=int, help="which seed's run (default: the study's first)")
-    stage("evaluate", cmd_evaluate, "study", "--models", "--data", "--metrics", "--plots")
-    stage("report", cmd_report, "--metrics", "--plots", "--out")
-    stage("polyfit", cmd_polyfit, "--metrics", "--plot")
+    stage("evaluate", cmd_evaluate, "study", "--models", "--data", "--results", "--metrics",
+          "--curves")
+    stage("plot", cmd_plot, "study", "--results", "--curves", "--models", "--data", "--out")
+    stage("report", cmd_report, "--results", "--plots", "--out")
+    stage("polyfit", cmd_polyfit, "--results", "--metrics", "--plot")
     return parser
 
 

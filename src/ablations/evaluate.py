@@ -1,14 +1,19 @@
-"""evaluate stage: a study's results over seeds, its figures, and one MLflow summary run.
+"""evaluate stage: a study's numbers over seeds — DVC metrics, the full results, the curves —
+and one MLflow summary run. Numbers only: the plot stage (plots.py) draws the figures.
 
     ablations evaluate batchnorm --models models/batchnorm --data data/prepared \
-        --metrics metrics/batchnorm.json --plots plots/batchnorm
+        --results results/batchnorm.json --metrics metrics/batchnorm --curves curves/batchnorm.csv
 
 Reads what the train stage wrote for every (variant, seed) — run.json, history.csv,
-test_predictions.npy, bn_params.npz — never the models (no Keras import: this stage takes
-seconds). Writes metrics/<study>.json (DVC metrics; keys below), the figures of `plots.py`
-into --plots, and logs both to the `<study>-summary` run of the study's MLflow experiment.
+test_predictions.npy — never the models (no Keras import: this stage takes seconds). Writes
+  --results  the study's full results (keys below; the report and the plot stage read them),
+  --metrics  a folder of headline numbers, one small JSON per row of `dvc metrics show`
+             (`headline`: a row per variant and per pair compared), so the table stays narrow
+             however many variants the studies have,
+  --curves   every history in long format (history.write_curves), DVC's plot data,
+and logs the headline numbers and the results to the `<study>-summary` MLflow run.
 
-metrics/<study>.json — every "result" is {mean, ci, n, excluded, values}: the mean over
+results/<study>.json — every "result" is {mean, ci, n, excluded, values}: the mean over
 seeds, the half-width of its 95% Student-t interval (null with one value), n finite values
 used, `excluded` values that were null/NaN (diverged, or target never reached) and the
 per-seed values {"seed0": …}:
@@ -29,6 +34,8 @@ per-seed values {"seed0": …}:
   pair_comparisons.<a vs b>: the same for each pair of the study's `also_compare` (a − b)
   best_variant (highest mean test accuracy on the study's data), verdict (the study's
       answer, computed from the numbers above)
+  confusion (best variant, predictions of its non-diverged seeds pooled): variant, seeds
+      (how many pooled), classes (names), counts (rows: true class, columns: predicted)
 """
 
 from __future__ import annotations
@@ -38,11 +45,11 @@ from typing import Any
 
 import numpy as np
 
-from ablations import effects, plots, stats, tracking, verdicts
+from ablations import effects, stats, tracking, verdicts
 from ablations.config import Params
 from ablations.errors import DataError
-from ablations.history import read_history
-from ablations.io import read_json, unit_dir, write_json
+from ablations.history import curve_rows, read_history, write_curves
+from ablations.io import atomic_dir, class_names, read_json, unit_dir, write_json
 from ablations.stats import format_result as pm
 
 
@@ -223,6 +230,57 @@ def study_verdict(metrics: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+# --------------------------------------------------------------------------- headline
+
+
+def _comparison_columns(c: dict[str, Any]) -> dict[str, Any]:
+    return {"vs": c["vs"], "diff_pts": c["difference_points"], "diff_ci": c["ci_points"],
+            "judgement": c["judgement"]}
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{row: columns}: the study's headline numbers, one `dvc metrics show` row each.
+
+    Rows are variants (test_acc: mean test accuracy 0..1, test_acc_ci: half-width of its 95%
+    interval; against the baseline vs, diff_pts ± diff_ci in percentage points, judgement;
+    BN variants: speedup, the mean per-seed ratio of epochs to the target, ± speedup_ci) and
+    `<a>-vs-<b>` pairs of `also_compare` (the comparison columns). Every row shares these
+    column names, so the table is as wide for 50 variants as for 2; None is left to DVC to
+    show as "-". Other numbers of a study add rows or columns here.
+    """
+    rows = {name: {"test_acc": v["test_accuracy"]["mean"], "test_acc_ci": v["test_accuracy"]["ci"]}
+            for name, v in metrics["variants"].items()}
+    for name, c in metrics["comparisons"].items():
+        rows[name].update(_comparison_columns(c))
+    for name, s in metrics["bn_speedup"].items():
+        rows[name].update(speedup=s["epochs_ratio"]["mean"], speedup_ci=s["epochs_ratio"]["ci"])
+    for pair, c in metrics["pair_comparisons"].items():
+        name = pair.replace(" vs ", "-vs-")
+        if name in rows:
+            raise DataError(f"studies.{metrics['study']}: the pair row {name} has a variant's "
+                            "name; rename that variant")
+        rows[name] = _comparison_columns(c)
+    return rows
+
+
+def best_confusion(params: Params, study: str, units: dict[str, list[dict]], best: str | None,
+                   data_dir: Path) -> dict[str, Any] | None:
+    """Confusion counts of the best variant, its non-diverged seeds' predictions pooled (all
+    seeds when every one diverged)."""
+    from sklearn.metrics import confusion_matrix
+
+    if best is None:
+        return None
+    best_data = Path(data_dir) / params.variant_data(study, best)
+    y_test = read_test_labels(best_data)
+    kept = [u["predictions"] for u in units[best] if not u["diverged"]] or \
+           [u["predictions"] for u in units[best]]
+    classes = class_names(best_data, int(y_test.max()) + 1)
+    counts = confusion_matrix(np.concatenate([y_test] * len(kept)), np.concatenate(kept),
+                              labels=np.arange(len(classes)))
+    return {"variant": best, "seeds": len(kept), "classes": classes, "counts": counts.tolist()}
+
+
 # --------------------------------------------------------------------------- stage
 
 
@@ -265,42 +323,6 @@ def study_metrics(params: Params, study: str, units: dict[str, list[dict]]) -> d
     return metrics
 
 
-def study_figures(params: Params, study: str, units: dict[str, list[dict]], metrics: dict,
-                  models_dir: Path, data_dir: Path) -> dict[str, Any]:
-    histories = {name: [u["history"] for u in runs] for name, runs in units.items()}
-    figures = {"learning_curves.png": plots.learning_curves(histories, f"{study}: learning curves"),
-               "test_accuracy.png": plots.accuracy_bars(metrics)}
-    if metrics["bn_speedup"]:
-        figures["bn_speedup.png"] = plots.speedup_chart(metrics)
-    best = metrics["best_variant"]
-    if best is not None:
-        best_data = Path(data_dir) / params.variant_data(study, best)
-        y_test = read_test_labels(best_data)
-        kept = [u["predictions"] for u in units[best] if not u["diverged"]] or \
-               [u["predictions"] for u in units[best]]
-        classes = plots.class_names(best_data, int(y_test.max()) + 1)
-        figures["confusion_matrix.png"] = plots.confusion(
-            y_test, kept, classes,
-            f"{study}: {best} (best), {len(kept)} seeds pooled, row-normalized")
-    figures["examples.png"] = plots.examples(Path(data_dir) / params.studies[study].data)
-    if varies_batchnorm(params, study):
-        bn = {name: plots.read_bn_params(models_dir, name, params.studies[study].seeds)
-              for name in units}
-        bn = {name: layers for name, layers in bn.items() if layers}
-        if bn:
-            figures["bn_params.png"] = plots.bn_violins(bn, study)
-    return figures
-
-
-def varies_batchnorm(params: Params, study: str) -> bool:
-    """Whether the study switches BatchNorm on or off or moves it: only then are the learned
-    BN parameters part of its answer. Elsewhere the violins answer nothing asked and cost
-    seconds per study (init_reg: 27 variants, 13 s; optimizers: ResNet50's 53 BN layers)."""
-    settings = {(cfg.norm, cfg.input_norm) for cfg in
-                (params.variant(study, name) for name in params.studies[study].variants)}
-    return len(settings) > 1
-
-
 def _summary_metrics(metrics: dict) -> dict[str, float]:
     """The headline numbers as MLflow metrics of the summary run (comparable across runs)."""
     flat = {}
@@ -315,30 +337,47 @@ def _summary_metrics(metrics: dict) -> dict[str, float]:
     return flat
 
 
-def log_summary(study: str, metrics: dict, plots_dir: Path) -> str:
-    """One `<study>-summary` run: headline metrics, the figures as written (PNG files, not
-    re-rendered), the metrics file, the verdict as the run's description."""
+def study_results(params: Params, study: str, units: dict[str, list[dict]], data_dir: Path
+                  ) -> dict[str, Any]:
+    """The results file's content: study_metrics and the best variant's confusion counts."""
+    metrics = study_metrics(params, study, units)
+    metrics["confusion"] = best_confusion(params, study, units, metrics["best_variant"], data_dir)
+    return metrics
+
+
+def study_histories(units: dict[str, list[dict]]) -> dict[str, dict[int, list[dict]]]:
+    """{variant: {seed: history}}, what the curves file holds."""
+    return {name: {u["seed"]: u["history"] for u in runs} for name, runs in units.items()}
+
+
+def log_summary(study: str, metrics: dict) -> str:
+    """One `<study>-summary` run: headline metrics, the results file, the verdict as the run's
+    description (the plot stage logs the figures in its own run)."""
     tags = tracking.run_tags(study, "summary", kind="summary", dvc_stage=f"evaluate@{study}")
     tags["mlflow.note.content"] = metrics["verdict"]  # shown as the run's description in the UI
     with tracking.run(study, f"{study}-summary", tags) as active:
         tracking.mlflow.log_metrics(_summary_metrics(metrics))
-        tracking.mlflow.log_artifacts(str(plots_dir))
         tracking.mlflow.log_dict(metrics, f"{study}.json")
         return active.info.run_id
 
 
+def write_headline(folder: Path, rows: dict[str, dict[str, Any]]) -> None:
+    """One `<row>.json` per headline row, the folder replaced at once."""
+    with atomic_dir(Path(folder)) as tmp:
+        for name, numbers in rows.items():
+            write_json(tmp / f"{name}.json", numbers)
+
+
 def evaluate_study(params: Params, study: str, models_dir: Path, data_dir: Path,
-                   metrics_path: Path, plots_dir: Path) -> dict[str, Any]:
-    """The evaluate stage: metrics JSON + figures + MLflow summary run; returns the metrics.
-    `data_dir` holds every prepared dataset (data/prepared)."""
+                   results_path: Path, metrics_dir: Path, curves_path: Path) -> dict[str, Any]:
+    """The evaluate stage: results JSON + headline metrics + curves + MLflow summary run;
+    returns the results. `data_dir` holds every prepared dataset (data/prepared)."""
     models_dir, data_dir = Path(models_dir), Path(data_dir)
     units = read_study(params, study, models_dir, data_dir)
-    metrics = study_metrics(params, study, units)
-    figures = study_figures(params, study, units, metrics, models_dir, data_dir)
-    try:
-        plots.save_figures(figures, Path(plots_dir))
-    finally:
-        plots.close(figures)
-    write_json(Path(metrics_path), metrics)
-    log_summary(study, metrics, Path(plots_dir))
+    metrics = study_results(params, study, units, data_dir)
+    rows = headline(metrics)  # before any write: a bad row name leaves nothing half-written
+    write_curves(Path(curves_path), curve_rows(study_histories(units)))
+    write_headline(Path(metrics_dir), rows)
+    write_json(Path(results_path), metrics)
+    log_summary(study, metrics)
     return metrics

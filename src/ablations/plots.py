@@ -1,15 +1,19 @@
-"""Figures of one study (PNG, DVC plots), drawn by the evaluate stage from what it computed.
+"""plot stage: the figures of one study (PNG, DVC plots), drawn from the evaluate stage's
+results and curves; matplotlib is imported here only.
 
-    ablations evaluate batchnorm --models models/batchnorm --data data/prepared \
-        --metrics metrics/batchnorm.json --plots plots/batchnorm
+    ablations plot batchnorm --results results/batchnorm.json --curves curves/batchnorm.csv \
+        --models models/batchnorm --data data/prepared --out plots/batchnorm
 
 Files (FIGURES): learning_curves.png (mean over seeds, band = min..max over seeds),
 test_accuracy.png (mean ± 95% CI), bn_speedup.png (when the study has BN twins),
-confusion_matrix.png (best variant, predictions of all its non-diverged seeds pooled),
+confusion_matrix.png (best variant, its non-diverged seeds' predictions pooled, as counted
+by evaluate),
 examples.png (a few training images per class, unscaled), bn_params.png (violins of the learned
 BatchNorm gamma and beta per layer, seeds pooled, in studies whose variants differ in BatchNorm
 when any variant saved bn_params.npz).
-No Keras import: everything comes from the train stage's files.
+No Keras import: the numbers come from evaluate's files, the examples from the prepared data,
+the BatchNorm parameters from the train stage's bn_params.npz. The figures are logged to the
+study's `<study>-figures` MLflow run.
 """
 
 from __future__ import annotations
@@ -25,8 +29,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ablations import tracking  # noqa: E402
+from ablations.config import Params  # noqa: E402
 from ablations.errors import DataError  # noqa: E402
-from ablations.io import atomic_dir, read_json, unit_dir  # noqa: E402
+from ablations.history import read_curves  # noqa: E402
+from ablations.io import atomic_dir, class_names, read_json, unit_dir  # noqa: E402
 
 FIGURES = ("learning_curves.png", "test_accuracy.png", "bn_speedup.png",
            "confusion_matrix.png", "examples.png", "bn_params.png")
@@ -124,17 +131,17 @@ def speedup_chart(metrics: dict[str, Any]) -> plt.Figure:
     return fig
 
 
-def confusion(y_true: np.ndarray, predictions: list[np.ndarray], classes: list[str],
-              title: str) -> plt.Figure:
-    """Row-normalized confusion matrix of predictions pooled over seeds."""
+def confusion(confusion: dict[str, Any], title: str) -> plt.Figure:
+    """Row-normalized confusion matrix from evaluate's counts (rows: true class)."""
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    pooled_true = np.concatenate([y_true] * len(predictions))
+    counts = np.asarray(confusion["counts"], dtype=float)
+    totals = counts.sum(axis=1, keepdims=True)
+    rates = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    classes = confusion["classes"]
     fig, ax = plt.subplots(figsize=(max(5, len(classes) * 0.7), max(4.5, len(classes) * 0.6)))
-    ConfusionMatrixDisplay.from_predictions(
-        pooled_true, np.concatenate(predictions), labels=np.arange(len(classes)),
-        display_labels=classes, normalize="true", values_format=".2f", ax=ax, colorbar=False,
-        xticks_rotation=45)
+    ConfusionMatrixDisplay(rates, display_labels=classes).plot(
+        values_format=".2f", ax=ax, colorbar=False, xticks_rotation=45)
     ax.set_title(title, fontsize="medium")
     fig.tight_layout()
     return fig
@@ -164,11 +171,6 @@ def examples(data_dir: Path, per_class: int = EXAMPLES_PER_CLASS) -> plt.Figure:
     fig.suptitle(f"{data_dir.name}: training images", fontsize="small")
     fig.tight_layout()
     return fig
-
-
-def class_names(data_dir: Path, count: int) -> list[str]:
-    path = Path(data_dir) / "classes.json"
-    return [str(c) for c in read_json(path)] if path.exists() else [str(i) for i in range(count)]
 
 
 def read_bn_params(models_dir: Path, variant: str, seeds: list[int]
@@ -220,3 +222,66 @@ def save_figures(figures: dict[str, plt.Figure], out_dir: Path) -> None:
 def close(figures: dict[str, plt.Figure]) -> None:
     for figure in figures.values():
         plt.close(figure)
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def varies_batchnorm(params: Params, study: str) -> bool:
+    """Whether the study switches BatchNorm on or off or moves it: only then are the learned
+    BN parameters part of its answer. Elsewhere the violins answer nothing asked and cost
+    seconds per study (init_reg: 27 variants, 13 s; optimizers: ResNet50's 53 BN layers)."""
+    settings = {(cfg.norm, cfg.input_norm) for cfg in
+                (params.variant(study, name) for name in params.studies[study].variants)}
+    return len(settings) > 1
+
+
+def study_figures(params: Params, study: str, results: dict[str, Any],
+                  histories: dict[str, dict[int, list[dict]]], models_dir: Path,
+                  data_dir: Path) -> dict[str, plt.Figure]:
+    """{file name: figure} of one study from its results and curves (history.read_curves)."""
+    figures = {"learning_curves.png": learning_curves(
+                   {name: list(seeds.values()) for name, seeds in histories.items()},
+                   f"{study}: learning curves"),
+               "test_accuracy.png": accuracy_bars(results)}
+    if results["bn_speedup"]:
+        figures["bn_speedup.png"] = speedup_chart(results)
+    matrix = results.get("confusion")
+    if matrix:
+        figures["confusion_matrix.png"] = confusion(
+            matrix, f"{study}: {matrix['variant']} (best), {matrix['seeds']} seeds pooled, "
+                    "row-normalized")
+    figures["examples.png"] = examples(Path(data_dir) / params.studies[study].data)
+    if varies_batchnorm(params, study):
+        bn = {name: read_bn_params(models_dir, name, params.studies[study].seeds)
+              for name in results["variants"]}
+        bn = {name: layers for name, layers in bn.items() if layers}
+        if bn:
+            figures["bn_params.png"] = bn_violins(bn, study)
+    return figures
+
+
+def log_figures(study: str, plots_dir: Path) -> str:
+    """One `<study>-figures` run holding the figures as written (PNG files, not re-rendered)."""
+    tags = tracking.run_tags(study, "figures", kind="figures", dvc_stage=f"plot@{study}")
+    with tracking.run(study, f"{study}-figures", tags) as active:
+        tracking.mlflow.log_artifacts(str(plots_dir))
+        return active.info.run_id
+
+
+def plot_study(params: Params, study: str, results_path: Path, curves_path: Path,
+               models_dir: Path, data_dir: Path, plots_dir: Path) -> list[str]:
+    """The plot stage: every figure of the study into `plots_dir` at once, then MLflow; returns
+    the file names."""
+    for path in (results_path, curves_path):
+        if not Path(path).exists():
+            raise DataError(f"{path}: missing; run the evaluate stage first "
+                            f"(dvc repro evaluate@{study})")
+    figures = study_figures(params, study, read_json(results_path), read_curves(curves_path),
+                            Path(models_dir), Path(data_dir))
+    try:
+        save_figures(figures, Path(plots_dir))
+    finally:
+        close(figures)
+    log_figures(study, Path(plots_dir))
+    return list(figures)

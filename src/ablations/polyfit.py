@@ -346,7 +346,7 @@ def _plot_frequencies(ax, draws: Draws, true_degree: int) -> None:
 
 def metrics_dict(scores: Sequence[DegreeScore], chosen: tuple[int, int], true_degree: int,
                  verdict: str, draws: Draws | None = None) -> dict[str, Any]:
-    """The DVC metrics file: numeric top-level keys, per-degree mean/std/se, the verdict."""
+    """The results file: numeric top-level keys, per-degree mean/std/se, the verdict."""
     by_degree = {s.degree: s for s in scores}
     return {
         "true_degree": true_degree,
@@ -454,8 +454,17 @@ def study_answer(scores: Sequence[DegreeScore], draws: Draws, cfg: PolyfitConfig
     return draws_answer(draws, cfg.true_degree) + f" First draw (seed {cfg.seed}): " + first
 
 
-def run(config: PolyfitConfig | dict, metrics_path: Path, plot_path: Path) -> dict[str, Any]:
-    """The whole stage: validate, simulate, cross-validate, choose, plot, log, write metrics."""
+def headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The DVC metrics: the numbers of `metrics_dict` without the per-degree table and verdict
+    (those are in the results file; as DVC metrics they would add ~50 table columns)."""
+    return {key: metrics[key] for key in ("true_degree", "chosen_degree_min",
+                                           "chosen_degree_1se", "best_cv_mse")}
+
+
+def run(config: PolyfitConfig | dict, results_path: Path, metrics_path: Path, plot_path: Path
+        ) -> dict[str, Any]:
+    """The whole stage: validate, simulate, cross-validate, choose, plot, log, write results
+    (metrics_dict) and DVC metrics (headline); returns the results."""
     cfg = polyfit_config(config)
     scores, draws = repeat_selection(cfg)
     chosen = choose_degree(scores)
@@ -466,9 +475,11 @@ def run(config: PolyfitConfig | dict, metrics_path: Path, plot_path: Path) -> di
         log_to_mlflow(cfg.model_dump(mode="json"), scores, chosen, verdict, figure, draws)
         with atomic_file(Path(plot_path), "wb") as handle:
             figure.savefig(handle, format="png", dpi=120)
-        write_json(Path(metrics_path), metrics)
+        write_json(Path(results_path), metrics)
+        write_json(Path(metrics_path), headline(metrics))
     except BaseException:
-        Path(plot_path).unlink(missing_ok=True)  # no partial outputs for DVC to cache
+        for path in (plot_path, results_path):  # no partial outputs for DVC to cache
+            Path(path).unlink(missing_ok=True)
         raise
     finally:
         plt.close(figure)

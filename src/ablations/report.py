@@ -1,9 +1,10 @@
 """report stage: one static, offline HTML page that answers every study's question.
 
-    ablations report --metrics metrics --plots plots --out reports/index.html
+    ablations report --results results --plots plots --out reports/index.html
 
 A section per study (question, mean ± 95% CI per variant, comparisons with the baseline, BN
-speed-up, verdict, figures) and polyfit's when metrics/polyfit.json exists. Figures are
+speed-up, verdict, figures), from the evaluate stage's results/<study>.json and the plot
+stage's plots/<study>/, and polyfit's when results/polyfit.json exists. Figures are
 embedded as base64 `data:` URIs and the styles are inline: the single file can be mailed,
 archived or opened from a DVC cache without a server or network, and needs no JavaScript.
 Also logged as an artifact of the run "report" in the MLflow experiment "report".
@@ -117,20 +118,20 @@ def polyfit_section(m: dict, plots_dir: Path) -> str:
             + "</section>")
 
 
-def read_metrics(metrics_dir: Path, study: str) -> dict[str, Any]:
-    path = Path(metrics_dir) / f"{study}.json"
+def read_results(results_dir: Path, study: str) -> dict[str, Any]:
+    path = Path(results_dir) / f"{study}.json"
     if not path.exists():
         raise DataError(f"{path}: missing; run the evaluate stage first "
                         f"(dvc repro evaluate@{study})")
     return read_json(path)
 
 
-def render(params: Params, metrics_dir: Path, plots_dir: Path) -> str:
-    metrics_dir, plots_dir = Path(metrics_dir), Path(plots_dir)
-    studies = {study: read_metrics(metrics_dir, study) for study in params.studies}
+def render(params: Params, results_dir: Path, plots_dir: Path) -> str:
+    results_dir, plots_dir = Path(results_dir), Path(plots_dir)
+    studies = {study: read_results(results_dir, study) for study in params.studies}
     sections = [study_section(study, m, plots_dir) for study, m in studies.items()]
     names = list(studies)
-    polyfit = metrics_dir / "polyfit.json"
+    polyfit = results_dir / "polyfit.json"
     if polyfit.exists():
         sections.append(polyfit_section(read_json(polyfit), plots_dir))
         names.append("polyfit")
@@ -142,9 +143,9 @@ def render(params: Params, metrics_dir: Path, plots_dir: Path) -> str:
             f"<nav>{nav}</nav>{''.join(sections)}</body></html>\n")
 
 
-def build_report(params: Params, metrics_dir: Path, plots_dir: Path, out_html: Path) -> Path:
+def build_report(params: Params, results_dir: Path, plots_dir: Path, out_html: Path) -> Path:
     """Write the report atomically, log it to MLflow (experiment and run "report")."""
-    html = render(params, metrics_dir, plots_dir)
+    html = render(params, results_dir, plots_dir)
     out_html = Path(out_html)
     with atomic_file(out_html) as handle:
         handle.write(html)
