@@ -377,7 +377,7 @@ def test_missing_dataset_with_no_source_says_where_to_put_files(tmp_path):
 
 def test_unreachable_tracking_server(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(BASE, sort_keys=False))
-    result = ablations("polyfit", "--metrics", "m.json", "--plot", "p.png", cwd=tmp_path,
-                       env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    result = ablations("polyfit", "--results", "r.json", "--metrics", "m.json", "--plot", "p.png",
+                       cwd=tmp_path, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
     assert_clean_failure(result, "MLFLOW_TRACKING_URI=http://127.0.0.1:9", "unreachable",
-                         absent=[tmp_path / "m.json", tmp_path / "p.png"])
+                         absent=[tmp_path / "r.json", tmp_path / "m.json", tmp_path / "p.png"])
