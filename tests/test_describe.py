@@ -89,3 +89,27 @@ def test_describe_text_and_one_study(tmp_path):
     assert "block1_bn" in result.stdout and "BatchNormalization" in result.stdout
     bad = ablations("describe", "nope")
     assert bad.returncode == 2 and bad.stderr.startswith("error: studies.nope: no such study")
+
+
+# The laptop budget's counts as docs/fidelity.md states them: (study, variant) → (total, trainable).
+LAPTOP_COUNTS = {
+    ("batchnorm", "relu"): (106_058, 106_058), ("batchnorm", "relu-bn"): (107_274, 106_666),
+    ("init_reg", "glorot_uniform"): (146_698, 145_834),
+    ("optimizers", "rmsprop"): (23_845_002, 23_791_882), ("transfer", "source"): (44_001, 44_001),
+    ("depth", "shallow"): (402_442, 402_442), ("depth", "deeper"): (220_234, 220_234),
+    ("bn_placement", "before"): (324_186, 323_962), ("lenet_bn_dropout", "bn"): (61_794, 61_750),
+}
+
+
+def test_fidelity_doc_states_the_counts_describe_gives(repo_params):
+    """docs/fidelity.md's numbers are describe's: the notebook budget's (the command above)
+    and the laptop's (built here), so the table cannot drift from the networks."""
+    from ablations.describe import describe
+
+    doc = (REPO / "docs" / "fidelity.md").read_text()
+    laptop = describe(repo_params, sorted({study for study, _ in LAPTOP_COUNTS}))
+    for (study, variant), counts in LAPTOP_COUNTS.items():
+        entry = laptop[study][variant]
+        assert (entry["params_total"], entry["params_trainable"]) == counts, (study, variant)
+    for total, trainable in [*NOTEBOOK_COUNTS.values(), *LAPTOP_COUNTS.values()]:
+        assert f"{total:,}" in doc and f"{trainable:,}" in doc
