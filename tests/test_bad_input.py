@@ -165,6 +165,24 @@ DATASET_CASES = {
     "200-character variant name": (lambda p: variant(p, "v" * 200).update(dropout=0.1),
                                    ["variants: the name 'vvvvvvvvvvvvvvvvv...vvvvvvvvvvvvvvvvvv' is", "at most 100"]),
 }
+# Types and shapes of values: what YAML allows but the schema does not.
+SHAPE_CASES = {
+    "variant named 1": (lambda p: study(p).setdefault("variants", {}).update({1: {}}),
+                        ["studies.batchnorm.variants.1", "must be a string (got 1)"]),
+    "empty variant name": (lambda p: variant(p, "").update(dropout=0.1),
+                           ["studies.batchnorm.variants: the name '' is not allowed"]),
+    "val_fraction '10%'": (lambda p: p["data"]["prepared"]["fmnist_pm1"].update(val_fraction="10%"),
+                           ["fmnist_pm1.val_fraction", "must be a number (got '10%')"]),
+    "negative class": (lambda p: p["data"]["prepared"]["fmnist_source"].update(classes=[-1, 2]),
+                       ["fmnist_source.classes.0", "must be >= 0"]),
+    "no seeds": (lambda p: study(p).update(seeds=[]),
+                 ["studies.batchnorm.seeds: must have at least 1 entries (got 0)"]),
+    "mapping for a list": (lambda p: study(p)["defaults"].update(conv_filters={"a": 1}),
+                           ["conv_filters", "must be a list"]),
+    "null study": (lambda p: p["studies"].update(batchnorm=None),
+                   ["studies.batchnorm: must be a mapping (got None)"]),
+}
+CONFIG_CASES.update(SHAPE_CASES)
 CONFIG_CASES.update(BOUND_CASES)
 CONFIG_CASES.update(DATASET_CASES)
 
@@ -263,6 +281,20 @@ def test_params_not_utf8(tmp_path):
     result = ablations("validate", "--out", "valid.json", cwd=tmp_path)
     assert_clean_failure(result, "params.yaml: not UTF-8", "0xe9", "offset",
                          absent=[tmp_path / "valid.json"])
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--params", "absent.yaml", "validate", "--out", "v.json"],
+     "absent.yaml: cannot read (No such file or directory)"),
+    (["--params", "folder", "validate", "--out", "v.json"], "folder: cannot read (Is a directory)"),
+    (["validate", "--out", "folder"], "--out folder: is a folder"),
+])
+def test_params_or_output_path_unusable(tmp_path, args, expected):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    result = ablations(*args, cwd=tmp_path)
+    assert_clean_failure(result, expected, absent=[tmp_path / "v.json"])
+    assert (tmp_path / "folder").is_dir()
 
 
 def alias_bomb(levels: int) -> str:

@@ -478,6 +478,7 @@ def _describe(item: dict[str, Any], prefix: str) -> str:
         bound = "at most" if item["type"] == "too_long" else "at least"
         limit = item["ctx"]["max_length" if item["type"] == "too_long" else "min_length"]
         return f"{path}: must have {bound} {limit} entries (got {item['ctx']['actual_length']})"
+    message = re.sub(r"a valid dictionary or instance of \w+", "a mapping", message)
     for verbose, short in _BOUNDS:
         message = message.replace(verbose, short)
     hint = ""
