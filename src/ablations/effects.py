@@ -41,7 +41,8 @@ def contrast(values: Values, weights: dict[str, float]) -> dict[str, Any]:
         if all(v is not None and np.isfinite(v) for v in cells):
             per_seed[seed] = POINTS * sum(w * v for w, v in zip(weights.values(), cells))
     mean, half = stats.mean_ci(per_seed.values())
-    return {"difference": mean, "ci": half, "n": len(per_seed),
+    return {"variants": [name for name, w in weights.items() if w != 0],
+            "difference": mean, "ci": half, "n": len(per_seed),
             "excluded": len(seeds) - len(per_seed), "per_seed": per_seed,
             "judgement": stats.judge(mean, half)}
 

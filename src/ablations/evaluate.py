@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from ablations import effects, stats, tracking, verdicts
+from ablations import convergence, effects, stats, tracking, verdicts
 from ablations.config import Params
 from ablations.errors import DataError
 from ablations.history import curve_rows, read_history, write_curves
@@ -110,6 +110,7 @@ def variant_metrics(units: list[dict], target: float, data: str) -> dict[str, An
         "epochs_to_target": {**result(e for e, _ in reached),
                              "reached": sum(e is not None for e, _ in reached), "of": len(units)},
         "seconds_to_target": result(s for _, s in reached),
+        "convergence": convergence.convergence([u["history"] for u in units]),
     }
 
 
@@ -155,7 +156,12 @@ def comparison(name: str, baseline: str, variants: dict[str, dict]) -> dict[str,
     effect = effects.contrast(accuracies(variants), {name: 1.0, baseline: -1.0})
     return {"vs": baseline, "difference_points": effect["difference"],
             "ci_points": effect["ci"], "n": effect["n"], "judgement": effect["judgement"],
-            "text": verdicts.difference_sentence(name, baseline, effect)}
+            "text": verdicts.difference_sentence(name, baseline, effect)
+            + convergence.caveat([name, baseline], _flags(variants))}
+
+
+def _flags(variants: dict[str, dict]) -> dict[str, dict]:
+    return {name: v["convergence"] for name, v in variants.items()}
 
 
 def study_effects(params: Params, study: str, variants: dict[str, dict]) -> dict[str, Any]:
@@ -177,10 +183,16 @@ def study_effects(params: Params, study: str, variants: dict[str, dict]) -> dict
     return out
 
 
-def study_answers(found: dict[str, Any]) -> list[str]:
-    """One sentence per question: each factor level, each interaction, each pair."""
-    answers = verdicts.factorial_verdicts(found) if "main" in found else []
-    return answers + verdicts.pair_verdicts(found["pairs"])
+def study_answers(found: dict[str, Any], variants: dict[str, dict]) -> list[str]:
+    """One sentence per question: each factor level, each interaction, each pair; each flagged
+    when a variant it rests on was still improving at the end of training."""
+    flags = _flags(variants)
+
+    def note(effect: dict[str, Any]) -> str:
+        return convergence.caveat(effect["variants"], flags)
+
+    answers = verdicts.factorial_verdicts(found, note) if "main" in found else []
+    return answers + verdicts.pair_verdicts(found["pairs"], note)
 
 
 def best_variant(variants: dict[str, dict], data: str) -> str | None:
@@ -227,6 +239,8 @@ def study_verdict(metrics: dict[str, Any]) -> str:
         parts.append("Diverged: " + ", ".join(diverged) + ".")
     if metrics["bn_speedup"]:
         parts.append(_speedup_sentence(metrics["bn_speedup"], metrics["target_val_accuracy"]))
+    if metrics["budget"]["text"]:
+        parts.append(metrics["budget"]["text"])
     return " ".join(parts)
 
 
@@ -300,7 +314,24 @@ def read_study(params: Params, study: str, models_dir: Path, data_dir: Path
     return units
 
 
-def study_metrics(params: Params, study: str, units: dict[str, list[dict]]) -> dict[str, Any]:
+def study_budget(params: Params, study: str, train_images: int | None) -> dict[str, Any]:
+    """Training images (of the study's data), epochs and seeds every answer rests on."""
+    spec = params.studies[study]
+    epochs = sorted({params.variant(study, name).epochs for name in spec.variants
+                     if params.variant_data(study, name) == spec.data})
+    out = {"train_images": train_images, "epochs": epochs, "seeds": len(spec.seeds)}
+    out["text"] = convergence.budget_sentence(train_images, epochs, len(spec.seeds)) \
+        if train_images is not None else ""
+    return out
+
+
+def count_train_images(data_dir: Path, data: str) -> int | None:
+    path = Path(data_dir) / data / "y_train.npy"
+    return int(np.load(path, mmap_mode="r").shape[0]) if path.exists() else None
+
+
+def study_metrics(params: Params, study: str, units: dict[str, list[dict]],
+                  train_images: int | None = None) -> dict[str, Any]:
     spec = params.studies[study]
     variants = {name: variant_metrics(runs, spec.target_val_accuracy,
                                       params.variant_data(study, name))
@@ -317,8 +348,9 @@ def study_metrics(params: Params, study: str, units: dict[str, list[dict]]) -> d
         "pair_comparisons": {f"{a} vs {b}": comparison(a, b, variants) for a, b in spec.also_compare},
         "best_variant": best_variant(variants, spec.data),
         "effects": study_effects(params, study, variants),
+        "budget": study_budget(params, study, train_images),
     }
-    metrics["answers"] = study_answers(metrics["effects"])
+    metrics["answers"] = study_answers(metrics["effects"], variants)
     metrics["verdict"] = study_verdict(metrics)
     return metrics
 
@@ -340,7 +372,8 @@ def _summary_metrics(metrics: dict) -> dict[str, float]:
 def study_results(params: Params, study: str, units: dict[str, list[dict]], data_dir: Path
                   ) -> dict[str, Any]:
     """The results file's content: study_metrics and the best variant's confusion counts."""
-    metrics = study_metrics(params, study, units)
+    metrics = study_metrics(params, study, units,
+                            count_train_images(data_dir, params.studies[study].data))
     metrics["confusion"] = best_confusion(params, study, units, metrics["best_variant"], data_dir)
     return metrics
 

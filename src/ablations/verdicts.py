@@ -11,6 +11,7 @@ Rules, checked by property tests (tests/test_verdicts.py):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ablations.effects import effect_label
@@ -85,19 +86,25 @@ def main_effect_sentence(main: dict[str, Any], simple: list[dict[str, Any]]) -> 
     return head + ". Within each setting: " + "; ".join(parts)
 
 
-def factorial_verdicts(effects: dict[str, list[dict[str, Any]]]) -> list[str]:
-    """One sentence per factor level (main + simple effects) and per interaction."""
+def _no_note(effect: dict[str, Any]) -> str:
+    return ""
+
+
+def factorial_verdicts(effects: dict[str, list[dict[str, Any]]],
+                       note: Callable[[dict], str] = _no_note) -> list[str]:
+    """One sentence per factor level (main + simple effects) and per interaction; `note(effect)`
+    is appended to each (e.g. a convergence caveat)."""
     out = []
     for main in effects["main"]:
         simple = [s for s in effects["simple"]
                   if (s["factor"], s["level"]) == (main["factor"], main["level"])]
-        out.append(main_effect_sentence(main, simple if len(simple) > 1 else []))
-    out += [interaction_sentence(effect) for effect in effects["interaction"]]
+        out.append(main_effect_sentence(main, simple if len(simple) > 1 else []) + note(main))
+    out += [interaction_sentence(effect) + note(effect) for effect in effects["interaction"]]
     return out
 
 
-def pair_verdicts(pairs: list[dict[str, Any]]) -> list[str]:
-    return [difference_sentence(p["variant"], p["vs"], p) for p in pairs]
+def pair_verdicts(pairs: list[dict[str, Any]], note: Callable[[dict], str] = _no_note) -> list[str]:
+    return [difference_sentence(p["variant"], p["vs"], p) + note(p) for p in pairs]
 
 
 def effect_rows(effects: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
