@@ -325,12 +325,12 @@ def idx_bytes(array: np.ndarray) -> bytes:
     return header + array.astype(np.uint8).tobytes()
 
 
-def write_mnist_like(folder: Path, images: bytes | None = None) -> None:
-    """A raw dataset folder in the IDX gz format with 20 images of 28x28."""
+def write_mnist_like(folder: Path, images: bytes | None = None, labels=None) -> None:
+    """A raw dataset folder in the IDX gz format with 20 images of 28x28 (test set)."""
     folder.mkdir(parents=True, exist_ok=True)
     x, y = np.zeros((20, 28, 28), np.uint8), np.arange(20) % 10
     files = {"train-images-idx3-ubyte.gz": images or idx_bytes(x),
-             "train-labels-idx1-ubyte.gz": idx_bytes(y),
+             "train-labels-idx1-ubyte.gz": idx_bytes(y if labels is None else labels),
              "t10k-images-idx3-ubyte.gz": idx_bytes(x), "t10k-labels-idx1-ubyte.gz": idx_bytes(y)}
     for name, payload in files.items():
         (folder / name).write_bytes(gzip.compress(payload))
@@ -370,6 +370,21 @@ def test_tiny_dataset_split_is_one_error(tmp_path):
         gzip.compress(idx_bytes(np.zeros((19, 28, 28)))))
     result = ablations("split", "d", "--raw", "raw", "--out", "split", cwd=tmp_path)
     assert_clean_failure(result, "class '9' has 1 training image", absent=[tmp_path / "split"])
+
+
+@pytest.mark.parametrize("out, expected", [
+    ("taken", "taken: is a file; this output is a folder"),
+    ("taken/split", "taken: is not a folder; cannot write split there"),
+])
+def test_output_path_of_the_wrong_kind(tmp_path, out, expected):
+    split_params(tmp_path)
+    write_mnist_like(tmp_path / "raw", images=idx_bytes(np.zeros((100, 28, 28), np.uint8)),
+                     labels=np.arange(100) % 10)
+    (tmp_path / "taken").write_text("someone's notes")
+    result = ablations("split", "d", "--raw", "raw", "--out", out, cwd=tmp_path)
+    assert_clean_failure(result, expected)
+    assert (tmp_path / "taken").read_text() == "someone's notes"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
 def test_truncated_gzip_is_rejected(tmp_path):

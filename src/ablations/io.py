@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ablations.errors import AblationsError
+
 
 def _read_umask() -> int:
     mask = os.umask(0o022)  # the only portable way to read it is to set it, then set it back
@@ -28,11 +30,24 @@ def publish(path: Path | str, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~UMASK)
 
 
+def _check_target(target: Path, folder: bool) -> None:
+    """The wrong kind of thing where an output goes is a user error, not a traceback."""
+    kinds = ("file", "folder")
+    if target.exists() and target.is_dir() != folder:
+        raise AblationsError(f"{target}: is a {kinds[not folder]}; this output is a "
+                             f"{kinds[folder]}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise AblationsError(f"{target.parent}: is not a folder; cannot write {target.name} "
+                             "there") from None
+
+
 @contextlib.contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a temp folder beside `target`; on success it replaces `target`, on error it is removed."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _check_target(target, folder=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         yield tmp
@@ -48,7 +63,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
 def atomic_file(target: Path, mode: str = "w") -> Iterator[Any]:
     """Open a temp file beside `target`; it replaces `target` only if the block succeeds."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _check_target(target, folder=False)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
         with os.fdopen(fd, mode) as handle:
