@@ -90,6 +90,18 @@ def cmd_download(args) -> None:
     fetch(args.dataset, Path(args.out), mirror=mirror)
 
 
+def cmd_weights(args) -> None:
+    """Pretrained weights NAME into --out, verified (mirror, Keras' cache, Keras' URL)."""
+    from ablations.data.sources import fetch_weights
+
+    params = _params(args)
+    if args.name not in params.data.weights:
+        raise AblationsError(f"data.weights.{args.name}: no such weights "
+                             f"(have {sorted(params.data.weights)})")
+    mirror = Path(params.data.mirror) if params.data.mirror else None
+    fetch_weights(args.name, Path(args.out), params.data.weights[args.name].sha256, mirror=mirror)
+
+
 def cmd_split(args) -> None:
     from ablations.data.prepare import split
 
@@ -193,6 +205,7 @@ def _parser() -> argparse.ArgumentParser:
     describe.add_argument("--json", action="store_true", help="machine-readable output")
     stage("compose", cmd_compose, "budget")
     stage("download", cmd_download, "dataset", "--out")
+    stage("weights", cmd_weights, "name", "--out")
     stage("split", cmd_split, "name", "--raw", "--out")
     stage("standardize", cmd_standardize, "name", "--split", "--out")
     train = stage("train", cmd_train, "study", "--data", "--out", "--checkpoints")

@@ -29,7 +29,8 @@ from pydantic import (
     model_validator,
 )
 
-from ablations.data.formats import CLASS_NAMES, DATASET_NAMES, IMAGE_SHAPES, SPLIT_SIZES
+from ablations.data.formats import (CLASS_NAMES, DATASET_NAMES, IMAGE_SHAPES, PRETRAINED_FILES,
+                                    SPLIT_SIZES, WEIGHTS_DIR)
 from ablations.errors import ConfigError
 
 # Upper bounds: far above any study this pipeline is meant for, low enough that a slip (an
@@ -123,13 +124,25 @@ class PreparedData(Strict):
         return self
 
 
+class PretrainedWeights(Strict):
+    """A pretrained-weights file, fetched like a dataset by the `weights` stage (mirror, then
+    Keras' cache ~/.keras/models, then Keras' URL) and verified against `sha256`."""
+
+    # Keras publishes an md5 only; None: the stage stops, naming the file's md5 to check.
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+
+
 class DataConfig(Strict):
     mirror: str | None = None  # folder with the original files; ABLATIONS_DATA_MIRROR wins
     raw: list[Literal[DATASET_NAMES]]  # type: ignore[valid-type]
     prepared: dict[str, PreparedData]
+    # name (one of formats.PRETRAINED_FILES) → its pin; a variant's `weights` names one
+    weights: dict[Literal[tuple(PRETRAINED_FILES)], PretrainedWeights] = {}  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _sources_are_downloaded(self) -> DataConfig:
+        if WEIGHTS_DIR in self.prepared:
+            raise ValueError(f"prepared.{WEIGHTS_DIR}: the name of the weights folder")
         for name, prepared in self.prepared.items():
             if prepared.source not in self.raw:
                 raise ValueError(
@@ -221,6 +234,8 @@ class Variant(Strict):
     # against its sha256 before loading; None = random initialization.
     weights_file: str | None = None
     weights_sha256: str | None = None
+    # Or a key of data.weights: the file the `weights` stage provisioned, with its pin there.
+    weights: str | None = None
     mixed_precision: bool = False  # float16 compute (GPU runs); float32 variables either way
     seed: Seed = 0  # set per run from the study's `seeds`
 
@@ -228,6 +243,8 @@ class Variant(Strict):
     def _settings_take_effect(self) -> Variant:
         if self.weights_sha256 is not None and self.weights_file is None:
             raise ValueError("weights_sha256 is set but weights_file is not")
+        if self.weights is not None and self.weights_file is not None:
+            raise ValueError("weights and weights_file: set one (a provisioned file or a local one)")
         return self
 
 
@@ -517,7 +534,10 @@ def resolve_variant(params: Params, study: str, name: str, seed: int | None = No
     if cfg.data is not None and cfg.data not in params.data.prepared:
         raise ConfigError(f"{where}.data: {cfg.data!r} is not one of data.prepared "
                           f"{sorted(params.data.prepared)}")
-    if cfg.freeze and cfg.init_from is None and cfg.weights_file is None:
+    if cfg.weights is not None and cfg.weights not in params.data.weights:
+        raise ConfigError(f"{where}.weights: {cfg.weights!r} is not one of data.weights "
+                          f"{sorted(params.data.weights)}")
+    if cfg.freeze and cfg.init_from is None and cfg.weights_file is None and cfg.weights is None:
         raise ConfigError(f"{where}.freeze: true needs init_from (a variant to copy) or "
                           "weights_file (pretrained weights): there is nothing to freeze")
     if cfg.init_from is not None:

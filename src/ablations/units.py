@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ablations.codedeps import closure
 from ablations.config import Params, Variant
+from ablations.data.formats import PRETRAINED_FILES, WEIGHTS_DIR
 from ablations.errors import ConfigError
 from ablations.io import read_json, unit_dir
 
@@ -84,6 +85,11 @@ def fingerprint(cfg: Variant, data_dir: Path, source_fingerprint: str | None) ->
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
+def weights_file(data_root: Path, name: str) -> Path:
+    """Where the `weights` stage puts pretrained weights `name` (dvc.yaml: its out)."""
+    return data_root / WEIGHTS_DIR / name / PRETRAINED_FILES[name]
+
+
 def plan(params: Params, study: str, data_root: Path, out: Path, checkpoints: Path,
          only: list[str] | None = None) -> list[Unit]:
     """Every unit of the study (transfer sources first), or only those of the `only` variants
@@ -96,6 +102,10 @@ def plan(params: Params, study: str, data_root: Path, out: Path, checkpoints: Pa
     units: dict[tuple[str, int], Unit] = {}
     for variant, seed in spec.units():
         cfg = params.variant(study, variant, seed)
+        if cfg.weights is not None:  # the file the weights stage provisioned, and its pin
+            cfg = cfg.model_copy(update={
+                "weights_file": str(weights_file(Path(data_root), cfg.weights)),
+                "weights_sha256": params.data.weights[cfg.weights].sha256})
         data_dir = Path(data_root) / (cfg.data or spec.data)
         if not data_dir.is_dir():
             raise ConfigError(f"{data_dir}: missing; run `dvc repro standardize` first")

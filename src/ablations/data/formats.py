@@ -48,6 +48,12 @@ CLASS_NAMES = {
               "dog", "horse", "monkey", "ship", "truck"),
 }
 DATASET_NAMES = tuple(sorted(CLASS_NAMES))
+# Pretrained weights provisioned like datasets (data.weights): name → the file's name, the
+# same on the server, in a mirror and in Keras' own cache (~/.keras/models).
+PRETRAINED_FILES = {
+    "xception_imagenet": "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+}
+WEIGHTS_DIR = "weights"  # <prepared data root>/weights/<name>/<file>: a train stage's input
 IMAGE_SHAPES = {  # height, width, channels of the original images
     "cifar10": (32, 32, 3), "digits": (8, 8, 1), "fashion_mnist": (28, 28, 1),
     "mnist": (28, 28, 1), "stl10": (96, 96, 3),

@@ -28,12 +28,12 @@ import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from ablations.data.formats import CIFAR10_DIR, STL10_DIR
+from ablations.data.formats import CIFAR10_DIR, PRETRAINED_FILES, STL10_DIR
 from ablations.errors import DataError
 from ablations.io import publish
 
@@ -143,6 +143,39 @@ DATASETS: dict[str, DatasetSpec] = {
     ),
     "digits": DatasetSpec("digits", build=_write_digits),
 }
+
+
+# Pretrained weights, provisioned like datasets: the mirror, then Keras' own cache (where
+# keras.applications put a file it downloaded), then Keras' URL. Keras publishes an md5 per
+# file (keras/src/applications/*.py file_hash), not a sha256: params pin the sha256
+# (data.weights.<name>.sha256) and KERAS_MD5 is what to check a copy against before pinning.
+KERAS_CACHE = Path("~/.keras/models").expanduser()
+WEIGHTS: dict[str, DatasetSpec] = {
+    "xception_imagenet": DatasetSpec(
+        "xception_imagenet",
+        files=(FileSpec(PRETRAINED_FILES["xception_imagenet"], None),),
+        base_url="https://storage.googleapis.com/tensorflow/keras-applications/xception/",
+        system_dirs=(KERAS_CACHE,),
+    ),
+}
+KERAS_MD5 = {"xception_imagenet": "b0042744bf5b25fce3cb969f33bebb97"}
+
+
+def fetch_weights(name: str, dest: Path | str, sha256: str | None,
+                  mirror: Path | str | None = None, system_dirs: Sequence[Path] | None = None,
+                  base_url: str | None = None, allow_download: bool = True) -> Path:
+    """`dest`/<file> for pretrained weights `name`, verified against `sha256` (from params);
+    `system_dirs` and `base_url` default to Keras' cache and URL (tests pass their own)."""
+    spec = WEIGHTS[name]
+    if sha256 is None:
+        raise DataError(
+            f"data.weights.{name}.sha256: required to verify {spec.files[0].name} (Keras "
+            f"publishes its md5 only: {KERAS_MD5[name]}); check a copy with md5sum, then pin "
+            "the output of sha256sum")
+    spec = replace(spec, files=(replace(spec.files[0], sha256=sha256),),
+                   base_url=base_url or spec.base_url,
+                   system_dirs=spec.system_dirs if system_dirs is None else tuple(system_dirs))
+    return fetch(spec, dest, mirror=mirror, allow_download=allow_download) / spec.files[0].name
 
 
 # --------------------------------------------------------------------------- fetch

@@ -207,7 +207,7 @@ def xception(cfg: Variant, input_shape: tuple[int, ...], num_classes: int) -> ke
 TRAINING_ONLY = {"data", "initializer", "dense_initializer", "kernel_regularizer",
                  "bias_regularizer", "bn_momentum", "optimizer", "learning_rate",
                  "optimizer_config", "lr_schedule", "epochs", "batch_size", "init_from",
-                 "transfer_mismatch", "weights_file", "weights_sha256", "mixed_precision",
+                 "transfer_mismatch", "weights", "weights_file", "weights_sha256", "mixed_precision",
                  "seed"}
 
 
