@@ -297,6 +297,14 @@ def test_params_or_output_path_unusable(tmp_path, args, expected):
     assert (tmp_path / "folder").is_dir()
 
 
+def test_params_larger_than_10_mib(tmp_path):
+    text = (REPO / "params.yaml").read_text() + "# padding\n" * (1 << 20)
+    (tmp_path / "params.yaml").write_text(text)
+    result = ablations("validate", "--out", "valid.json", cwd=tmp_path)
+    assert_clean_failure(result, "params.yaml:", "bytes; allowed: at most 10,485,760",
+                         absent=[tmp_path / "valid.json"])
+
+
 def alias_bomb(levels: int) -> str:
     """'Billion laughs': each anchor a list of ten aliases of the one before (10**levels)."""
     lines = ["lol0: &lol0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]

@@ -554,6 +554,7 @@ def resolve_variant(params: Params, study: str, name: str, seed: int | None = No
 # Aliases (*name) let one anchored value stand for many; "billion laughs" files nest them so
 # that a few lines expand to billions of values. The repository's params.yaml has ~700 values.
 MAX_YAML_VALUES = 100_000
+MAX_PARAMS_BYTES = 10 << 20  # the repository's params.yaml is ~8 KB
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -562,6 +563,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     from dvc.utils.serialize._yaml import YAMLFileCorruptedError, parse_yaml
 
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_PARAMS_BYTES:
+            raise ConfigError(f"{path}: {size:,} bytes; allowed: at most {MAX_PARAMS_BYTES:,}")
         data = Path(path).read_bytes()
     except OSError as error:
         raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
