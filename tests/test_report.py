@@ -35,15 +35,14 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def write_polyfit(root, params):
     """results/polyfit.json and plots/polyfit/cv_error.png from the real polyfit functions."""
-    cfg = params.polyfit
-    x, y = polyfit.make_data(cfg.coefficients, cfg.noise, cfg.n, cfg.x_range, cfg.seed)
-    scores = polyfit.cv_errors(x, y, range(1, cfg.max_degree + 1), cfg.folds, cfg.seed)
+    cfg = params.polyfit.model_copy(update={"draws": 3})
+    scores, draws = polyfit.repeat_selection(cfg)
     chosen = polyfit.choose_degree(scores)
-    verdict = polyfit.answer(scores, cfg.true_degree, noise=cfg.noise)
+    verdict = polyfit.study_answer(scores, draws, cfg)
     write_json(root / "results" / "polyfit.json",
-               polyfit.metrics_dict(scores, chosen, cfg.true_degree, verdict))
+               polyfit.metrics_dict(scores, chosen, cfg.true_degree, verdict, draws))
     plots.close({"cv": polyfit.plot_cv(scores, chosen, cfg.true_degree,
-                                       root / "plots" / "polyfit" / "cv_error.png")})
+                                       root / "plots" / "polyfit" / "cv_error.png", draws)})
 
 
 def write_study_outputs(root, params, models_dir, data_dir):
@@ -106,7 +105,12 @@ def test_report_is_one_self_contained_escaped_file(report):
     for comparison in metrics["comparisons"].values():
         assert escape(comparison["text"]) in html
     assert escape(metrics["verdict"]) in html
-    assert escape(json.loads((root / "results" / "polyfit.json").read_text())["verdict"]) in html
+    assert all(escape(answer) in html for answer in metrics["answers"])
+    assert "Effects on test accuracy (paired by seed)" in html
+    assert "<td>relu-bn − relu</td>" in html  # a question pair of this non-factorial study
+    polyfit_results = json.loads((root / "results" / "polyfit.json").read_text())
+    assert escape(polyfit_results["verdict"]) in html
+    assert "chosen by minimum (of 3 draws)" in html
     assert not list(html_path.parent.glob(".index.html*"))  # no temp file left (atomic write)
 
 
@@ -218,3 +222,33 @@ def test_mlflow_ui_lists_study_runs(report, tmp_path):
         assert "batchnorm" in listed
     finally:
         stop(server)
+
+
+def test_factorial_study_gets_an_interaction_table_and_forest_plot(tmp_path):
+    """A 2 x 2 study's effects: main and simple effects, the interaction table, and a forest
+    plot with one point per effect and a line at 0."""
+    from ablations.effects import factorial_effects
+    from ablations.report import _effects_tables
+    from ablations.verdicts import effect_rows
+
+    levels = {"relu": {"act": "relu", "norm": "none"}, "relu-bn": {"act": "relu", "norm": "bn"},
+              "tanh": {"act": "tanh", "norm": "none"}, "tanh-bn": {"act": "tanh", "norm": "bn"}}
+    values = {name: {f"seed{s}": 0.8 + 0.05 * (cell["norm"] == "bn") + 0.01 * s
+                     + 0.03 * (cell == {"act": "tanh", "norm": "bn"}) for s in range(3)}
+              for name, cell in levels.items()}
+    found = {**factorial_effects(values, levels, {"act": "relu", "norm": "none"}), "pairs": []}
+    rows = effect_rows(found)
+    html = _effects_tables({"effect_rows": rows})
+    assert "Interactions (0: the two effects add up)" in html
+    assert "<td>act tanh × norm bn</td><td>+3.0 ± 0.0</td><td>3</td>" in html
+    assert "<td>norm bn − none | act=tanh</td><td>+8.0 ± 0.0</td>" in html
+    figure = plots.effects_forest({"study": "unit", "effect_rows": rows})
+    try:
+        ax = figure.axes[0]
+        labels = [t.get_text() for t in ax.get_yticklabels()]
+        assert len(labels) == len(found["main"]) + len(found["simple"]) + 1
+        assert labels[-1] == "act tanh − relu" and labels[0] == "act tanh × norm bn"
+        assert any(list(line.get_xdata()) == [0, 0] for line in ax.lines)  # the zero line
+    finally:
+        plots.close({"forest": figure})
+

@@ -22,16 +22,22 @@ per-seed values {"seed0": …}:
   variants.<name>: data (what it trained and was tested on), seeds (count), diverged
       (count), test_accuracy, test_loss, fit_seconds, epochs_to_target and seconds_to_target
       (results over the seeds that reached the target, plus reached / of: how many of the
-      seeds reached it; a seed that never did is null)
+      seeds reached it; a seed that never did is null), convergence (end-of-training slope
+      of validation accuracy and still_improving; ablations.convergence)
   bn_speedup.<bn variant>: twin (same resolved config but no BatchNorm), epochs_ratio,
       seconds_ratio (results of the per-seed ratios twin ÷ BN, paired by seed, over the seeds
       where both reached the target; the interval is a t-interval of those ratios),
       bn_only_reached (seeds where only the BN variant reached it: a speed-up beyond measure)
   comparisons.<name> (variants tested on the study's data, a transfer source is not):
       vs (the baseline), difference_points and ci_points (test accuracy, percentage
-      points, Welch t-interval), judgement (better / worse / not distinguishable
-      / null with one seed), text (one sentence)
+      points, t-interval of the per-seed differences), n (seeds paired), judgement
+      (better / worse / not distinguishable / null with one seed), text (one sentence)
   pair_comparisons.<a vs b>: the same for each pair of the study's `also_compare` (a − b)
+  effects: main, simple, interaction (factorial studies) and pairs (ablations.effects:
+      difference and ci in points, n, per_seed, the variants each rests on)
+  effect_rows: the effects flat (kind, label, difference, ci, n, shown) for tables and the
+      forest plot; answers: one sentence per effect asked (ablations.verdicts), flagged
+      when a variant it rests on was still improving; budget: train_images, epochs, seeds
   best_variant (highest mean test accuracy on the study's data), verdict (the study's
       answer, computed from the numbers above)
   confusion (best variant, predictions of its non-diverged seeds pooled): variant, seeds
@@ -351,6 +357,7 @@ def study_metrics(params: Params, study: str, units: dict[str, list[dict]],
         "budget": study_budget(params, study, train_images),
     }
     metrics["answers"] = study_answers(metrics["effects"], variants)
+    metrics["effect_rows"] = verdicts.effect_rows(metrics["effects"])  # tables, forest plot
     metrics["verdict"] = study_verdict(metrics)
     return metrics
 

@@ -4,7 +4,8 @@ results and curves; matplotlib is imported here only.
     ablations plot batchnorm --results results/batchnorm.json --curves curves/batchnorm.csv \
         --models models/batchnorm --data data/prepared --out plots/batchnorm
 
-Files (FIGURES): learning_curves.png (mean over seeds, band = min..max over seeds),
+Files (FIGURES): effects_forest.png (every effect ± its 95% interval, a zero line),
+learning_curves.png (mean over seeds, band = min..max over seeds),
 test_accuracy.png (mean ± 95% CI), bn_speedup.png (when the study has BN twins),
 confusion_matrix.png (best variant, its non-diverged seeds' predictions pooled, as counted
 by evaluate),
@@ -35,7 +36,7 @@ from ablations.errors import DataError  # noqa: E402
 from ablations.history import read_curves  # noqa: E402
 from ablations.io import atomic_dir, class_names, read_json, unit_dir  # noqa: E402
 
-FIGURES = ("learning_curves.png", "test_accuracy.png", "bn_speedup.png",
+FIGURES = ("effects_forest.png", "learning_curves.png", "test_accuracy.png", "bn_speedup.png",
            "confusion_matrix.png", "examples.png", "bn_params.png")
 CURVES = (("loss", "train loss"), ("val_loss", "validation loss"),
           ("accuracy", "train accuracy"), ("val_accuracy", "validation accuracy"))
@@ -127,6 +128,33 @@ def speedup_chart(metrics: dict[str, Any]) -> plt.Figure:
            title=f"{metrics['study']}: BN speed-up to val accuracy {metrics['target_val_accuracy']}"
                  "\n(mean of per-seed ratios ± 95% CI)")
     ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+KIND_COLORS = {"main": "tab:blue", "simple": "tab:grey", "interaction": "tab:red",
+               "pairs": "tab:green"}
+
+
+def effects_forest(results: dict[str, Any]) -> plt.Figure:
+    """Every effect (main, within each setting, interaction, question pair) as a point with its
+    95% interval, in test-accuracy points, and a line at 0; hollow points have no interval
+    (one seed)."""
+    rows = [r for r in results["effect_rows"] if r["difference"] is not None][::-1]
+    fig, ax = plt.subplots(figsize=(9, 1.5 + 0.28 * len(rows)))
+    for y, row in enumerate(rows):
+        color = KIND_COLORS[row["kind"]]
+        ax.errorbar(row["difference"], y, xerr=row["ci"] or 0.0, fmt="o", capsize=3,
+                    color=color, mfc=color if row["ci"] is not None else "white")
+    ax.axvline(0.0, color="black", lw=1)
+    ax.set_yticks(range(len(rows)), [r["label"] for r in rows], fontsize="small")
+    for kind, color in KIND_COLORS.items():
+        if any(r["kind"] == kind for r in rows):
+            ax.plot([], [], "o", color=color, label=kind)
+    ax.legend(fontsize="small", loc="best")
+    ax.set(xlabel="difference in test accuracy (percentage points), ± 95% interval paired by seed",
+           title=f"{results['study']}: effects (hollow: one seed, no interval)")
+    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig
 
@@ -246,6 +274,8 @@ def study_figures(params: Params, study: str, results: dict[str, Any],
                "test_accuracy.png": accuracy_bars(results)}
     if results["bn_speedup"]:
         figures["bn_speedup.png"] = speedup_chart(results)
+    if any(r["difference"] is not None for r in results.get("effect_rows", [])):
+        figures["effects_forest.png"] = effects_forest(results)
     matrix = results.get("confusion")
     if matrix:
         figures["confusion_matrix.png"] = confusion(

@@ -87,6 +87,34 @@ def _speedup_table(m: dict) -> str:
                       "only BN reached"], rows))
 
 
+def _difference(row: dict) -> str:
+    if row["difference"] is None:
+        return "—"
+    return f"{row['difference']:+.1f}" + (f" ± {row['ci']:.1f}" if row["ci"] is not None else "")
+
+
+def _effects_tables(m: dict) -> str:
+    """The effects (main, within each setting, question pairs) and, where factorial, the
+    interactions: difference ± 95% interval in points, seeds paired, whether 0 is excluded."""
+    rows = m.get("effect_rows", [])
+    header = ["effect", "difference (points)", "seeds", "interval excludes 0"]
+
+    def table(kinds):
+        chosen = [r for r in rows if r["kind"] in kinds]
+        return _table(header, [[r["label"], _difference(r), str(r["n"]),
+                                "yes" if r["shown"] else "no"] for r in chosen]) if chosen else ""
+
+    effects, interactions = table(("main", "simple", "pairs")), table(("interaction",))
+    return ((f"<h3>Effects on test accuracy (paired by seed)</h3>{effects}" if effects else "")
+            + (f"<h3>Interactions (0: the two effects add up)</h3>{interactions}"
+               if interactions else ""))
+
+
+def _answers(m: dict) -> str:
+    answers = "".join(f"<li>{escape(a)}</li>" for a in m.get("answers", []))
+    return f"<h3>Answers</h3><ul class=\"answers\">{answers}</ul>" if answers else ""
+
+
 def study_section(study: str, m: dict, plots_dir: Path) -> str:
     comparisons = "".join(f"<li>{escape(c['text'])}</li>" for c in m["comparisons"].values())
     pairs = "".join(f"<li>{escape(c['text'])}</li>" for c in m["pair_comparisons"].values())
@@ -95,8 +123,10 @@ def study_section(study: str, m: dict, plots_dir: Path) -> str:
             f"<p class=\"question\">{escape(m['question'])}</p>"
             f"<p class=\"verdict\">{escape(m['verdict'])}</p>"
             f"<p>{len(m['seeds'])} seeds per variant; ± is the half-width of the 95% Student-t "
-            "interval of the mean (differences: Welch t-interval).</p>"
+            "interval of the mean (differences: t-interval of the per-seed differences).</p>"
+            + _answers(m)
             + _variants_table(m)
+            + _effects_tables(m)
             + f"<h3>Compared with the baseline {escape(m['baseline'])}</h3><ul>{comparisons}</ul>"
             + (f"<h3>Other comparisons the question asks for</h3><ul>{pairs}</ul>" if pairs else "")
             + _speedup_table(m)
@@ -104,16 +134,35 @@ def study_section(study: str, m: dict, plots_dir: Path) -> str:
             + "</section>")
 
 
-def polyfit_section(m: dict, plots_dir: Path) -> str:
+def _degree_rows(m: dict) -> tuple[list[str], list[list[str]]]:
+    """Per degree: the first draw's CV MSE, and over all draws how often each rule chose it
+    and the median (10th-90th percentile) CV MSE."""
+    header = ["degree", "CV MSE mean (first draw)", "SE"]
     rows = [[degree, f"{d['mean']:.4g}", f"{d['se']:.3g}"] for degree, d in m["per_degree"].items()]
+    draws = m.get("draws")
+    if not draws or draws["count"] < 2:
+        return header, rows
+    header += [f"chosen by minimum (of {draws['count']} draws)", "chosen by 1-SE rule",
+               "CV MSE median over draws (10th-90th pct)"]
+    for row in rows:
+        curve = draws["cv_mse"][row[0]]
+        row += [str(draws["min_rule"]["frequency"][row[0]]),
+                str(draws["one_se_rule"]["frequency"][row[0]]),
+                f"{curve['median']:.4g} ({curve['q10']:.3g}-{curve['q90']:.3g})"]
+    return header, rows
+
+
+def polyfit_section(m: dict, plots_dir: Path) -> str:
+    header, rows = _degree_rows(m)
     figure = plots_dir / "polyfit" / "cv_error.png"
     return ("<section id=\"polyfit\"><h2>polyfit</h2>"
             "<p class=\"question\">Are complex models chosen over simpler ones under k-fold "
             "cross-validation?</p>"
             f"<p class=\"verdict\">{escape(m['verdict'])}</p>"
-            f"<p>True degree {m['true_degree']}; chosen: {m['chosen_degree_min']} (minimum), "
-            f"{m['chosen_degree_1se']} (one-standard-error rule).</p>"
-            + _table(["degree", "CV MSE mean", "SE"], rows)
+            f"<p>True degree {m['true_degree']}; chosen in the first draw: "
+            f"{m['chosen_degree_min']} (minimum), {m['chosen_degree_1se']} "
+            "(one-standard-error rule).</p>"
+            + _table(header, rows)
             + (_figure(figure, "CV error vs degree") if figure.exists() else "")
             + "</section>")
 
