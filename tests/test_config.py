@@ -189,3 +189,52 @@ def test_unknown_budget_is_one_error_line():
     with pytest.raises(ConfigError, match=r"budget 'gpu': no .*conf/budget/gpu.yaml \(have "
                                           r"\['laptop', 'notebook'\]\)"):
         load_params(REPO / "params.yaml", "gpu")
+
+
+def test_compose_command_writes_the_budget_dvc_would(tmp_path):
+    """`ablations compose notebook` writes what `dvc exp run -S budget=notebook` writes."""
+    import shutil
+    import subprocess
+    import sys
+
+    from ablations.config import compose_budget
+
+    shutil.copytree(REPO / "conf", tmp_path / "conf")
+    result = subprocess.run([sys.executable, "-m", "ablations.cli", "--params",
+                             str(tmp_path / "params.yaml"), "compose", "notebook"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    compose_budget("notebook", tmp_path / "expected.yaml", REPO / "conf")
+    assert (tmp_path / "params.yaml").read_text() == (tmp_path / "expected.yaml").read_text()
+    assert load_params(tmp_path / "params.yaml").budget == "notebook"
+
+
+def test_dvc_exp_run_switches_the_budget(tmp_path):
+    """The switch is one DVC-tracked override: a queued `dvc exp run -S budget=notebook` holds
+    the notebook composition as its params.yaml (queued only: nothing is trained)."""
+    import json
+    import shutil
+    import subprocess
+
+    for name in ("conf", "params.yaml", "dvc.yaml", ".dvcignore", ".dvc/config"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy
+        copy(REPO / name, tmp_path / name)
+
+    def run(*cmd):
+        result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout
+
+    run("git", "init", "-q")
+    run("git", "add", "-A")
+    run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    run("dvc", "exp", "run", "--queue", "-n", "nb", "-S", "budget=notebook")
+    shown = json.loads(run("dvc", "exp", "show", "--json"))
+    queued = [rev for entry in shown for exp in entry.get("experiments") or []
+              for rev in exp["revs"] if rev.get("name") == "nb"]
+    params = queued[0]["data"]["params"]["params.yaml"]["data"]
+    committed = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert params["budget"] == "notebook" and committed["budget"] == "laptop"
+    assert params["data"]["raw"] == ["cifar10", "mnist", "stl10"]
+    assert params["studies"]["bn_placement"]["defaults"]["epochs"] == 10

@@ -538,8 +538,8 @@ def resolve_variant(params: Params, study: str, name: str, seed: int | None = No
         raise ConfigError(f"{where}.weights: {cfg.weights!r} is not one of data.weights "
                           f"{sorted(params.data.weights)}")
     if cfg.freeze and cfg.init_from is None and cfg.weights_file is None and cfg.weights is None:
-        raise ConfigError(f"{where}.freeze: true needs init_from (a variant to copy) or "
-                          "weights_file (pretrained weights): there is nothing to freeze")
+        raise ConfigError(f"{where}.freeze: true needs init_from (a variant to copy), "
+                          "weights_file or weights (pretrained weights): there is nothing to freeze")
     if cfg.init_from is not None:
         source = spec.variants.get(cfg.init_from, False)
         if source is False or cfg.init_from == name:

@@ -167,11 +167,13 @@ def fetch_weights(name: str, dest: Path | str, sha256: str | None,
     """`dest`/<file> for pretrained weights `name`, verified against `sha256` (from params);
     `system_dirs` and `base_url` default to Keras' cache and URL (tests pass their own)."""
     spec = WEIGHTS[name]
-    if sha256 is None:
+    file = spec.files[0].name
+    if sha256 is None:  # Keras' own download checks the md5 and fills the cache searched above
         raise DataError(
-            f"data.weights.{name}.sha256: required to verify {spec.files[0].name} (Keras "
-            f"publishes its md5 only: {KERAS_MD5[name]}); check a copy with md5sum, then pin "
-            "the output of sha256sum")
+            f"data.weights.{name}.sha256: required to verify {file}; Keras publishes its md5 "
+            f"only. Get an md5-checked copy: python -c \"import keras; print(keras.utils."
+            f"get_file('{file}', '{spec.base_url}{file}', file_hash='{KERAS_MD5[name]}', "
+            "cache_subdir='models'))\", then pin the output of sha256sum on that path")
     spec = replace(spec, files=(replace(spec.files[0], sha256=sha256),),
                    base_url=base_url or spec.base_url,
                    system_dirs=spec.system_dirs if system_dirs is None else tuple(system_dirs))
