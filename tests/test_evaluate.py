@@ -425,3 +425,37 @@ def test_converged_variants_carry_no_caveat():
     assert caveat(["a", "b"], flags) == " (may change with more epochs: b still improving at the end)"
     assert end_slope([{"epoch": 1, "val_accuracy": float("nan")}]) is None
 
+
+
+def test_steps_to_target_interpolates_between_evaluations():
+    from ablations.evaluate import steps_to_target
+
+    rows = [{"step": 0, "val_accuracy": 0.1, "train_seconds": 0.0},
+            {"step": 10, "val_accuracy": 0.6, "train_seconds": 2.0},
+            {"step": 20, "val_accuracy": 0.8, "train_seconds": 4.0},
+            {"step": 30, "val_accuracy": 0.7, "train_seconds": 6.0}]
+    assert steps_to_target(rows, 0.75) == pytest.approx((17.5, 3.5))  # 0.6 → 0.8 at 3/4
+    assert steps_to_target(rows, 0.05) == (0, 0.0)
+    assert steps_to_target(rows, 0.9) == (None, None)
+
+
+def test_bn_speedup_in_steps_with_an_interval_over_seeds():
+    """Validated within epochs, BN reaches 0.75 after 12, 10, 16 steps, its twin after 30, 30,
+    32: the speed-up is the mean of the per-seed ratios 2.5, 3, 2, with its t-interval."""
+    from ablations.evaluate import speedup, variant_metrics
+
+    def unit(seed, crossing):  # val accuracy rises linearly to 0.75 at step `crossing`
+        steps = [{"step": s, "epoch": s / 8, "val_accuracy": 0.75 * s / crossing,
+                  "train_seconds": 0.1 * s} for s in range(0, 41, 2)]
+        history = [{"epoch": e, "val_accuracy": 0.75 * 8 * e / crossing, "epoch_seconds": 1.0,
+                    "loss": 1.0} for e in range(1, 6)]
+        return {"seed": seed, "steps": steps, "history": history, "diverged": False,
+                "test_accuracy": 0.8, "test_loss": 0.5, "fit_seconds": 5.0}
+
+    bn = variant_metrics([unit(s, c) for s, c in enumerate((12, 10, 16))], 0.75, "d")
+    twin = variant_metrics([unit(s, c) for s, c in enumerate((30, 30, 32))], 0.75, "d")
+    assert bn["steps_to_target"]["values"] == pytest.approx({"seed0": 12, "seed1": 10, "seed2": 16})
+    ratio = speedup(bn, twin)["steps_ratio"]
+    mean, half = stats.mean_ci([2.5, 3.0, 2.0])
+    assert (ratio["mean"], ratio["ci"]) == pytest.approx((mean, half))
+    assert speedup(bn, twin)["train_seconds_ratio"]["mean"] == pytest.approx(mean)

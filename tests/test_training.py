@@ -10,10 +10,10 @@ import mlflow
 import numpy as np
 import pytest
 from mlflow.models import infer_signature
-from conftest import copy_store, train_command, write_params, write_prepared
+from conftest import EPOCHS, copy_store, train_command, write_params, write_prepared
 
 from ablations.config import load_params
-from ablations.history import read_history
+from ablations.history import read_history, read_steps
 from ablations.io import read_json
 from ablations.training import train_study
 from ablations.units import plan, remove_stale
@@ -71,6 +71,28 @@ def test_same_seed_identical_other_seed_different(tmp_path, tracking_store):
         tmp_path / "out" / name / f"seed{seed}" / "history.csv")] for name in "ab" for seed in (7, 8)}
     assert history["a", 7] == history["b", 7]
     assert history["a", 7] != history["a", 8]
+
+
+def test_validation_within_epochs_leaves_training_unchanged(tmp_path, tracking_store):
+    """b validates 3 times per epoch on 20 images (steps.csv: step 0, then every 2 of the 6
+    steps of an epoch); its training is a's bit for bit (inference mode draws no dropout mask
+    and moves no BatchNorm statistic)."""
+    write_prepared(tmp_path / "data" / "d")
+    overrides = {"b": {"val_per_epoch": 3, "val_subset": 20}}
+    _train(tmp_path, write_params(tmp_path, ["a", "b"], overrides=overrides, norm="before"))
+    out = {name: tmp_path / "out" / name / "seed7" for name in "ab"}
+    assert read_history(out["a"] / "history.csv") == [
+        {**row, "epoch_seconds": pytest.approx(row["epoch_seconds"], abs=1e9)}
+        for row in read_history(out["b"] / "history.csv")]
+    assert not (out["a"] / "steps.csv").exists()
+    steps = read_steps(out["b"] / "steps.csv")
+    assert [r["step"] for r in steps] == list(range(0, 6 * EPOCHS + 1, 2))  # 96 images / 16
+    assert [r["epoch"] for r in steps] == pytest.approx([r["step"] / 6 for r in steps])
+    seconds = [r["train_seconds"] for r in steps]
+    assert seconds[0] == 0.0 and all(b > a for a, b in zip(seconds, seconds[1:]))
+    wall = sum(r["epoch_seconds"] for r in read_history(out["b"] / "history.csv"))
+    assert seconds[-1] < wall  # time inside steps only: no validation, no callbacks
+    assert all(r["val_accuracy"] * 20 == pytest.approx(round(r["val_accuracy"] * 20)) for r in steps)
 
 
 def test_only_changed_units_retrain_and_removed_ones_go(tmp_path, tracking_store):

@@ -220,6 +220,11 @@ class Variant(Strict):
     epochs: Annotated[int, Field(gt=0, le=MAX_EPOCHS)]
     batch_size: Annotated[int, Field(gt=0, le=MAX_BATCH_SIZE)]
     early_stopping: EarlyStopping | None = None  # None: exactly `epochs` epochs
+    # Validation accuracy this many times per epoch (evenly spaced in training steps, plus
+    # once before the first step) on the first `val_subset` validation images: steps to the
+    # target accuracy at step resolution (steps.csv). 1: per epoch only, no extra evaluation.
+    val_per_epoch: Annotated[int, Field(gt=0, le=100)] = 1
+    val_subset: PositiveInt | None = None  # None: the whole validation split
     # Transfer: start from the weights of variant `init_from` of the same study (same seed,
     # trained first), all layers but the head; `freeze` keeps those layers fixed.
     init_from: str | None = None

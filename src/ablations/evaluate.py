@@ -22,11 +22,14 @@ per-seed values {"seed0": …}:
   variants.<name>: data (what it trained and was tested on), seeds (count), diverged
       (count), test_accuracy, test_loss, fit_seconds, epochs_to_target and seconds_to_target
       (results over the seeds that reached the target, plus reached / of: how many of the
-      seeds reached it; a seed that never did is null), convergence (end-of-training slope
+      seeds reached it; a seed that never did is null), steps_to_target and
+      train_seconds_to_target (where it validated within epochs), convergence (end-of-training slope
       of validation accuracy and still_improving; ablations.convergence)
   bn_speedup.<bn variant>: twin (same resolved config but no BatchNorm), epochs_ratio,
       seconds_ratio (results of the per-seed ratios twin ÷ BN, paired by seed, over the seeds
-      where both reached the target; the interval is a t-interval of those ratios),
+      where both reached the target; the interval is a t-interval of those ratios), and
+      where the variants validated within epochs (steps.csv) steps_ratio and
+      train_seconds_ratio (steps and seconds inside training steps, interpolated),
       bn_only_reached (seeds where only the BN variant reached it: a speed-up beyond measure)
   comparisons.<name> (variants tested on the study's data, a transfer source is not):
       vs (the baseline), difference_points and ci_points (test accuracy, percentage
@@ -54,7 +57,7 @@ import numpy as np
 from ablations import convergence, effects, stats, tracking, verdicts
 from ablations.config import Params
 from ablations.errors import DataError
-from ablations.history import curve_rows, read_history, write_curves
+from ablations.history import curve_rows, read_history, read_steps, write_curves
 from ablations.io import atomic_dir, class_names, read_json, unit_dir, write_json
 from ablations.stats import format_result as pm
 
@@ -67,6 +70,21 @@ def epochs_to_target(history: list[dict[str, float]], target: float
         seconds += row["epoch_seconds"]
         if row["val_accuracy"] >= target:
             return row["epoch"], seconds
+    return None, None
+
+
+def steps_to_target(steps: list[dict[str, float]], target: float
+                    ) -> tuple[float | None, float | None]:
+    """(training steps, seconds inside training steps) until val_accuracy first reaches
+    `target`, linearly interpolated between the two evaluations around the crossing."""
+    for before, row in zip([None, *steps], steps):
+        if row["val_accuracy"] < target:
+            continue
+        if before is None:
+            return row["step"], row["train_seconds"]
+        share = (target - before["val_accuracy"]) / (row["val_accuracy"] - before["val_accuracy"])
+        return tuple(before[key] + share * (row[key] - before[key])
+                     for key in ("step", "train_seconds"))
     return None, None
 
 
@@ -85,7 +103,8 @@ def read_unit(models_dir: Path, study: str, variant: str, seed: int, y_test: np.
         raise DataError(f"{folder}/test_predictions.npy: {predictions.shape[0]} predictions "
                         f"for {y_test.shape[0]} test images; retrain {variant}")
     return {**read_json(folder / "run.json"), "seed": seed,
-            "history": read_history(folder / "history.csv"), "predictions": predictions}
+            "history": read_history(folder / "history.csv"),
+            "steps": read_steps(folder / "steps.csv"), "predictions": predictions}
 
 
 def read_test_labels(data_dir: Path) -> np.ndarray:
@@ -117,7 +136,20 @@ def variant_metrics(units: list[dict], target: float, data: str) -> dict[str, An
                              "reached": sum(e is not None for e, _ in reached), "of": len(units)},
         "seconds_to_target": result(s for _, s in reached),
         "convergence": convergence.convergence([u["history"] for u in units]),
+        **_step_metrics(units, target, result),
     }
+
+
+def _step_metrics(units: list[dict], target: float, result) -> dict[str, Any]:
+    """Steps and seconds inside training steps to the target, where the variant validated
+    within epochs (steps.csv); {} otherwise."""
+    if not any(u.get("steps") for u in units):
+        return {}
+    reached = [steps_to_target(u.get("steps") or [], target) for u in units]
+    return {"steps_to_target": {**result(s for s, _ in reached),
+                                "reached": sum(s is not None for s, _ in reached),
+                                "of": len(units)},
+            "train_seconds_to_target": result(t for _, t in reached)}
 
 
 def bn_twins(params: Params, study: str) -> dict[str, str]:
@@ -139,7 +171,11 @@ def bn_twins(params: Params, study: str) -> dict[str, str]:
 def speedup(with_bn: dict, without: dict) -> dict[str, Any]:
     """Per-seed ratios twin ÷ BN (paired by seed: same data order and initial seed)."""
     out: dict[str, Any] = {}
-    for key, name in (("epochs_to_target", "epochs_ratio"), ("seconds_to_target", "seconds_ratio")):
+    for key, name in (("epochs_to_target", "epochs_ratio"), ("seconds_to_target", "seconds_ratio"),
+                      ("steps_to_target", "steps_ratio"),
+                      ("train_seconds_to_target", "train_seconds_ratio")):
+        if key not in with_bn or key not in without:
+            continue  # step resolution only where both validated within epochs
         bn_values, twin_values = with_bn[key]["values"], without[key]["values"]
         ratios = {seed: (twin_values[seed] / value if value and twin_values.get(seed) else None)
                   for seed, value in bn_values.items()}
@@ -219,6 +255,12 @@ def _speedup_sentence(speedups: dict[str, dict], target: float) -> str:
     parts = []
     for name, s in speedups.items():
         epochs, seconds = s["epochs_ratio"], s["seconds_ratio"]
+        if s.get("steps_ratio", {}).get("mean") is not None:
+            steps, inside = s["steps_ratio"], s["train_seconds_ratio"]
+            parts.append(f"{name} vs {s['twin']}: {pm(steps, digits=2)}x fewer training steps, "
+                         f"{pm(inside, digits=2)}x less time inside training steps "
+                         f"({_seeds(steps['n'])}; in whole epochs: {pm(epochs, digits=2)}x)")
+            continue
         if epochs["mean"] is None:
             parts.append(f"{name} vs {s['twin']}: not measurable (both reached the target in "
                          f"no seed; BN alone in {s['bn_only_reached']})")
@@ -263,7 +305,8 @@ def headline(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
     Rows are variants (test_acc: mean test accuracy 0..1, test_acc_ci: half-width of its 95%
     interval; against the baseline vs, diff_pts ± diff_ci in percentage points, judgement;
-    BN variants: speedup, the mean per-seed ratio of epochs to the target, ± speedup_ci) and
+    BN variants: speedup, the mean per-seed ratio of training steps to the target, or of
+    epochs where the study validates once per epoch, ± speedup_ci) and
     `<a>-vs-<b>` pairs of `also_compare` (the comparison columns). Every row shares these
     column names, so the table is as wide for 50 variants as for 2; None is left to DVC to
     show as "-". Other numbers of a study add rows or columns here.
@@ -272,8 +315,10 @@ def headline(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
             for name, v in metrics["variants"].items()}
     for name, c in metrics["comparisons"].items():
         rows[name].update(_comparison_columns(c))
-    for name, s in metrics["bn_speedup"].items():
-        rows[name].update(speedup=s["epochs_ratio"]["mean"], speedup_ci=s["epochs_ratio"]["ci"])
+    for name, s in metrics["bn_speedup"].items():  # in steps where measured within epochs
+        ratio = s["steps_ratio"] if s.get("steps_ratio", {}).get("mean") is not None \
+            else s["epochs_ratio"]
+        rows[name].update(speedup=ratio["mean"], speedup_ci=ratio["ci"])
     for pair, c in metrics["pair_comparisons"].items():
         name = pair.replace(" vs ", "-vs-")
         if name in rows:
@@ -370,8 +415,8 @@ def _summary_metrics(metrics: dict) -> dict[str, float]:
             if v[key]["mean"] is not None:
                 flat[f"{name}.{key}_mean"] = v[key]["mean"]
     for name, s in metrics["bn_speedup"].items():
-        for key in ("epochs_ratio", "seconds_ratio"):
-            if s[key]["mean"] is not None:
+        for key in ("epochs_ratio", "seconds_ratio", "steps_ratio", "train_seconds_ratio"):
+            if s.get(key, {}).get("mean") is not None:
                 flat[f"{name}.bn_speedup_{key}"] = s[key]["mean"]
     return flat
 

@@ -64,3 +64,25 @@ def read_curves(path: Path) -> dict[str, dict[int, list[dict[str, float]]]]:
     for (variant, seed), epochs in by_epoch.items():
         histories.setdefault(variant, {})[seed] = [epochs[e] for e in sorted(epochs)]
     return histories
+
+
+# steps.csv: validation accuracy several times per epoch (training.StepValidator). step =
+# training steps done; epoch = step / steps per epoch; train_seconds = time spent inside
+# training steps so far (not in validation, callbacks or between steps).
+STEP_FIELDS = ("step", "epoch", "val_accuracy", "train_seconds")
+
+
+def read_steps(path: Path) -> list[dict[str, float]]:
+    if not Path(path).exists():
+        return []
+    with open(path, newline="") as handle:
+        return [{key: (int(v) if key == "step" else float(v)) for key, v in row.items()}
+                for row in csv.DictReader(handle)]
+
+
+def write_steps(path: Path, rows: list[dict[str, float]]) -> None:
+    with atomic_file(path) as handle:
+        writer = csv.DictWriter(handle, fieldnames=STEP_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+

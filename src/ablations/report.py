@@ -79,12 +79,14 @@ def _variants_table(m: dict) -> str:
 def _speedup_table(m: dict) -> str:
     if not m["bn_speedup"]:
         return ""
-    rows = [[f"{name} vs {s['twin']}", pm(s["epochs_ratio"], digits=2),
-             pm(s["seconds_ratio"], digits=2), str(s["epochs_ratio"]["n"]),
+    none = {"mean": None}
+    rows = [[f"{name} vs {s['twin']}", pm(s.get("steps_ratio", none), digits=2),
+             pm(s.get("train_seconds_ratio", none), digits=2), pm(s["epochs_ratio"], digits=2),
+             pm(s["seconds_ratio"], digits=2), str(s.get("steps_ratio", s["epochs_ratio"])["n"]),
              str(s["bn_only_reached"])] for name, s in m["bn_speedup"].items()]
     return ("<h3>BatchNorm speed-up (without BN ÷ with BN, mean of per-seed ratios ± 95% CI)</h3>"
-            + _table(["pair", "epochs", "wall seconds", "seeds (both reached)",
-                      "only BN reached"], rows))
+            + _table(["pair", "training steps", "seconds inside steps", "whole epochs",
+                      "wall seconds", "seeds (both reached)", "only BN reached"], rows))
 
 
 def _difference(row: dict) -> str:

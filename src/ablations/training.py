@@ -32,7 +32,7 @@ from mlflow.tracking import MlflowClient
 from ablations import tracking
 from ablations.config import Variant
 from ablations.data.prepare import load_prepared
-from ablations.history import FIELDS, read_history, write_history
+from ablations.history import FIELDS, read_history, read_steps, write_history, write_steps
 from ablations.io import atomic_dir, read_json, write_json
 from ablations.models.blocks import build_optimizer
 from ablations.models.zoo import build_model, transfer_weights
@@ -68,6 +68,53 @@ class EpochRecorder(keras.callbacks.Callback):
             for key, value in row.items() if key != "epoch" and math.isfinite(value)
         ]
         self.guard(f"after epoch {row['epoch']}", self.client.log_batch, self.run_id, metrics=metrics)
+
+
+class StepValidator(keras.callbacks.Callback):
+    """Validation accuracy `per_epoch` times per epoch and before the first step, on a fixed
+    validation subset, with the seconds spent inside training steps so far: the rows of
+    steps.csv (history.STEP_FIELDS). The model is called in inference mode, chunk by chunk,
+    not through `evaluate`, which would reset the compiled metrics of the running epoch.
+    A resumed training drops rows past the epoch the backup restored."""
+
+    def __init__(self, path: Path, x_val, y_val, steps_per_epoch: int, per_epoch: int,
+                 batch_size: int):
+        super().__init__()
+        self.path, self.x_val, self.y_val = path, x_val, y_val
+        self.steps_per_epoch, self.batch_size = steps_per_epoch, batch_size
+        self.every = max(1, steps_per_epoch // per_epoch)
+        self.rows: list[dict] | None = None  # None until the first epoch of this process
+        self.step, self.seconds, self.started = 0, 0.0, 0.0
+
+    def _accuracy(self) -> float:
+        correct = 0
+        for start in range(0, len(self.y_val), self.batch_size):
+            chunk = self.model(self.x_val[start:start + self.batch_size], training=False)
+            predicted = np.argmax(keras.ops.convert_to_numpy(chunk), axis=-1)
+            correct += int(np.sum(predicted == self.y_val[start:start + self.batch_size]))
+        return correct / len(self.y_val)
+
+    def _record(self) -> None:
+        self.rows.append({"step": self.step, "epoch": self.step / self.steps_per_epoch,
+                          "val_accuracy": self._accuracy(), "train_seconds": self.seconds})
+        write_steps(self.path, self.rows)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.rows is None:
+            self.step = epoch * self.steps_per_epoch
+            self.rows = [r for r in read_steps(self.path) if r["step"] <= self.step]
+            self.seconds = self.rows[-1]["train_seconds"] if self.rows else 0.0
+            if not self.rows:
+                self._record()  # step 0 (or a resumed run without rows): the starting point
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seconds += time.perf_counter() - self.started
+        self.step += 1
+        if (batch + 1) % self.every == 0 or batch + 1 == self.steps_per_epoch:
+            self._record()
 
 
 class EpochBatches(keras.utils.PyDataset):
@@ -200,6 +247,11 @@ def _fit(model, cfg: Variant, arrays, checkpoint: Path, run_id: str,
         EpochRecorder(checkpoint / "history.csv", run_id, guard),
         keras.callbacks.TerminateOnNaN(),
     ]
+    if cfg.val_per_epoch > 1:
+        subset = slice(0, cfg.val_subset)
+        callbacks.append(StepValidator(
+            checkpoint / "steps.csv", arrays["x_val"][subset], arrays["y_val"][subset],
+            math.ceil(len(arrays["y_train"]) / cfg.batch_size), cfg.val_per_epoch, cfg.batch_size))
     stopper = None
     if cfg.early_stopping is not None:  # after the recorder: every epoch run is in history.csv
         stopper = keras.callbacks.EarlyStopping(**cfg.early_stopping.model_dump())
@@ -338,6 +390,8 @@ def _save_outputs(model, out: Path, checkpoint: Path, info: dict, predictions: n
     with atomic_dir(out) as tmp:
         model.save(tmp / "model.keras")
         shutil.copyfile(checkpoint / "history.csv", tmp / "history.csv")
+        if (checkpoint / "steps.csv").exists():
+            shutil.copyfile(checkpoint / "steps.csv", tmp / "steps.csv")
         np.save(tmp / "test_predictions.npy", predictions)
         bn = bn_parameters(model)
         if bn:
