@@ -4,8 +4,8 @@ default) or `ray` (each unit a Ray task, on a local Ray instance or the cluster 
 The executor changes where units run, never what they compute, so it is chosen outside
 params.yaml: `--executor` or ABLATIONS_EXECUTOR. So are the resources each Ray task asks for,
 ABLATIONS_CPUS_PER_UNIT and ABLATIONS_GPUS_PER_UNIT: they describe the machines, not the
-experiment, and one study's params must reproduce it on a laptop and on a GPU cluster alike
-(in params.yaml they would show up as a difference between `dvc exp show` rows).
+experiment, and one study's params (what `dvc exp show` compares, what git versions) must
+reproduce it on a laptop and on a GPU cluster alike.
 
 Both executors run the same `training.train_study` per unit, with the same semantics: the
 fingerprints (ablations.units) decided which units are in `todo`; a transfer source finishes
@@ -112,12 +112,12 @@ def _environment() -> dict[str, str]:
             "backend": os.environ["KERAS_BACKEND"]}
 
 
-def local_threads() -> int:
+def local_threads() -> str:
     """CPU threads of one operation in a local run: OMP_NUM_THREADS, else every CPU this
     process may use (OpenMP's default, which torch follows)."""
     if os.environ.get("OMP_NUM_THREADS"):
-        return int(os.environ["OMP_NUM_THREADS"])
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return os.environ["OMP_NUM_THREADS"]
+    return str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
 
 
 def _worker_env() -> dict[str, str]:
@@ -129,8 +129,7 @@ def _worker_env() -> dict[str, str]:
     env = {name: os.environ[name] for name in names if name in os.environ}
     # On CPU the thread count sets how sums are split, hence their last bits: Ray would give
     # a task num_cpus threads, a local run uses every CPU. Same count, same bits.
-    threads = str(local_threads())
-    return {**env, "MLFLOW_TRACKING_URI": tracking.tracking_uri(), "OMP_NUM_THREADS": threads}
+    return {**env, "MLFLOW_TRACKING_URI": tracking.tracking_uri(), "OMP_NUM_THREADS": local_threads()}
 
 
 def train_one(study: str, unit: Unit, expected: dict[str, str], parent_run: str | None) -> str:
