@@ -91,3 +91,14 @@ def test_factorial_verdict_marks_each_setting_by_its_own_interval():
             mark = part.rsplit("(", 1)[1].rstrip(")")
             assert mark == (("better" if effect["difference"] > 0 else "worse")
                             if shown(effect) else "not shown"), part
+
+
+def test_seeds_left_out_are_said():
+    effect = {"difference": -31.0, "ci": 50.0, "n": 2, "excluded": 1}
+    text = difference_sentence("ones", "glorot", effect)
+    assert text.endswith("so no difference is shown (1 seed left out: a run diverged)")
+    effect = {"difference": None, "ci": None, "n": 0, "excluded": 2}
+    assert difference_sentence("ones", "glorot", effect) == (
+        "ones vs glorot: no seed has a finite result in every variant it needs "
+        "(2 seeds left out: a run diverged)")
+

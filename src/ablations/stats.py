@@ -1,4 +1,5 @@
-"""Mean ± confidence interval over seeds, and the comparison of two variants in words.
+"""Mean ± confidence interval over seeds (differences between variants: ablations.effects,
+their wording: ablations.verdicts).
 
     python -c "from ablations.stats import mean_ci; print(mean_ci([0.91, 0.90, 0.93]))"
 
@@ -62,28 +63,6 @@ def summary(values: Iterable[float | None], labels: Iterable[str] | None = None,
     return out
 
 
-def difference_ci(a: Iterable[float | None], b: Iterable[float | None],
-                  confidence: float = CONFIDENCE) -> tuple[float | None, float | None]:
-    """(mean(a) - mean(b), half-width of Welch's t-interval); NaN/None left out of both.
-
-    Welch (unequal variances, Satterthwaite degrees of freedom), not a pooled t: a variant with
-    BatchNorm or dropout can vary much less across seeds than its baseline. Half-width None
-    when either side has fewer than two finite values; 0 when both have no spread at all.
-    """
-    a, _ = finite(a)
-    b, _ = finite(b)
-    if a.size == 0 or b.size == 0:
-        return None, None
-    diff = float(a.mean() - b.mean())
-    if a.size < 2 or b.size < 2:
-        return diff, None
-    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
-    if va + vb == 0:
-        return diff, 0.0
-    df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
-    return diff, _t(confidence, df) * math.sqrt(va + vb)
-
-
 def judge(diff: float | None, half: float | None, higher_is_better: bool = True) -> str | None:
     """'better', 'worse' or 'not distinguishable' (the interval contains 0); None without an
     interval (one seed) or without a difference (no finite value)."""
@@ -92,35 +71,6 @@ def judge(diff: float | None, half: float | None, higher_is_better: bool = True)
     if abs(diff) <= half:
         return "not distinguishable"
     return "better" if (diff > 0) == higher_is_better else "worse"
-
-
-def _diverged_note(name: str, values: list) -> str:
-    _, bad = finite(values)
-    return f"{bad} of {len(values)} runs of {name} diverged" if bad else ""
-
-
-def verdict(name: str, baseline: str, a: Iterable[float | None], b: Iterable[float | None],
-            unit: str = "points of test accuracy", scale: float = 100.0,
-            higher_is_better: bool = True, confidence: float = CONFIDENCE) -> str:
-    """One line comparing variant `name` (values `a`, one per seed) with `baseline` (`b`):
-
-    "relu-bn vs relu: +2.9 ± 0.8 points of test accuracy — better"
-
-    `scale` turns the values into `unit` (accuracy 0..1 × 100 = percentage points). Non-finite
-    values (diverged runs) are left out and said so; one seed gives the difference only.
-    """
-    a, b = list(a), list(b)
-    diff, half = difference_ci(a, b, confidence)
-    notes = [n for n in (_diverged_note(name, a), _diverged_note(baseline, b)) if n]
-    head = f"{name} vs {baseline}: "
-    if diff is None:
-        return head + "no finite result to compare" + (f" ({'; '.join(notes)})" if notes else "")
-    if half is None:
-        text = f"{head}{diff * scale:+.1f} {unit} — one seed: no interval"
-    else:
-        text = (f"{head}{diff * scale:+.1f} ± {half * scale:.1f} {unit} — "
-                f"{judge(diff, half, higher_is_better)}")
-    return text + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def format_result(result: dict | None, scale: float = 1.0, digits: int = 1) -> str:

@@ -42,16 +42,23 @@ def _inconclusive(subject: str, effect: dict[str, Any]) -> str | None:
     return None
 
 
+def _left_out(effect: dict[str, Any]) -> str:
+    """Seeds left out because a run it needs has no finite result (diverged)."""
+    excluded = effect.get("excluded", 0)
+    return f" ({excluded} seed{'s' if excluded != 1 else ''} left out: a run diverged)" \
+        if excluded else ""
+
+
 def difference_sentence(subject: str, reference: str, effect: dict[str, Any]) -> str:
     """`subject` against `reference`: "relu-bn is 2.9 ± 0.8 points of test accuracy above relu
     (3 seeds): better"."""
     vague = _inconclusive(f"{subject} vs {reference}", effect)
     if vague:
-        return vague
+        return vague + _left_out(effect)
     d, h = effect["difference"], effect["ci"]
     side, word = ("above", "better") if d > 0 else ("below", "worse")
     return (f"{subject} is {abs(d):.1f} ± {h:.1f} {UNIT} {side} {reference} "
-            f"({_seeds(effect['n'])}): {word}")
+            f"({_seeds(effect['n'])}): {word}" + _left_out(effect))
 
 
 def interaction_sentence(effect: dict[str, Any]) -> str:
