@@ -373,3 +373,16 @@ def test_transfer_without_any_match_is_a_config_error():
     _, target = two_models()
     with pytest.raises(ConfigError, match="init_from: no layer"):
         transfer_weights(source, target, rule())
+
+
+def test_notebook_000_code_order_is_expressible_too():
+    """000's code: conv+act → pool → BN (convs only); conv → pool → act → BN is the same
+    function (max-pooling commutes with ReLU) with the same 111,946 parameters, 448 of them BN
+    statistics (the notebook budget follows the text instead; docs/fidelity.md)."""
+    cfg = Variant(conv_filters=[32, 64, 128], conv_strides=[2, 2, 1], dense_units=[128],
+                  norm="after", norm_at=["conv"], epochs=1, batch_size=8)
+    model = build_model(cfg, (32, 32, 3), 10)
+    names = [layer.name for layer in model.layers]
+    assert names[1:5] == ["block1_conv", "block1_pool", "block1_act", "block1_bn"]
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    assert (model.count_params(), trainable) == (111_946, 111_498)

@@ -22,6 +22,8 @@ def _settings(layer) -> dict[str, Any]:
     shown = {key: config[key] for key in SETTINGS if key in config}
     if isinstance(shown.get("activation"), dict):  # a serialized function: its name suffices
         shown["activation"] = shown["activation"].get("config", shown["activation"])
+    if shown.get("activation") == "linear":  # a Conv2D/Dense whose activation is its own layer
+        del shown["activation"]
     return {key: list(value) if isinstance(value, tuple) else value for key, value in shown.items()}
 
 
