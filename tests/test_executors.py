@@ -134,3 +134,15 @@ def test_bad_executor_settings_are_one_error_line(tmp_path, setting, message):
     done = _train(tmp_path, write_params(tmp_path), "out", env)
     assert (done.returncode, done.stderr.splitlines()) == (2, [message])
     assert not (tmp_path / "out").exists()
+
+
+def test_more_cpus_than_the_local_ray_has_is_an_error_not_a_hang(tmp_path, ray_extra):
+    """A task asking for resources no node of a fixed local instance has would wait forever."""
+    write_prepared(tmp_path / "data" / "d", n=32)
+    env = _env(f"sqlite:///{tmp_path / 'mlflow.db'}", ABLATIONS_EXECUTOR="ray",
+               ABLATIONS_CPUS_PER_UNIT="64")
+    done = _train(tmp_path, write_params(tmp_path), "out", env)
+    assert done.returncode == 2
+    assert re.fullmatch(r"error: ABLATIONS_CPUS_PER_UNIT=64: this machine's Ray has \d+ CPUs",
+                        done.stderr.splitlines()[-1])
+    assert not (tmp_path / "out").exists()
