@@ -27,15 +27,15 @@ answer.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ablations import tracking
 from ablations.config import PolyfitConfig, polyfit_config
 from ablations.io import atomic_file, write_json
 from ablations.plots import plt  # pyplot with the file-only (Agg) backend
@@ -370,11 +370,7 @@ def draws_dict(draws: Draws, true_degree: int) -> dict[str, Any]:
             "cv_mse": curve_summary(draws)}
 
 
-# --------------------------------------------------------------------------- MLflow
-
-
-def _param_value(value: Any) -> Any:
-    return json.dumps(value) if isinstance(value, (list, tuple, dict)) else value
+# --------------------------------------------------------------------------- MLflow (tracking.log_polyfit)
 
 
 def draws_metrics(draws: Draws | None, true_degree: int) -> tuple[dict[str, float],
@@ -391,56 +387,6 @@ def draws_metrics(draws: Draws | None, true_degree: int) -> tuple[dict[str, floa
                       **{f"chosen_{rule}_draws": s["frequency"][str(d)] for rule, s in rules.items()}}
                   for d in draws.degrees}
     return parent, per_degree
-
-
-def _log_degree_runs(scores: Sequence[DegreeScore],
-                     extra: dict[int, dict[str, float]] | None = None) -> None:
-    import mlflow
-
-    for s in scores:
-        with mlflow.start_run(run_name=f"degree-{s.degree}", nested=True):
-            mlflow.set_tag("study", "polyfit")
-            mlflow.log_param("degree", s.degree)
-            mlflow.log_metrics({"cv_mse_mean": s.mse_mean, "cv_mse_std": s.mse_std,
-                                "cv_mse_se": s.mse_se, "train_mse_mean": s.train_mse_mean,
-                                **(extra or {}).get(s.degree, {})})
-            for fold, value in enumerate(s.fold_mse):
-                mlflow.log_metric("cv_mse_fold", value, step=fold)
-
-
-def log_to_mlflow(config: dict, scores: Sequence[DegreeScore], chosen: tuple[int, int],
-                  verdict: str, figure, draws: Draws | None = None) -> str:
-    """One parent run "polyfit" + one nested run per degree (the first draw's CV errors, and
-    how often each rule chose that degree over all draws); returns the parent's run id.
-
-    The caller sets the tracking URI and experiment.  Under `mlflow run` (MLFLOW_RUN_ID set)
-    the parent becomes a child of that run instead of resuming it (MLflow would otherwise
-    resume it and overwrite its params); inside an active run it nests under that run.  An
-    exception inside the `with` blocks ends the runs as FAILED (ActiveRun.__exit__).
-    """
-    import mlflow
-
-    outer_run_id = os.environ.pop("MLFLOW_RUN_ID", None)
-    try:
-        true_degree = len(config["coefficients"]) - 1
-        best = min(scores, key=lambda s: s.mse_mean)
-        if mlflow.active_run() is not None:  # called inside a run: nest under it
-            outer = {"nested": True}
-        else:
-            outer = {"parent_run_id": outer_run_id}
-        with mlflow.start_run(run_name="polyfit", tags={"study": "polyfit"}, **outer) as parent:
-            mlflow.log_params({key: _param_value(value) for key, value in config.items()})
-            over_draws, per_degree = draws_metrics(draws, true_degree)
-            mlflow.log_metrics({"chosen_degree_min": chosen[0], "chosen_degree_1se": chosen[1],
-                                "true_degree": true_degree, "best_cv_mse": best.mse_mean,
-                                **over_draws})
-            mlflow.log_figure(figure, "cv_error.png")
-            mlflow.log_text(verdict, "verdict.txt")
-            _log_degree_runs(scores, per_degree)
-            return parent.info.run_id
-    finally:
-        if outer_run_id is not None:
-            os.environ["MLFLOW_RUN_ID"] = outer_run_id
 
 
 # --------------------------------------------------------------------------- stage
@@ -472,7 +418,8 @@ def run(config: PolyfitConfig | dict, results_path: Path, metrics_path: Path, pl
     metrics = metrics_dict(scores, chosen, cfg.true_degree, verdict, draws)
     figure = plot_cv(scores, chosen, cfg.true_degree, draws=draws)
     try:
-        log_to_mlflow(cfg.model_dump(mode="json"), scores, chosen, verdict, figure, draws)
+        tracking.log_polyfit(cfg.model_dump(mode="json"), scores, chosen, verdict, figure,
+                             *draws_metrics(draws, cfg.true_degree))
         with atomic_file(Path(plot_path), "wb") as handle:
             figure.savefig(handle, format="png", dpi=120)
         write_json(Path(results_path), metrics)

@@ -12,6 +12,7 @@ warning and skips MLflow afterwards; `ablations replay` (replay.py) completes th
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import re
@@ -281,3 +282,56 @@ def pip_requirements() -> list[str]:
         with contextlib.suppress(PackageNotFoundError):
             requirements.append(f"{name}=={version(name)}")
     return requirements
+
+
+# --------------------------------------------------------------------------- polyfit
+
+
+def _param_value(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, (list, tuple, dict)) else value
+
+
+def _log_degree_runs(scores, extra: dict[int, dict[str, float]]) -> None:
+    for s in scores:
+        with mlflow.start_run(run_name=f"degree-{s.degree}", nested=True):
+            mlflow.set_tag("study", "polyfit")
+            mlflow.log_param("degree", s.degree)
+            mlflow.log_metrics({"cv_mse_mean": s.mse_mean, "cv_mse_std": s.mse_std,
+                                "cv_mse_se": s.mse_se, "train_mse_mean": s.train_mse_mean,
+                                **extra.get(s.degree, {})})
+            for fold, value in enumerate(s.fold_mse):
+                mlflow.log_metric("cv_mse_fold", value, step=fold)
+
+
+def log_polyfit(config: dict, scores, chosen: tuple[int, int], verdict: str, figure,
+                over_draws: dict[str, float], per_degree: dict[int, dict[str, float]]) -> str:
+    """One parent run "polyfit" + one nested run per degree (polyfit.DegreeScore `scores` of
+    the first draw, plus `per_degree` metrics over all draws; `over_draws` on the parent);
+    returns the parent's run id.
+
+    The caller sets the tracking URI and experiment.  Under `mlflow run` (MLFLOW_RUN_ID set)
+    the parent becomes a child of that run instead of resuming it (MLflow would otherwise
+    resume it and overwrite its params); inside an active run it nests under that run.  An
+    exception inside the `with` blocks ends the runs as FAILED (ActiveRun.__exit__).
+    """
+    outer_run_id = os.environ.pop("MLFLOW_RUN_ID", None)
+    try:
+        true_degree = len(config["coefficients"]) - 1
+        best = min(scores, key=lambda s: s.mse_mean)
+        if mlflow.active_run() is not None:  # called inside a run: nest under it
+            outer = {"nested": True}
+        else:
+            outer = {"parent_run_id": outer_run_id}
+        with mlflow.start_run(run_name="polyfit", tags={"study": "polyfit"}, **outer) as parent:
+            mlflow.log_params({key: _param_value(value) for key, value in config.items()})
+            mlflow.log_metrics({"chosen_degree_min": chosen[0], "chosen_degree_1se": chosen[1],
+                                "true_degree": true_degree, "best_cv_mse": best.mse_mean,
+                                **over_draws})
+            mlflow.log_figure(figure, "cv_error.png")
+            mlflow.log_text(verdict, "verdict.txt")
+            _log_degree_runs(scores, per_degree)
+            return parent.info.run_id
+    finally:
+        if outer_run_id is not None:
+            os.environ["MLFLOW_RUN_ID"] = outer_run_id
+
