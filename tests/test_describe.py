@@ -82,13 +82,16 @@ def test_transfer_lists_copied_and_frozen_layers(notebook):
     assert finetune["params_trainable"] == finetune["params_total"]
 
 
-def test_describe_text_and_one_study(tmp_path):
-    result = ablations("describe", "bn_placement")
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "bn_placement/before: " in result.stdout and "batchnorm/" not in result.stdout
-    assert "block1_bn" in result.stdout and "BatchNormalization" in result.stdout
-    bad = ablations("describe", "nope")
-    assert bad.returncode == 2 and bad.stderr.startswith("error: studies.nope: no such study")
+def test_describe_text_and_unknown_study(notebook, monkeypatch, capsys):
+    from ablations.cli import main
+    from ablations.describe import as_text
+
+    text = as_text({"bn_placement": notebook["bn_placement"]})
+    assert "bn_placement/before: 553,850 parameters, 553,626 trainable" in text
+    assert "block1_bn" in text and "BatchNormalization" in text
+    monkeypatch.chdir(REPO)
+    assert main(["describe", "nope"]) == 2
+    assert capsys.readouterr().err.startswith("error: studies.nope: no such study")
 
 
 # The laptop budget's counts as docs/fidelity.md states them: (study, variant) → (total, trainable).
