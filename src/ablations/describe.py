@@ -29,7 +29,9 @@ def _settings(layer) -> dict[str, Any]:
 
 def _shape(layer) -> list[int | None]:
     output = layer.output
-    return list(output.shape[1:]) if hasattr(output, "shape") else [list(o.shape[1:]) for o in output]
+    if hasattr(output, "shape"):
+        return list(output.shape[1:])
+    return [list(o.shape[1:]) for o in output]
 
 
 def layer_rows(model) -> list[dict[str, Any]]:
@@ -53,7 +55,8 @@ def _transfer(source, target, cfg) -> dict[str, Any]:
     for name, _, _ in plan:
         target.get_layer(name).trainable = not cfg.freeze
     return {"from": cfg.init_from, "frozen": cfg.freeze,
-            "layers": [{"name": name, "shapes": shapes, "rule": rule} for name, shapes, rule in plan]}
+            "layers": [{"name": name, "shapes": shapes, "rule": rule}
+                       for name, shapes, rule in plan]}
 
 
 def describe(params: Params, studies: list[str]) -> dict[str, dict[str, dict[str, Any]]]:

@@ -40,7 +40,8 @@ def weight_options(cfg: Variant, dense: bool = False) -> dict[str, Any]:
     init = keras.initializers.get
     return {
         "kernel_initializer": _resolve("initializer", init, initializer),
-        "bias_initializer": _resolve("initializer", init, initializer if cfg.init_biases else "zeros"),
+        "bias_initializer": _resolve("initializer", init,
+                                     initializer if cfg.init_biases else "zeros"),
         "kernel_regularizer": _resolve("kernel_regularizer", reg, cfg.kernel_regularizer),
         "bias_regularizer": _resolve("bias_regularizer", reg, cfg.bias_regularizer),
     }

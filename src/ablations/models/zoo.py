@@ -207,7 +207,8 @@ def xception(cfg: Variant, input_shape: tuple[int, ...], num_classes: int) -> ke
 TRAINING_ONLY = {"data", "initializer", "dense_initializer", "kernel_regularizer",
                  "bias_regularizer", "bn_momentum", "optimizer", "learning_rate",
                  "optimizer_config", "lr_schedule", "epochs", "batch_size", "init_from",
-                 "transfer_mismatch", "weights", "weights_file", "weights_sha256", "mixed_precision",
+                 "transfer_mismatch", "weights", "weights_file", "weights_sha256",
+                 "mixed_precision",
                  "seed"}
 
 
@@ -241,8 +242,11 @@ def _shapes(weights) -> list[list[int]]:
 
 def _spreadable(source: list[list[int]], target: list[list[int]]) -> bool:
     """Conv weights that differ only in the kernel's input channels (axis 2)."""
+    def without_channels(shape: list[int]) -> list[int]:
+        return shape[:2] + shape[3:]
+
     return (len(source) == len(target) and len(source[0]) == len(target[0]) == 4
-            and [s for i, s in enumerate(source[0]) if i != 2] == [t for i, t in enumerate(target[0]) if i != 2]
+            and without_channels(source[0]) == without_channels(target[0])
             and source[1:] == target[1:])
 
 
@@ -261,7 +265,8 @@ def transfer_plan(source: keras.Model, target: keras.Model, cfg: Variant) -> lis
         target_shapes = _shapes(layer.weights)
         if source_shapes == target_shapes:
             plan.append((layer.name, target_shapes, "copied"))
-        elif cfg.transfer_mismatch == "spread_channels" and _spreadable(source_shapes, target_shapes):
+        elif (cfg.transfer_mismatch == "spread_channels"
+              and _spreadable(source_shapes, target_shapes)):
             plan.append((layer.name, target_shapes, "spread_channels"))
         else:
             raise ConfigError(
