@@ -247,13 +247,13 @@ def test_headline_rows_share_columns_and_equal_the_results(evaluated):
     assert rows == headline(m)
     assert set(rows) == set(VARIANTS)
     accuracy = m["variants"]["relu"]["test_accuracy"]
-    assert rows["relu"] == {"test_acc": accuracy["mean"], "test_acc_ci": accuracy["ci"]}
+    assert rows["relu"] == {"acc": 100 * accuracy["mean"], "acc_ci": 100 * accuracy["ci"]}
     c, speedup = m["comparisons"]["relu-bn"], m["bn_speedup"]["relu-bn"]["epochs_ratio"]
     assert rows["relu-bn"] == {
-        "test_acc": pytest.approx(0.91), "test_acc_ci": m["variants"]["relu-bn"]["test_accuracy"]["ci"],
-        "vs": "relu", "diff_pts": c["difference_points"], "diff_ci": c["ci_points"],
-        "judgement": "better", "speedup": speedup["mean"], "speedup_ci": speedup["ci"]}
-    assert rows["tanh-bn"]["speedup"] is None  # its twin never reached the target
+        "acc": pytest.approx(91.0), "acc_ci": 100 * m["variants"]["relu-bn"]["test_accuracy"]["ci"],
+        "diff": c["difference_points"], "diff_ci": c["ci_points"], "judgement": "better",
+        "speedup": speedup["mean"], "speedup_ci": speedup["ci"]}
+    assert "speedup" not in rows["tanh-bn"]  # its twin never reached the target: no number
     assert {key for row in rows.values() for key in row} == set(rows["relu-bn"])
 
 
@@ -306,8 +306,7 @@ def test_pairs_the_question_asks_for_are_compared_in_the_verdict(tmp_path):
     assert pair["text"].startswith("relu-bn is ") and " above tanh-bn " in pair["text"]
     assert pair["text"] + "." in m["verdict"]
     assert headline(m)["relu-bn-vs-tanh-bn"] == {
-        "vs": "tanh-bn", "diff_pts": pair["difference_points"], "diff_ci": pair["ci_points"],
-        "judgement": "better"}
+        "diff": pair["difference_points"], "diff_ci": pair["ci_points"], "judgement": "better"}
     assert set(m["comparisons"]) == {"relu-bn", "tanh", "tanh-bn"}  # the baseline's stay
     page = study_section("unit", m, tmp_path / "no-plots")
     assert "Other comparisons the question asks for" in page and html.escape(pair["text"]) in page
@@ -459,3 +458,55 @@ def test_bn_speedup_in_steps_with_an_interval_over_seeds():
     mean, half = stats.mean_ci([2.5, 3.0, 2.0])
     assert (ratio["mean"], ratio["ci"]) == pytest.approx((mean, half))
     assert speedup(bn, twin)["train_seconds_ratio"]["mean"] == pytest.approx(mean)
+
+
+def _fake_default_study(root, params, study, rng):
+    """Every (variant, seed) unit of one study of the real params.yaml, written the way train
+    writes them, with random accuracies (only the shape of the results matters here)."""
+    spec, labels = params.studies[study], {}
+    for name in spec.variants:
+        data = params.variant_data(study, name)
+        if data not in labels:
+            folder = root / "data" / data
+            folder.mkdir(parents=True, exist_ok=True)
+            labels[data] = np.arange(20) % 4
+            np.save(folder / "y_test.npy", labels[data])
+        for seed in spec.seeds:
+            folder = unit_dir(root / "models" / study, name, seed)
+            folder.mkdir(parents=True)
+            accuracy = float(rng.uniform(0.5, 0.95))
+            write_json(folder / "run.json", {"seed": seed, "fit_seconds": 10.0,
+                                             "diverged": False, "test_loss": 1 - accuracy,
+                                             "test_accuracy": accuracy})
+            write_history(folder / "history.csv", _history(rng.uniform(0.5, 0.95, 3), 1.0))
+            np.save(folder / "test_predictions.npy", labels[data])
+
+
+def test_dvc_metrics_show_of_the_default_studies_fits_200_columns(tmp_path, repo_params):
+    """The real `dvc metrics show` over the headline rows of every study of params.yaml (50+
+    variants) and polyfit's: one row per variant or pair, so the table stays ≤ 200 wide."""
+    import subprocess
+    import sys
+
+    from ablations import polyfit
+
+    rng = np.random.default_rng(0)
+    targets = []
+    for study in repo_params.studies:
+        _fake_default_study(tmp_path, repo_params, study, rng)
+        units = read_study(repo_params, study, tmp_path / "models" / study, tmp_path / "data")
+        rows = headline(study_results(repo_params, study, units, tmp_path / "data"))
+        assert set(repo_params.studies[study].variants) <= set(rows)
+        for name, numbers in rows.items():
+            write_json(tmp_path / "metrics" / study / f"{name}.json", numbers)
+            targets.append(f"metrics/{study}/{name}.json")
+    write_json(tmp_path / "metrics" / "polyfit.json",
+               polyfit.headline({"chosen_degree_min": 15, "chosen_degree_1se": 3}))
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    shown = subprocess.run([*dvc, "metrics", "show", *targets, "metrics/polyfit.json"],
+                           cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    lines = shown.splitlines()
+    assert len(lines) == 1 + len(targets) + 1  # the header, a row per file
+    width = max(len(line) for line in lines)
+    assert width <= 200, f"{width} columns:\n{lines[0]}"

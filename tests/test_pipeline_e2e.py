@@ -114,13 +114,48 @@ def test_metrics_plots_and_report(pipeline):
     assert transfer["comparisons"]["finetune"]["vs"] == "scratch"
     polyfit = json.loads((repo / "results" / "polyfit.json").read_text())
     assert 1 <= polyfit["chosen_degree_1se"] <= 4
-    shown = run(["dvc", "metrics", "show", "--json"], repo, env).stdout
-    assert "test_acc" in shown and "chosen_degree_1se" in shown
+    assert metric_files(repo) == dvc_metrics(repo, env, "show", "--json")[""]["data"]
+    table = run(["dvc", "metrics", "show"], repo, env).stdout.splitlines()
+    assert len(table) == 1 + len(metric_files(repo))  # header, one row per headline file
+    assert max(len(line) for line in table) <= 200, table[0]
     run(["dvc", "plots", "show", "-o", str(repo / "dvc_plots")], repo, env)
     assert (repo / "dvc_plots" / "index.html").exists()
     report = (repo / "reports" / "index.html").read_text()
     for heading in ("batchnorm", "transfer", "polyfit", html.escape(metrics["verdict"])):
         assert heading in report, heading
+
+
+def metric_files(repo: Path) -> dict[str, dict]:
+    """The headline metrics files in the workspace, keyed and wrapped as DVC's JSON has them."""
+    return {str(p.relative_to(repo)): {"data": json.loads(p.read_text())}
+            for p in sorted((repo / "metrics").rglob("*.json"))}
+
+
+def dvc_metrics(repo: Path, env, *command) -> dict:
+    return json.loads(run(["dvc", "metrics", *command], repo, env).stdout)
+
+
+def curve_plots(repo: Path, env, *command) -> dict[str, dict]:
+    """{curves file: its vega spec} from `dvc plots show/diff --json`."""
+    shown = json.loads(run(["dvc", "plots", *command, "--json"], repo, env).stdout)["data"]
+    return {path: plots[0]["content"] for path, plots in shown.items() if path.startswith("curves/")}
+
+
+def test_learning_curves_are_dvc_plot_data(pipeline):
+    """`dvc plots show` draws each study's curves file through the top-level definition: x is
+    the epoch, a line per variant, every (variant, seed, epoch, metric) of the file."""
+    repo, env, _ = pipeline
+    curves = curve_plots(repo, env, "show")
+    assert set(curves) == {"curves/batchnorm.csv", "curves/transfer.csv"}
+    spec = curves["curves/batchnorm.csv"]
+    assert spec["spec"]["encoding"]["x"]["field"] == "epoch"
+    assert spec["spec"]["encoding"]["color"]["field"] == "variant"
+    rows = spec["data"]["values"]
+    written = (repo / "curves" / "batchnorm.csv").read_text().splitlines()
+    assert len(rows) == len(written) - 1 == 2 * 2 * EPOCHS * 4  # variants, seeds, epochs, metrics
+    assert {(r["variant"], r["seed"], r["epoch"]) for r in rows} == {
+        (v, s, str(e)) for v in ("relu", "relu-bn") for s in ("0", "1") for e in range(1, EPOCHS + 1)}
+    assert {r["metric"] for r in rows} == {"loss", "val_loss", "accuracy", "val_accuracy"}
 
 
 def test_mlflow_runs_have_params_history_and_a_loadable_model(pipeline):
@@ -196,3 +231,35 @@ def test_queued_experiments_run_two_at_once_and_keep_every_mlflow_run(pipeline):
             assert kept.info.status == "FINISHED" and kept.data.params["learning_rate"] == rate
             steps = [m.step for m in client.get_metric_history(kept.info.run_id, "val_loss")]
             assert steps == list(range(1, EPOCHS + 1))
+
+    check_experiments_carry_their_results(repo, env, [f"lr-{rate}" for rate in rates])
+
+
+def exp_show(repo: Path, env) -> dict[str, dict]:
+    """{experiment name: its metrics as `dvc exp show --json` lists them}."""
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo, env).stdout)
+    return {rev["name"]: rev["data"]["metrics"] for baseline in shown
+            for exp in baseline.get("experiments") or [] for rev in exp["revs"]}
+
+
+def check_experiments_carry_their_results(repo: Path, env, names: list[str]) -> None:
+    """Each queued experiment's commit holds its outputs' hashes (dvc.lock) and DVC's cache
+    their content: `dvc exp show`, `dvc metrics diff` and `dvc plots diff` read them back."""
+    shown = exp_show(repo, env)
+    for name in names:
+        errors = {path: m["error"] for path, m in shown[name].items() if "error" in m}
+        assert not errors and "metrics/batchnorm/relu.json" in shown[name], (name, errors)
+        assert {"acc", "acc_ci"} <= set(shown[name]["metrics/batchnorm/relu.json"]["data"])
+    exp = names[0]
+    diff = dvc_metrics(repo, env, "diff", "HEAD", exp, "--json")
+    relu = shown[exp]["metrics/batchnorm/relu.json"]["data"]
+    assert diff["metrics/batchnorm/relu.json"]["acc"]["new"] == relu["acc"]
+    overlaid = curve_plots(repo, env, "diff", "HEAD", exp)["curves/batchnorm.csv"]
+    assert {row["rev"] for row in overlaid["data"]["values"]} == {"HEAD", exp}
+    # The experiment's own files, as `dvc exp apply` puts them in the workspace.
+    run(["dvc", "exp", "apply", exp], repo, env)
+    try:
+        assert metric_files(repo) == shown[exp]
+    finally:
+        run(["git", "checkout", "--", "."], repo, env)
+        run(["dvc", "checkout", "--force"], repo, env)

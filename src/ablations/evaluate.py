@@ -295,23 +295,28 @@ def study_verdict(metrics: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- headline
 
 
+def _percent(value: float | None) -> float | None:
+    return None if value is None else 100 * value
+
+
 def _comparison_columns(c: dict[str, Any]) -> dict[str, Any]:
-    return {"vs": c["vs"], "diff_pts": c["difference_points"], "diff_ci": c["ci_points"],
-            "judgement": c["judgement"]}
+    return {"diff": c["difference_points"], "diff_ci": c["ci_points"], "judgement": c["judgement"]}
 
 
 def headline(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """{row: columns}: the study's headline numbers, one `dvc metrics show` row each.
 
-    Rows are variants (test_acc: mean test accuracy 0..1, test_acc_ci: half-width of its 95%
-    interval; against the baseline vs, diff_pts ± diff_ci in percentage points, judgement;
-    BN variants: speedup, the mean per-seed ratio of training steps to the target, or of
-    epochs where the study validates once per epoch, ± speedup_ci) and
-    `<a>-vs-<b>` pairs of `also_compare` (the comparison columns). Every row shares these
-    column names, so the table is as wide for 50 variants as for 2; None is left to DVC to
-    show as "-". Other numbers of a study add rows or columns here.
+    Rows are variants (acc: mean test accuracy in %, acc_ci: half-width of its 95% interval;
+    against the baseline: diff ± diff_ci in percentage points and the judgement; BN variants:
+    speedup, the mean per-seed ratio of training steps to the target, or of epochs where the
+    study validates once per epoch, ± speedup_ci) and `<a>-vs-<b>` pairs of `also_compare`
+    (a − b, the comparison columns). Every row shares these few column names (DVC's table has
+    one column per distinct name, separators included), so it is as wide for 50 variants as
+    for 2. A number that does not exist (one seed: no interval) is left out; DVC shows "-".
+    Other numbers of a study add rows here, or columns shared by their rows.
     """
-    rows = {name: {"test_acc": v["test_accuracy"]["mean"], "test_acc_ci": v["test_accuracy"]["ci"]}
+    rows = {name: {"acc": _percent(v["test_accuracy"]["mean"]),
+                   "acc_ci": _percent(v["test_accuracy"]["ci"])}
             for name, v in metrics["variants"].items()}
     for name, c in metrics["comparisons"].items():
         rows[name].update(_comparison_columns(c))
@@ -325,7 +330,8 @@ def headline(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
             raise DataError(f"studies.{metrics['study']}: the pair row {name} has a variant's "
                             "name; rename that variant")
         rows[name] = _comparison_columns(c)
-    return rows
+    return {name: {key: value for key, value in columns.items() if value is not None}
+            for name, columns in rows.items()}
 
 
 def best_confusion(params: Params, study: str, units: dict[str, list[dict]], best: str | None,
