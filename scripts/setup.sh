@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up a working copy: virtualenv in .venv with the pinned install, and Debian's
+# Set up a working copy: virtualenv in .venv with the tested versions (constraints.txt) and the
+# torch backend (the `torch` extra), and Debian's
 # Fashion-MNIST package when apt is usable (the default study's offline dataset).
 # Idempotent: a second run only checks. Usage: scripts/setup.sh
 set -euo pipefail
@@ -10,9 +11,9 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 # --no-deps check first: reinstalling the pinned set takes minutes, verifying it takes seconds.
-if ! .venv/bin/python -c "import ablations, pytest, dvc, mlflow, keras, playwright" 2>/dev/null; then
+if ! .venv/bin/python -c "import ablations, pytest, dvc, mlflow, keras, torch, playwright" 2>/dev/null; then
   .venv/bin/pip install --quiet --upgrade pip
-  .venv/bin/pip install --quiet -e ".[test]"
+  .venv/bin/pip install --quiet -c constraints.txt -e ".[torch,test]"
 fi
 
 if [ ! -d /usr/share/datasets/fashion-mnist ]; then

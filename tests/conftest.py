@@ -107,5 +107,6 @@ def ray_extra():
         import ray  # noqa: F401
     except ImportError:
         extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *extras["ray"]], check=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-c",
+                        str(REPO / "constraints.txt"), *extras["ray"]], check=True)
         importlib.invalidate_caches()

@@ -3,7 +3,6 @@ Ray's own code (what KubeRay's autoscaler and `ray up` run on them first) and ag
 ray executor needs: Ray at the extra's version, a GPU per worker, nothing trained on the head,
 one shared workspace at the same path on every node."""
 
-import tomllib
 
 import pytest
 import yaml
@@ -13,9 +12,10 @@ RAY_DIR = REPO / "deploy" / "ray"
 
 
 def ray_pin() -> str:
-    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    [requirement] = extras["ray"]
-    return requirement.removeprefix("ray==")
+    """The tested Ray version (constraints.txt; pyproject.toml's `ray` extra holds a range)."""
+    [pin] = [line.split("==")[1].split()[0] for line in
+             (REPO / "constraints.txt").read_text().splitlines() if line.startswith("ray==")]
+    return pin
 
 
 def manifest(kind: str) -> dict:
@@ -77,4 +77,4 @@ def test_ray_up_validation_rejects_a_misspelt_field(ray_extra):
 
 def test_the_image_installs_the_ray_extra():
     dockerfile = (REPO / "deploy" / "Dockerfile").read_text()
-    assert 'pip install -e ".[gpu,ray]"' in dockerfile and 'pip install -e ".[ray]"' in dockerfile
+    assert '-e ".[torch,gpu,ray]"' in dockerfile and '-e ".[torch,tensorflow,ray]"' in dockerfile

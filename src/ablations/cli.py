@@ -186,7 +186,10 @@ def cmd_polyfit(args) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from ablations import __version__
+
     parser = argparse.ArgumentParser(prog="ablations", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--params", default="params.yaml", help="the params file (default: %(default)s)")
     sub = parser.add_subparsers(dest="stage", required=True)
 
