@@ -93,6 +93,15 @@ def test_validation_within_epochs_leaves_training_unchanged(tmp_path, tracking_s
     wall = sum(r["epoch_seconds"] for r in read_history(out["b"] / "history.csv"))
     assert seconds[-1] < wall  # time inside steps only: no validation, no callbacks
     assert all(r["val_accuracy"] * 20 == pytest.approx(round(r["val_accuracy"] * 20)) for r in steps)
+    # evaluate reads them: steps to a target every seed reached, interpolated between rows
+    from ablations.evaluate import read_unit, variant_metrics
+
+    y_test = np.load(tmp_path / "data" / "d" / "y_test.npy")
+    target = max(r["val_accuracy"] for r in steps)
+    metrics = variant_metrics([read_unit(tmp_path / "out", "unit", "b", 7, y_test)], target, "d")
+    first = next(r for r in steps if r["val_accuracy"] >= target)
+    assert metrics["steps_to_target"]["values"]["seed7"] <= first["step"]
+    assert metrics["steps_to_target"]["reached"] == 1
 
 
 def test_only_changed_units_retrain_and_removed_ones_go(tmp_path, tracking_store):
