@@ -166,8 +166,9 @@ def test_a_crash_inside_training_leaves_the_run_failed_and_no_output(tmp_path, t
 
 def test_diverging_variant_is_recorded_not_crashed(tmp_path, tracking_store):
     write_prepared(tmp_path / "data" / "d")
-    # 1e30: the first steps overflow float32 weights to inf, whatever the backend clips
-    [run_id] = _train(tmp_path, write_params(tmp_path, ["ones"], learning_rate=1e30, optimizer="sgd"))
+    # All-ones weights under an exponential activation overflow float32 to inf at once
+    [run_id] = _train(tmp_path, write_params(tmp_path, ["ones"], learning_rate=10.0, optimizer="sgd",
+                                             initializer="ones", activation="exponential"))
     assert _info(tmp_path, "ones")["diverged"] is True
     assert mlflow.MlflowClient(tracking_store).get_run(run_id).data.tags["diverged"] == "true"
 
