@@ -102,3 +102,19 @@ def test_seeds_left_out_are_said():
         "ones vs glorot: no seed has a finite result in every variant it needs "
         "(2 seeds left out: a run diverged)")
 
+
+def test_speedup_ratio_says_fewer_or_more_only_when_the_interval_excludes_1():
+    from ablations.verdicts import ratio_sentence
+
+    rng = random.Random(19)
+    for _ in range(CASES):
+        effect = random_effect(rng)  # a difference from 1
+        mean = None if effect["difference"] is None else 1 + effect["difference"] / 40
+        ci = None if effect["ci"] is None else effect["ci"] / 40
+        text = ratio_sentence({"mean": mean, "ci": ci, "n": effect["n"]}, "steps")
+        words = set(re.findall(r"\b(fewer|more|faster|slower)\b", text))
+        if mean is None or ci is None or abs(mean - 1) <= ci:
+            assert not words, text
+        else:
+            assert words == ({"fewer"} if mean > 1 else {"more"}), text
+

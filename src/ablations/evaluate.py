@@ -252,23 +252,22 @@ def _seeds(n: int) -> str:
 
 
 def _speedup_sentence(speedups: dict[str, dict], target: float) -> str:
+    """Per BN variant and its twin: steps (or whole epochs) and seconds to the target."""
     parts = []
     for name, s in speedups.items():
-        epochs, seconds = s["epochs_ratio"], s["seconds_ratio"]
         if s.get("steps_ratio", {}).get("mean") is not None:
-            steps, inside = s["steps_ratio"], s["train_seconds_ratio"]
-            parts.append(f"{name} vs {s['twin']}: {pm(steps, digits=2)}x fewer training steps, "
-                         f"{pm(inside, digits=2)}x less time inside training steps "
-                         f"({_seeds(steps['n'])}; in whole epochs: {pm(epochs, digits=2)}x)")
-            continue
-        if epochs["mean"] is None:
+            measures = [(s["steps_ratio"], "training steps"),
+                        (s["train_seconds_ratio"], "seconds inside training steps")]
+        elif s["epochs_ratio"]["mean"] is not None:
+            measures = [(s["epochs_ratio"], "epochs"), (s["seconds_ratio"], "wall seconds")]
+        else:
             parts.append(f"{name} vs {s['twin']}: not measurable (both reached the target in "
                          f"no seed; BN alone in {s['bn_only_reached']})")
             continue
-        parts.append(f"{name} vs {s['twin']}: {pm(epochs, digits=2)}x fewer epochs, "
-                     f"{pm(seconds, digits=2)}x less time ({_seeds(epochs['n'])})")
-    return (f"BatchNorm speed-up to {target:g} validation accuracy (mean of per-seed ratios "
-            f"± 95% CI): " + "; ".join(parts) + ".")
+        parts.append(f"{name} vs {s['twin']}: "
+                     + ", ".join(verdicts.ratio_sentence(r, unit) for r, unit in measures))
+    return (f"BatchNorm speed-up to {target:g} validation accuracy (without BN ÷ with BN, "
+            f"mean of per-seed ratios ± 95% CI): " + "; ".join(parts) + ".")
 
 
 def study_verdict(metrics: dict[str, Any]) -> str:

@@ -119,3 +119,19 @@ def effect_rows(effects: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]
     return [{"kind": kind, "label": effect_label(e), "difference": e["difference"],
              "ci": e["ci"], "n": e["n"], "shown": shown(e)}
             for kind in ("main", "simple", "interaction", "pairs") for e in effects.get(kind, [])]
+
+
+def ratio_sentence(ratio: dict[str, Any], unit: str) -> str:
+    """A speed-up factor (without BN ÷ with BN, mean of per-seed ratios ± 95% interval) in
+    words: "fewer"/"more" only when the interval excludes 1."""
+    r, h, n = ratio["mean"], ratio["ci"], ratio["n"]
+    if r is None:
+        return f"{unit}: not measurable"
+    number = f"{r:.2f}" + ("" if h is None else f" ± {h:.2f}")
+    if h is None:
+        return f"{unit}: ratio {number} from {_seeds(n)}, no interval, so no conclusion"
+    if abs(r - 1) <= h:
+        return f"{unit}: ratio {number} over {_seeds(n)}; the interval covers 1, so no speed-up is shown"
+    word = "fewer" if r > 1 else "more"
+    return f"{unit}: ratio {number} over {_seeds(n)}, {word} with BatchNorm"
+
