@@ -6,7 +6,8 @@ Rules, checked by property tests (tests/test_verdicts.py):
   and their direction is the sign of the difference;
 - one seed (no interval) or an interval covering 0: the number is given, the conclusion is
   that none is shown;
-- a sentence names only the variants, levels or factors of the effect it describes.
+- a sentence names only the variants, levels or factors of the effect it describes;
+- a speed-up ratio says "fewer"/"more" only when its interval excludes 1.
 """
 
 from __future__ import annotations
