@@ -138,7 +138,8 @@ def dvc_metrics(repo: Path, env, *command) -> dict:
 def curve_plots(repo: Path, env, *command) -> dict[str, dict]:
     """{curves file: its vega spec} from `dvc plots show/diff --json`."""
     shown = json.loads(run(["dvc", "plots", *command, "--json"], repo, env).stdout)["data"]
-    return {path: plots[0]["content"] for path, plots in shown.items() if path.startswith("curves/")}
+    return {path: plots[0]["content"] for path, plots in shown.items()
+            if path.startswith("curves/")}
 
 
 def test_learning_curves_are_dvc_plot_data(pipeline):
@@ -154,7 +155,8 @@ def test_learning_curves_are_dvc_plot_data(pipeline):
     written = (repo / "curves" / "batchnorm.csv").read_text().splitlines()
     assert len(rows) == len(written) - 1 == 2 * 2 * EPOCHS * 4  # variants, seeds, epochs, metrics
     assert {(r["variant"], r["seed"], r["epoch"]) for r in rows} == {
-        (v, s, str(e)) for v in ("relu", "relu-bn") for s in ("0", "1") for e in range(1, EPOCHS + 1)}
+        (v, s, str(e)) for v in ("relu", "relu-bn") for s in ("0", "1")
+        for e in range(1, EPOCHS + 1)}
     assert {r["metric"] for r in rows} == {"loss", "val_loss", "accuracy", "val_accuracy"}
 
 
@@ -193,7 +195,8 @@ def test_second_repro_is_a_no_op_and_one_variant_edit_dirties_only_its_study(pip
     status = run(["dvc", "status", "--json"], repo, env).stdout
     changed = set(json.loads(status))
     # validate re-checks any params.yaml edit; its output is constant, so it triggers nothing.
-    assert changed == {"validate", "train@batchnorm", "evaluate@batchnorm", "plot@batchnorm"}, changed
+    assert changed == {"validate", "train@batchnorm", "evaluate@batchnorm",
+                       "plot@batchnorm"}, changed
 
 
 def test_queued_experiments_run_two_at_once_and_keep_every_mlflow_run(pipeline):
