@@ -12,8 +12,8 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ("src", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvc/config", ".dvcignore",
-                 ".gitignore")
+PROJECT_FILES = ("src", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvc/config", ".dvc/plots",
+                 ".dvcignore", ".gitignore")
 
 
 def environment() -> dict[str, str]:
