@@ -230,8 +230,10 @@ def test_plot_writes_figures_and_each_stage_one_run(evaluated):
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("unit")
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
-    assert set(runs) == {"unit-summary", "unit-figures"}
+    assert set(runs) == {"unit", "unit-summary", "unit-figures"}
     summary = runs["unit-summary"]
+    for name in ("unit-summary", "unit-figures"):  # nested under the study's run
+        assert runs[name].data.tags["mlflow.parentRunId"] == runs["unit"].info.run_id
     assert summary.data.metrics["relu-bn.test_accuracy_mean"] == pytest.approx(0.91)
     assert summary.data.tags["mlflow.note.content"].startswith("Best mean test accuracy")
     assert {a.path for a in client.list_artifacts(summary.info.run_id)} == {"unit.json"}

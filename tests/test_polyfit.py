@@ -320,7 +320,7 @@ def test_a_crash_marks_the_run_failed_and_leaves_no_outputs(tmp_path, tracking, 
     def broken_log_text(*args, **kwargs):
         raise RuntimeError("artifact store down")
 
-    monkeypatch.setattr(mlflow, "log_text", broken_log_text)
+    monkeypatch.setattr(polyfit.tracking, "log_text", broken_log_text)
     with pytest.raises(RuntimeError, match="artifact store down"):
         polyfit.run(small_config(), tmp_path / "r.json", tmp_path / "m.json", tmp_path / "p.png")
     runs = _runs(client, experiment_id)

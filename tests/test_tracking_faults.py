@@ -184,6 +184,9 @@ def test_concurrent_trainings_share_one_sqlite_store(tmp_path):
         assert "database is locked" not in error and "ablations: warning" not in error, error[-3000:]
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("unit").experiment_id])
+    [study] = [run for run in runs if run.data.tags.get("kind") == "study"]  # one, found by all four
+    runs = [run for run in runs if run is not study]
+    assert {run.data.tags["mlflow.parentRunId"] for run in runs} == {study.info.run_id}
     assert sorted(run.data.tags["variant"] for run in runs) == names
     for run in runs:
         assert run.info.status == "FINISHED"

@@ -178,10 +178,9 @@ def cmd_report(args) -> None:
 
 
 def cmd_polyfit(args) -> None:
-    from ablations import polyfit, tracking
+    from ablations import polyfit
 
     params = _params(args)
-    tracking.use_experiment("polyfit")
     polyfit.run(params.polyfit, Path(args.results), Path(args.metrics), Path(args.plot))
 
 

@@ -445,10 +445,11 @@ def log_summary(study: str, metrics: dict) -> str:
     description (the plot stage logs the figures in its own run)."""
     tags = tracking.run_tags(study, "summary", kind="summary", dvc_stage=f"evaluate@{study}")
     tags["mlflow.note.content"] = metrics["verdict"]  # shown as the run's description in the UI
-    with tracking.run(study, f"{study}-summary", tags) as active:
-        tracking.mlflow.log_metrics(_summary_metrics(metrics))
-        tracking.mlflow.log_dict(metrics, f"{study}.json")
-        return active.info.run_id
+    with tracking.run(study, f"{study}-summary", tags,
+                      parent_id=tracking.study_run_id(study)) as run_id:
+        tracking.log_metrics(run_id, _summary_metrics(metrics))
+        tracking.log_dict(run_id, metrics, f"{study}.json")
+        return run_id
 
 
 def write_headline(folder: Path, rows: dict[str, dict[str, Any]]) -> None:

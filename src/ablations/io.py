@@ -1,10 +1,11 @@
-"""Atomic writes: a crash never leaves a half-written file or folder where a stage's output goes.
-Outputs get the modes the user's umask gives (tempfile's private 0600/0700 would hide them
-from teammates on a shared machine)."""
+"""Atomic writes (a crash never leaves a half-written file or folder where a stage's output
+goes), JSON files and content digests. Outputs get the modes the user's umask gives
+(tempfile's private 0600/0700 would hide them from teammates on a shared machine)."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -85,6 +86,27 @@ def write_json(path: Path, data: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def _feed(digest, path: Path, opener=open):
+    with opener(path, "rb") as handle:
+        while chunk := handle.read(1 << 22):  # 4 MiB
+            digest.update(chunk)
+    return digest
+
+
+def sha256_file(path: Path, opener=open) -> str:
+    """sha256 (hex) of a file's bytes; `opener=gzip.open` hashes its decompressed content."""
+    return _feed(hashlib.sha256(), path, opener).hexdigest()
+
+
+def sha256_files(paths: list[Path]) -> str:
+    """One sha256 (hex) over several files: each one's name, then its bytes, in order."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).name.encode())
+        _feed(digest, path)
+    return digest.hexdigest()
 
 
 def unit_dir(study_dir: Path, variant: str, seed: int) -> Path:

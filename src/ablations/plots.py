@@ -294,9 +294,10 @@ def study_figures(params: Params, study: str, results: dict[str, Any],
 def log_figures(study: str, plots_dir: Path) -> str:
     """One `<study>-figures` run holding the figures as written (PNG files, not re-rendered)."""
     tags = tracking.run_tags(study, "figures", kind="figures", dvc_stage=f"plot@{study}")
-    with tracking.run(study, f"{study}-figures", tags) as active:
-        tracking.mlflow.log_artifacts(str(plots_dir))
-        return active.info.run_id
+    with tracking.run(study, f"{study}-figures", tags,
+                      parent_id=tracking.study_run_id(study)) as run_id:
+        tracking.log_artifacts(run_id, plots_dir)
+        return run_id
 
 
 def plot_study(params: Params, study: str, results_path: Path, curves_path: Path,

@@ -13,7 +13,7 @@ by the minimum mean and by the one-standard-error rule.  The whole selection is 
 ``draws`` independent data sets (seeds seed, seed+1, …): how often each rule chose each degree,
 and the CV-error curve over draws (median, 10th-90th percentile, mean ± std), answer the
 question; the verdict is computed from those frequencies, the first draw illustrating.  MLflow
-gets one parent run ("polyfit") with one nested run per degree.
+gets one parent run ("polyfit") with one nested run per degree (experiment "polyfit").
 
 Why plain least squares and not Ridge: after StandardScaler the monomial columns of degree 15
 on [-3, 3] are strongly collinear (condition number ~2e5 for the default data), but that is far

@@ -1,5 +1,5 @@
-"""`ablations replay <study> <variant> --seed <k> --out <dir>`: complete the MLflow run of one
-unit (variant × seed) from its DVC outputs, without retraining.
+"""Complete the MLflow run of one unit (variant × seed) from its DVC outputs, without
+retraining: the `replay` command, run by hand after a tracking outage (not a DVC stage).
 
 Outage → replay: when the tracking server stops during `ablations train`, training goes on.
 The first failed MLflow call prints one warning line, MLflow is not called again by that
@@ -17,11 +17,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlflow.entities import LifecycleStage, LoggedModelStatus, Param, Run
-from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
-from mlflow.tracking import MlflowClient
-
 from ablations import tracking
 from ablations.config import Variant
 from ablations.errors import AblationsError
@@ -37,28 +32,25 @@ def replay(study: str, variant: str, cfg: Variant, out: Path) -> str:
             raise AblationsError(f"{out / name}: missing; run the train stage: dvc repro train@{study}")
     info = read_json(out / "run.json")
     tracking.use_experiment(study)  # an unreachable server: `error: …`, exit 2
-    client = MlflowClient()
-    run = _run_or_none(client, info["run_id"])
+    run = tracking.find_run(info["run_id"])
     if run is None:
-        run = client.get_run(
-            tracking.start_run(study, f"{variant}/seed{cfg.seed}",
-                               tracking.train_tags(study, variant, cfg.seed)))
+        run = tracking.find_run(tracking.start_run(
+            study, f"{variant}/seed{cfg.seed}", tracking.train_tags(study, variant, cfg.seed),
+            parent_id=tracking.study_run_id(study)))
         print(f"run {info['run_id']} is not in {tracking.tracking_uri()}: "
               f"created run {run.info.run_id} for {study}@{variant}")
     run_id = run.info.run_id
 
-    params = _log_params(client, run, cfg)
+    params = _log_params(run, cfg)
     history = read_history(out / "history.csv")
     metrics = tracking.log_result(run_id, history, info["fit_seconds"], info["diverged"])
-    new_model = not _has_model(client, run)
-    if new_model:  # Keras only here: its import costs ~10 s
+    new_model = not tracking.has_model(run)
+    if new_model:  # Keras only here, to read the model back
         import keras
 
-        from ablations.training import log_model
-
-        log_model(keras.saving.load_model(out / "model.keras", safe_mode=True), run_id)
+        tracking.log_model(keras.saving.load_model(out / "model.keras", safe_mode=True), run_id)
     if run.info.status != "FINISHED":  # only then: ending it again would move its end time
-        client.set_terminated(run_id, "FINISHED")
+        tracking.end_run(run_id)
     if not info.get("tracking_complete") or info["run_id"] != run_id:
         tracking.mark_complete(out / "run.json", run_id)
         print(f"{out / 'run.json'}: tracking_complete; record it with "
@@ -68,17 +60,7 @@ def replay(study: str, variant: str, cfg: Variant, out: Path) -> str:
     return run_id
 
 
-def _run_or_none(client: MlflowClient, run_id: str) -> Run | None:
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as error:
-        if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
-            return None
-        raise
-    return None if run.info.lifecycle_stage == LifecycleStage.DELETED else run
-
-
-def _log_params(client: MlflowClient, run: Run, cfg: Variant) -> int:
+def _log_params(run, cfg: Variant) -> int:
     """Log the params the run lacks. A param MLflow holds with another value means params.yaml
     changed since training: the model is not that config's, so refuse (MLflow would too)."""
     logged = run.data.params
@@ -90,15 +72,7 @@ def _log_params(client: MlflowClient, run: Run, cfg: Variant) -> int:
             + ", ".join(f"{key}={logged[key]}" for key in changed)
             + f" but params.yaml now says {', '.join(f'{k}={params[k]}' for k in changed)}: "
             "retrain (dvc repro) instead of replaying")
-    missing = [Param(key, value) for key, value in params.items() if key not in logged]
+    missing = {key: value for key, value in params.items() if key not in logged}
     if missing:
-        client.log_batch(run.info.run_id, params=missing)
+        tracking.log_params(run.info.run_id, missing)
     return len(missing)
-
-
-def _has_model(client: MlflowClient, run: Run) -> bool:
-    """A model whose upload finished (one cut off by the outage stays PENDING)."""
-    models = client.search_logged_models(
-        experiment_ids=[run.info.experiment_id],
-        filter_string=f"source_run_id = '{run.info.run_id}'")
-    return any(model.status == LoggedModelStatus.READY for model in models)

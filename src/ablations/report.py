@@ -201,6 +201,7 @@ def build_report(params: Params, results_dir: Path, plots_dir: Path, out_html: P
     with atomic_file(out_html) as handle:
         handle.write(html)
     tags = tracking.run_tags("report", "report", kind="report", dvc_stage="report")
-    with tracking.run("report", "report", tags):
-        tracking.mlflow.log_artifact(str(out_html))
+    with tracking.run("report", "report", tags,
+                      parent_id=tracking.outer_run_id()) as run_id:
+        tracking.log_artifact(run_id, out_html)
     return out_html

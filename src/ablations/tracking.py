@@ -1,9 +1,13 @@
-"""MLflow tracking: where the store is, one experiment per study, one run per variant.
+"""MLflow tracking, the only module that imports mlflow: where the store is, experiments,
+runs (start, resume, nest, end), what they hold (params, epochs, results, datasets, models,
+figures), and the outage guard.
 
 The store defaults to `sqlite:///<repo>/mlflow.db` by *absolute* path (a relative one is lost
 when `dvc exp run --queue` runs a stage in a copy of the repo); MLFLOW_TRACKING_URI wins.
-Under `mlflow run .`, MLFLOW_RUN_ID names the project's run: stage runs become its children
-instead of all resuming (and overwriting params in) that one run.
+Every study is an experiment marked as model training (MLflow 3's UI then opens it on its
+runs). Runs nest: [the `mlflow run` entry point's run, MLFLOW_RUN_ID] → one run per study and
+DVC experiment → one run per (variant, seed), or the evaluate summary. Only the client API is
+used, with explicit run ids: no process-wide active run to end, or to lose with the server.
 
 A training must outlive its tracking server: `Guard` turns the first failed MLflow call into one
 warning and skips MLflow afterwards; `ablations replay` (replay.py) completes the run later.
@@ -12,7 +16,6 @@ warning and skips MLflow afterwards; `ablations replay` (replay.py) completes th
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import re
@@ -20,6 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +33,21 @@ except ImportError:  # Windows
     fcntl = None
 
 import mlflow
-from mlflow.entities import Metric
+import numpy as np
+from mlflow.entities import DatasetInput, InputTag, LifecycleStage, LoggedModelStatus, Metric, Param, Run
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.context.registry import resolve_tags
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID
 
 from ablations.errors import AblationsError
 from ablations.history import metric_steps
-from ablations.io import read_json, write_json
+from ablations.io import read_json, sha256_files, write_json
+
+# The experiment tag MLflow 3's UI reads to choose an experiment's view; this value opens it on
+# its training runs (not the GenAI overview of traces).
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 # A queued DVC experiment runs in <repo>/.dvc/tmp/exps/<run-dir>/; its store is the real repo's.
 _EXP_WORKSPACE = Path(".dvc") / "tmp" / "exps"
@@ -54,7 +64,10 @@ _HTTP_DEFAULTS = {
 
 
 def repo_root(start: Path | None = None) -> Path:
-    """The DVC repo this process works in, seen through a queued experiment's temporary copy."""
+    """The DVC repo this process works in: DVC_ROOT, which DVC sets for every stage (for a
+    queued or temporary experiment, the repo it copied), else found from the folder."""
+    if start is None and os.environ.get("DVC_ROOT"):
+        return Path(os.environ["DVC_ROOT"]).resolve()
     here = (start or Path.cwd()).resolve()
     parts = here.parts
     marker = _EXP_WORKSPACE.parts
@@ -89,16 +102,20 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
         ) from None
 
 
-def use_experiment(study: str) -> str:
-    """Point MLflow at the store and the study's experiment; return the experiment id."""
+def use_experiment(name: str) -> str:
+    """Point MLflow at the store and experiment `name` (created marked as model training);
+    return the experiment id."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    for name, value in _HTTP_DEFAULTS.items():  # read by MLflow at each request: set before any
-        os.environ.setdefault(name, value)
+    for key, value in _HTTP_DEFAULTS.items():  # read by MLflow at each request: set before any
+        os.environ.setdefault(key, value)
     uri = tracking_uri()
     check_server(uri)
     mlflow.set_tracking_uri(uri)
     with _first_use_lock(uri):
-        return mlflow.set_experiment(study).experiment_id
+        experiment = mlflow.set_experiment(name)
+        if experiment.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+            MlflowClient().set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
+        return experiment.experiment_id
 
 
 @contextlib.contextmanager
@@ -131,59 +148,87 @@ def _git_commit() -> str | None:
     return out.stdout.strip()
 
 
-def run_tags(study: str, variant: str, **extra: Any) -> dict[str, str]:
-    tags = {"study": study, "variant": variant, **{k: str(v) for k, v in extra.items()}}
-    optional = {
+def dvc_tags() -> dict[str, str]:
+    """Where the run comes from, as DVC tells each stage it runs: the experiment's name and
+    baseline commit (`dvc exp run`), the repo; and the git commit checked out."""
+    tags = {
+        "dvc_exp_name": os.environ.get("DVC_EXP_NAME"),
+        "dvc_exp_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV"),
+        "dvc_root": os.environ.get("DVC_ROOT"),
         "git_commit": _git_commit(),
-        "dvc_exp_name": os.environ.get("DVC_EXP_NAME"),  # set by `dvc exp run`
     }
-    tags.update({k: v for k, v in optional.items() if v})
-    return tags
+    return {key: value for key, value in tags.items() if value}
+
+
+def run_tags(study: str, variant: str, **extra: Any) -> dict[str, str]:
+    return {"study": study, "variant": variant, **{k: str(v) for k, v in extra.items()},
+            **dvc_tags()}
 
 
 def train_tags(study: str, variant: str, seed: int) -> dict[str, str]:
     return run_tags(study, variant, seed=seed, dvc_stage=f"train@{study}")
 
 
-def _project_run_id() -> str | None:
-    """Take MLFLOW_RUN_ID (set by `mlflow run`) out of the environment: it is our parent."""
-    return os.environ.pop("MLFLOW_RUN_ID", None)
+def outer_run_id() -> str | None:
+    """The run of `mlflow run`'s entry point (MLFLOW_RUN_ID, inherited by every stage that
+    `dvc repro` starts): the study runs become its children rather than resuming it."""
+    return os.environ.get("MLFLOW_RUN_ID") or None
+
+
+def start_run(experiment: str, name: str, tags: dict[str, str], *, run_id: str | None = None,
+              parent_id: str | None = None) -> str:
+    """Create a run in `experiment` (a child of `parent_id`), or mark run `run_id` RUNNING
+    again; return its id. End it with `end_run`."""
+    experiment_id = use_experiment(experiment)
+    if run_id:
+        MlflowClient().update_run(run_id, status="RUNNING")
+        return run_id
+    return _create_run(experiment_id, name, tags, parent_id)
+
+
+def _create_run(experiment_id: str, name: str, tags: dict[str, str], parent_id: str | None) -> str:
+    if parent_id:
+        tags = {**tags, MLFLOW_PARENT_RUN_ID: parent_id}
+    # resolve_tags adds the tags mlflow.start_run adds (user, source, git commit).
+    return MlflowClient().create_run(experiment_id, tags=resolve_tags(tags), run_name=name).info.run_id
+
+
+def end_run(run_id: str, status: str = "FINISHED") -> None:
+    MlflowClient().set_terminated(run_id, status)
 
 
 @contextlib.contextmanager
-def run(
-    study: str, run_name: str, tags: dict[str, str], run_id: str | None = None
-) -> Iterator[mlflow.ActiveRun]:
-    """Start (or resume `run_id`) a run in the study's experiment; FAILED if the block raises."""
-    parent = _project_run_id()
+def run(experiment: str, name: str, tags: dict[str, str], *, run_id: str | None = None,
+        parent_id: str | None = None) -> Iterator[str]:
+    """`start_run` … `end_run`: the run is FINISHED after the block, FAILED if it raises."""
+    run_id = start_run(experiment, name, tags, run_id=run_id, parent_id=parent_id)
+    try:
+        yield run_id
+    except BaseException:
+        end_run(run_id, "FAILED")
+        raise
+    end_run(run_id)
+
+
+def study_run_id(study: str) -> str:
+    """The run of `study` in this DVC experiment (found by its tags, or created): the parent of
+    the study's unit and summary runs. One per (DVC experiment or workspace, baseline commit,
+    `mlflow run` entry point)."""
+    tags = {"study": study, "kind": "study", **dvc_tags()}
+    key = {"dvc_exp_name": tags.get("dvc_exp_name", "workspace"),
+           "dvc_exp_baseline_rev": tags.get("dvc_exp_baseline_rev") or tags.get("git_commit", ""),
+           "outer_run": outer_run_id() or ""}
+    tags["study_run_key"] = "|".join(key.values())
     experiment_id = use_experiment(study)
-    if run_id:
-        active = mlflow.start_run(run_id=run_id)
-    else:
-        active = mlflow.start_run(
-            experiment_id=experiment_id, run_name=run_name, tags=tags, parent_run_id=parent
-        )
-    with active:
-        yield active
-
-
-def start_run(study: str, run_name: str, tags: dict[str, str], run_id: str | None = None) -> str:
-    """Create a run in the study's experiment, or mark run `run_id` RUNNING again; return its id.
-
-    Client API only, no active run in this process: when the server is lost, nothing has to
-    tell it that the run ended (MLflow's `with start_run()` would, at exit). The caller ends
-    the run with MlflowClient().set_terminated.
-    """
-    parent = _project_run_id()
-    experiment_id = use_experiment(study)
-    client = MlflowClient()
-    if run_id:
-        client.update_run(run_id, status="RUNNING")
-        return run_id
-    if parent:
-        tags = {**tags, MLFLOW_PARENT_RUN_ID: parent}
-    # resolve_tags adds the tags mlflow.start_run adds (user, source, git commit).
-    return client.create_run(experiment_id, tags=resolve_tags(tags), run_name=run_name).info.run_id
+    with _first_use_lock(tracking_uri()):  # trainings started together find or make one
+        found = MlflowClient().search_runs(
+            [experiment_id], filter_string=f"tags.study_run_key = '{tags['study_run_key']}' "
+                                           "and tags.kind = 'study'", order_by=["start_time ASC"])
+        if found:
+            return found[0].info.run_id
+        run_id = _create_run(experiment_id, study, tags, outer_run_id())
+    end_run(run_id)  # its children carry the work; each stage's own run has its status
+    return run_id
 
 
 class Guard:
@@ -267,14 +312,122 @@ def mark_complete(run_json: Path, run_id: str | None = None) -> None:
     write_json(run_json, {**info, "run_id": run_id or info["run_id"], "tracking_complete": True})
 
 
-def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
-    client = MlflowClient()
-    for key, value in metrics.items():
-        client.log_metric(run_id, key, float(value), step=step or 0)
+def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+    """Finite values only (MLflow cannot store NaN well; the DVC outputs keep them)."""
+    timestamp = int(time.time() * 1000)
+    batch = [Metric(key, float(value), timestamp, step) for key, value in metrics.items()
+             if value is not None and math.isfinite(value)]
+    if batch:
+        MlflowClient().log_batch(run_id, metrics=batch)
+
+
+def log_series(run_id: str, key: str, values) -> None:
+    """values[i] as metric `key` at step i."""
+    timestamp = int(time.time() * 1000)
+    MlflowClient().log_batch(run_id, metrics=[Metric(key, float(value), timestamp, step)
+                                              for step, value in enumerate(values)])
+
+
+def log_epoch(run_id: str, row: dict[str, float]) -> None:
+    """One epoch's row of history.csv as metrics with step = epoch (numbered from 1)."""
+    log_metrics(run_id, {key: value for key, value in row.items() if key != "epoch"},
+                step=int(row["epoch"]))
+
+
+def log_params(run_id: str, params: dict[str, Any]) -> None:
+    """A (nested) config as MLflow params, see `flatten`."""
+    MlflowClient().log_batch(run_id, params=[Param(k, v) for k, v in flatten(params).items()])
+
+
+def set_tag(run_id: str, key: str, value: str) -> None:
+    MlflowClient().set_tag(run_id, key, value)
+
+
+def log_artifacts(run_id: str, folder: Path) -> None:
+    MlflowClient().log_artifacts(run_id, str(folder))
+
+
+def log_artifact(run_id: str, path: Path) -> None:
+    MlflowClient().log_artifact(run_id, str(path))
+
+
+def log_dict(run_id: str, data: dict, name: str) -> None:
+    MlflowClient().log_dict(run_id, data, name)
+
+
+def log_text(run_id: str, text: str, name: str) -> None:
+    MlflowClient().log_text(run_id, text, name)
+
+
+def log_figure(run_id: str, figure, name: str) -> None:
+    MlflowClient().log_figure(run_id, figure, name)
+
+
+def find_run(run_id: str) -> Run | None:
+    """The run, or None if the store does not hold it (another store, a deleted run)."""
+    try:
+        found = MlflowClient().get_run(run_id)
+    except MlflowException as error:
+        if error.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return None
+        raise
+    return None if found.info.lifecycle_stage == LifecycleStage.DELETED else found
+
+
+# The prepared dataset's parts as MLflow contexts (what the Dataset column shows).
+DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
+
+
+@cache
+def _dataset_inputs(data_dir: Path) -> tuple[DatasetInput, ...]:
+    """One MLflow dataset per part of a prepared dataset: its arrays (schema, profile), the
+    files' path and the sha256 of their bytes as digest (cut to the 32 characters a store's
+    digest column holds). Computed once per process and dataset."""
+    from mlflow.data import from_numpy
+
+    inputs = []
+    for part, context in DATASET_CONTEXTS.items():
+        files = [data_dir / f"x_{part}.npy", data_dir / f"y_{part}.npy"]
+        dataset = from_numpy(np.load(files[0], mmap_mode="r"), targets=np.load(files[1]),
+                             source=str(files[0].parent), name=f"{data_dir.name}/{part}",
+                             digest=sha256_files(files)[:32])
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(),  # noqa: SLF001 (what log_input does)
+                                   tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]))
+    return tuple(inputs)
+
+
+def log_datasets(run_id: str, data_dir: Path) -> None:
+    """The prepared dataset a unit trained and was tested on, as the run's inputs."""
+    MlflowClient().log_inputs(run_id, datasets=list(_dataset_inputs(Path(data_dir))))
+
+
+def log_model(model, run_id: str) -> None:
+    """Log a Keras model into run `run_id` (train and replay). Model.log is what
+    mlflow.keras.log_model calls, with the run given explicitly instead of an active run."""
+    import mlflow.keras
+    from mlflow.models import Model, infer_signature
+
+    # The signature holds shapes and dtypes only: zero batches give the same as real images and
+    # a prediction, without running one.
+    def zeros(tensor):
+        return np.zeros((2, *tensor.shape[1:]), dtype=tensor.dtype)
+
+    signature = infer_signature(zeros(model.inputs[0]), zeros(model.outputs[0]))
+    Model.log(None, mlflow.keras, name="model", run_id=run_id, model=model, signature=signature,
+              pip_requirements=pip_requirements())
+
+
+def has_model(run: Run) -> bool:
+    """A model whose upload finished (one cut off by an outage stays PENDING)."""
+    models = MlflowClient().search_logged_models(
+        experiment_ids=[run.info.experiment_id],
+        filter_string=f"source_run_id = '{run.info.run_id}'")
+    return any(model.status == LoggedModelStatus.READY for model in models)
 
 
 def pip_requirements() -> list[str]:
-    """Given explicitly: MLflow's inference of them costs 10-13 s per model."""
+    """Given explicitly: MLflow infers them by importing the model in a subprocess, which costs
+    more than the small models' training."""
     from importlib.metadata import PackageNotFoundError, version
 
     requirements = []
@@ -287,51 +440,33 @@ def pip_requirements() -> list[str]:
 # --------------------------------------------------------------------------- polyfit
 
 
-def _param_value(value: Any) -> Any:
-    return json.dumps(value) if isinstance(value, (list, tuple, dict)) else value
-
-
-def _log_degree_runs(scores, extra: dict[int, dict[str, float]]) -> None:
+def _log_degree_runs(scores, parent_id: str, extra: dict[int, dict[str, float]]) -> None:
     for s in scores:
-        with mlflow.start_run(run_name=f"degree-{s.degree}", nested=True):
-            mlflow.set_tag("study", "polyfit")
-            mlflow.log_param("degree", s.degree)
-            mlflow.log_metrics({"cv_mse_mean": s.mse_mean, "cv_mse_std": s.mse_std,
-                                "cv_mse_se": s.mse_se, "train_mse_mean": s.train_mse_mean,
-                                **extra.get(s.degree, {})})
-            for fold, value in enumerate(s.fold_mse):
-                mlflow.log_metric("cv_mse_fold", value, step=fold)
+        with run("polyfit", f"degree-{s.degree}", {"study": "polyfit"}, parent_id=parent_id) as run_id:
+            log_params(run_id, {"degree": s.degree})
+            log_metrics(run_id, {"cv_mse_mean": s.mse_mean, "cv_mse_std": s.mse_std,
+                                 "cv_mse_se": s.mse_se, "train_mse_mean": s.train_mse_mean,
+                                 **extra.get(s.degree, {})})
+            log_series(run_id, "cv_mse_fold", s.fold_mse)  # step = fold
 
 
 def log_polyfit(config: dict, scores, chosen: tuple[int, int], verdict: str, figure,
                 over_draws: dict[str, float], per_degree: dict[int, dict[str, float]]) -> str:
     """One parent run "polyfit" + one nested run per degree (polyfit.DegreeScore `scores` of
     the first draw, plus `per_degree` metrics over all draws; `over_draws` on the parent);
-    returns the parent's run id.
-
-    The caller sets the tracking URI and experiment.  Under `mlflow run` (MLFLOW_RUN_ID set)
-    the parent becomes a child of that run instead of resuming it (MLflow would otherwise
-    resume it and overwrite its params); inside an active run it nests under that run.  An
-    exception inside the `with` blocks ends the runs as FAILED (ActiveRun.__exit__).
+    returns the parent's run id. Under `mlflow run` (MLFLOW_RUN_ID set) the parent is a child
+    of that run. An exception ends the runs as FAILED.
     """
-    outer_run_id = os.environ.pop("MLFLOW_RUN_ID", None)
-    try:
-        true_degree = len(config["coefficients"]) - 1
-        best = min(scores, key=lambda s: s.mse_mean)
-        if mlflow.active_run() is not None:  # called inside a run: nest under it
-            outer = {"nested": True}
-        else:
-            outer = {"parent_run_id": outer_run_id}
-        with mlflow.start_run(run_name="polyfit", tags={"study": "polyfit"}, **outer) as parent:
-            mlflow.log_params({key: _param_value(value) for key, value in config.items()})
-            mlflow.log_metrics({"chosen_degree_min": chosen[0], "chosen_degree_1se": chosen[1],
-                                "true_degree": true_degree, "best_cv_mse": best.mse_mean,
-                                **over_draws})
-            mlflow.log_figure(figure, "cv_error.png")
-            mlflow.log_text(verdict, "verdict.txt")
-            _log_degree_runs(scores, per_degree)
-            return parent.info.run_id
-    finally:
-        if outer_run_id is not None:
-            os.environ["MLFLOW_RUN_ID"] = outer_run_id
+    true_degree = len(config["coefficients"]) - 1
+    best = min(scores, key=lambda s: s.mse_mean)
+    tags = {"study": "polyfit", "kind": "study", **dvc_tags()}
+    with run("polyfit", "polyfit", tags, parent_id=outer_run_id()) as run_id:
+        log_params(run_id, config)
+        log_metrics(run_id, {"chosen_degree_min": chosen[0], "chosen_degree_1se": chosen[1],
+                             "true_degree": true_degree, "best_cv_mse": best.mse_mean,
+                             **over_draws})
+        log_figure(run_id, figure, "cv_error.png")
+        log_text(run_id, verdict, "verdict.txt")
+        _log_degree_runs(scores, run_id, per_degree)
+        return run_id
 

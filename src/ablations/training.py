@@ -1,8 +1,5 @@
 """train stage: fit every (variant, seed) unit of a study in one process, log each to MLflow.
 
-    ablations train batchnorm [relu-bn …] --data data/prepared --out models/batchnorm \
-        --checkpoints checkpoints/batchnorm
-
 Per unit, in models/<study>/<variant>/seed<k>/ (see ablations.units for which units run):
 model.keras, history.csv (one row per epoch), test_predictions.npy (predicted class per test
 image), bn_params.npz (gamma/beta of every BatchNorm layer, if any) and run.json (MLflow run
@@ -26,8 +23,6 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from mlflow.entities import Metric, Param
-from mlflow.tracking import MlflowClient
 
 from ablations import tracking
 from ablations.config import Variant
@@ -49,7 +44,6 @@ class EpochRecorder(keras.callbacks.Callback):
         super().__init__()
         self.history_path = history_path
         self.run_id, self.guard = run_id, guard
-        self.client = MlflowClient()
         self.started: float | None = None  # perf_counter at the current epoch's start
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -63,11 +57,7 @@ class EpochRecorder(keras.callbacks.Callback):
         row = {"epoch": epoch + 1, "epoch_seconds": time.perf_counter() - self.started}
         row.update({key: float(logs[key]) for key in FIELDS[1:-1] if key in logs})
         write_history(self.history_path, [*read_history(self.history_path), row])
-        metrics = [
-            Metric(key, value, int(time.time() * 1000), row["epoch"])
-            for key, value in row.items() if key != "epoch" and math.isfinite(value)
-        ]
-        self.guard(f"after epoch {row['epoch']}", self.client.log_batch, self.run_id, metrics=metrics)
+        self.guard(f"after epoch {row['epoch']}", tracking.log_epoch, self.run_id, row)
 
 
 class StepValidator(keras.callbacks.Callback):
@@ -202,7 +192,7 @@ def _keep_tensorflow_unimported() -> None:
         module_utils.tensorflow._available = False  # noqa: SLF001 (what `available` caches)
 
 
-_keep_tensorflow_unimported()  # once per process, for every user of this module (train, replay)
+_keep_tensorflow_unimported()  # once per process, before any model is built
 
 
 def _seed_everything(seed: int) -> None:
@@ -269,22 +259,6 @@ def _fit(model, cfg: Variant, arrays, checkpoint: Path, run_id: str,
     return time.perf_counter() - started, stopped
 
 
-def log_model(model: keras.Model, run_id: str) -> None:
-    """Log `model` into run `run_id` (train and replay). Model.log is what mlflow.keras.log_model
-    calls, with the run given explicitly instead of taken from an active run."""
-    import mlflow.keras
-    from mlflow.models import Model, infer_signature
-
-    # The signature holds shapes and dtypes only: zero batches give the same as real images and
-    # a prediction, without one (on JAX, a 2-image predict compiles a new program: ~0.5 s on GPU).
-    def zeros(tensor):
-        return np.zeros((2, *tensor.shape[1:]), dtype=tensor.dtype)
-
-    signature = infer_signature(zeros(model.inputs[0]), zeros(model.outputs[0]))
-    Model.log(None, mlflow.keras, name="model", run_id=run_id, model=model, signature=signature,
-              pip_requirements=tracking.pip_requirements())
-
-
 def _resume_run_id(checkpoint: Path) -> str | None:
     state = checkpoint / "run.json"
     return read_json(state)["run_id"] if state.exists() else None
@@ -323,23 +297,24 @@ def _num_classes(data_dir: Path, arrays) -> int:
     return len(read_json(classes)) if classes.exists() else int(np.max(arrays["y_train"])) + 1
 
 
-def train_unit(study: str, unit: Unit, arrays: dict[str, np.ndarray]) -> str:
-    """Fit one (variant, seed) and write its outputs into `unit.out`; return its MLflow run id."""
+def train_unit(study: str, unit: Unit, arrays: dict[str, np.ndarray],
+               parent_id: str | None = None) -> str:
+    """Fit one (variant, seed) and write its outputs into `unit.out`; return its MLflow run id
+    (a child of `parent_id`, the study's run)."""
     cfg, checkpoint = unit.cfg, unit.checkpoint
     checkpoint.mkdir(parents=True, exist_ok=True)
     keras.backend.clear_session()  # drop the previous unit's graph and layer names
     _seed_everything(cfg.seed)
     model, copied = _compiled_model(cfg, arrays, _num_classes(unit.data_dir, arrays), unit.source)
     run_id = tracking.start_run(study, unit.name, tracking.train_tags(study, unit.variant, cfg.seed),
-                                run_id=_resume_run_id(checkpoint))
-    client = MlflowClient()  # after start_run, which sets the tracking URI
+                                run_id=_resume_run_id(checkpoint), parent_id=parent_id)
     write_json(checkpoint / "run.json", {"run_id": run_id})
     guard = tracking.Guard(
         f"training goes on, results are kept in {unit.out}; once the server is back run: "
         f"ablations replay {study} {unit.variant} --seed {cfg.seed} --out {unit.out}")
     try:
-        params = [Param(k, v) for k, v in tracking.flatten(cfg.model_dump()).items()]
-        guard("before training", client.log_batch, run_id, params=params)
+        guard("before training", tracking.log_params, run_id, cfg.model_dump())
+        guard("before training", tracking.log_datasets, run_id, unit.data_dir)
         if copied:
             guard("before training", tracking.log_transfer, run_id, copied, cfg.init_from)
         fit_seconds, stopped = _fit(model, cfg, arrays, checkpoint, run_id, guard)
@@ -349,17 +324,16 @@ def train_unit(study: str, unit: Unit, arrays: dict[str, np.ndarray]) -> str:
         diverged = any(not math.isfinite(row["loss"]) for row in history) or cut_short
         test, predictions = test_results(model, arrays, max(cfg.batch_size, 512))
         guard("after training", tracking.log_result, run_id, history, fit_seconds, diverged)
-        guard("after testing", tracking.log_metrics, run_id,
-              {"epochs_run": len(history), **{k: v for k, v in test.items() if v is not None}})
+        guard("after testing", tracking.log_metrics, run_id, {"epochs_run": len(history), **test})
         info = {"run_id": run_id, "seed": cfg.seed, "fingerprint": unit.fingerprint,
                 "epochs_run": len(history), **stopped,
                 "fit_seconds": fit_seconds, "diverged": diverged, **test,
                 **({"transfer": {"from": cfg.init_from, "layers": copied}} if copied else {})}
         _save_outputs(model, unit.out, checkpoint, info, predictions)
-        guard("while logging the model", log_model, model, run_id)
-        guard("while ending the run", client.set_terminated, run_id, "FINISHED")
+        guard("while logging the model", tracking.log_model, model, run_id)
+        guard("while ending the run", tracking.end_run, run_id)
     except BaseException:  # a crash or Ctrl-C: the run is FAILED (a resume makes it RUNNING)
-        guard("while ending the failed run", client.set_terminated, run_id, "FAILED")
+        guard("while ending the failed run", tracking.end_run, run_id, "FAILED")
         raise
     if guard.ok:
         tracking.mark_complete(unit.out / "run.json")
@@ -376,11 +350,12 @@ def train_study(study: str, todo: list[Unit]) -> list[str]:
     # the imports, before any model) leaves only the units' own objects to walk.
     gc.collect()
     gc.freeze()
+    parent_id = tracking.study_run_id(study)
     for index, unit in enumerate(todo, start=1):
         print(f"train {study} {unit.name} ({index}/{len(todo)})", flush=True)
         if unit.data_dir not in arrays_of:
             arrays_of[unit.data_dir] = load_prepared(unit.data_dir)
-        run_ids.append(train_unit(study, unit, arrays_of[unit.data_dir]))
+        run_ids.append(train_unit(study, unit, arrays_of[unit.data_dir], parent_id))
     return run_ids
 
 

@@ -23,7 +23,7 @@ from ablations.codedeps import closure
 from ablations.config import Params, Variant
 from ablations.data.formats import PRETRAINED_FILES, WEIGHTS_DIR
 from ablations.errors import ConfigError
-from ablations.io import read_json, unit_dir
+from ablations.io import read_json, sha256_files, unit_dir
 
 # Code whose change makes every unit retrain: every module training imports, found from the
 # imports themselves (dvc.yaml's train deps are checked against the same closure).
@@ -50,25 +50,15 @@ class Unit:
         return run_json.exists() and read_json(run_json).get("fingerprint") == self.fingerprint
 
 
-def _sha256_files(paths: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.name.encode())
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 22):  # 4 MiB
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
 @cache
 def data_digest(data_dir: Path) -> str:
     """Content hash of a prepared dataset (once per process)."""
-    return _sha256_files(sorted(Path(data_dir).glob("*.npy")))
+    return sha256_files(sorted(Path(data_dir).glob("*.npy")))
 
 
 @cache
 def code_digest() -> str:
-    return _sha256_files(list(TRAINING_CODE))
+    return sha256_files(list(TRAINING_CODE))
 
 
 def fingerprint(cfg: Variant, data_dir: Path, source_fingerprint: str | None) -> str:

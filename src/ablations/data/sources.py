@@ -16,7 +16,6 @@ into a temp folder and renamed into place, so an interruption never leaves a par
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 import shutil
@@ -35,7 +34,7 @@ import numpy as np
 
 from ablations.data.formats import CIFAR10_DIR, PRETRAINED_FILES, STL10_DIR
 from ablations.errors import DataError
-from ablations.io import publish
+from ablations.io import publish, sha256_file
 
 MIRROR_ENV = "ABLATIONS_DATA_MIRROR"
 MANIFEST = ".fetched.json"  # records a verified archive's extraction (see _archive_is_current)
@@ -362,13 +361,8 @@ def _check(path: Path, file: FileSpec) -> str | None:
 
 
 def sha256_of(path: Path, decompressed: bool = False) -> str:
-    """sha256 of a file's bytes, or of its gunzipped content; streamed in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    opener = gzip.open if decompressed else open
-    with opener(path, "rb") as stream:
-        while chunk := stream.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """sha256 of a file's bytes, or of its gunzipped content."""
+    return sha256_file(path, gzip.open if decompressed else open)
 
 
 # --------------------------------------------------------------------------- sources

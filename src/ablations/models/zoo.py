@@ -6,7 +6,6 @@ every layer but that one, so a pretrained network gets a fresh classifier for it
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from keras import layers
 
 from ablations.config import Variant
 from ablations.errors import ConfigError, DataError
+from ablations.io import sha256_file
 from ablations.models.blocks import conv_block, dense_block, norm_activation, weight_options
 
 HEAD = "head"
@@ -148,18 +148,13 @@ def resnet50(cfg: Variant, input_shape: tuple[int, ...], num_classes: int) -> ke
 XCEPTION_SIZE = 224
 
 
-def _sha256(path: Path) -> str:
-    with path.open("rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()
-
-
 def verified_weights(path: str | Path, sha256: str | None) -> Path:
     """`path` if the file exists and its sha256 is `sha256`; a wrong file (a truncated
     download, another model's weights) must never be loaded silently."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"weights_file {path}: not found")
-    actual = _sha256(path)
+    actual = sha256_file(path)
     if sha256 is None:
         raise ConfigError(f"weights_file {path}: weights_sha256 is required "
                           f"(this file's sha256 is {actual})")

@@ -1,0 +1,101 @@
+"""MLflow lineage in a real SQLite store: study experiments marked as model training, prepared
+datasets as run inputs, one study run per DVC experiment with the unit runs nested under it,
+DVC's variables as tags; and only the tracking module imports mlflow."""
+
+import ast
+
+import mlflow
+import pytest
+from conftest import REPO, write_params, write_prepared
+
+from ablations import tracking
+from ablations.config import load_params
+from ablations.io import sha256_files
+from ablations.training import train_study
+from ablations.units import plan
+
+DVC_ENV = {"DVC_EXP_NAME": "bushy-tits", "DVC_EXP_BASELINE_REV": "a" * 40, "DVC_ROOT": "/repo"}
+
+
+def _train(tmp_path, *only):
+    units = plan(load_params(tmp_path / "params.yaml"), "unit", tmp_path / "data",
+                 tmp_path / "out", tmp_path / "ckpt", only=list(only) or None)
+    return train_study("unit", [unit for unit in units if not unit.is_current()])
+
+
+@pytest.fixture
+def trained(tmp_path, tracking_store, monkeypatch):
+    """Two units trained inside DVC experiment `bushy-tits`, under an `mlflow run` entry run."""
+    client = mlflow.MlflowClient(tracking_store)
+    outer = client.create_run(client.create_experiment("entry"), run_name="mlflow-run").info.run_id
+    for key, value in {**DVC_ENV, "MLFLOW_RUN_ID": outer}.items():
+        monkeypatch.setenv(key, value)
+    write_prepared(tmp_path / "data" / "d")
+    write_params(tmp_path, ["a", "b"], epochs=1)
+    run_ids = _train(tmp_path)
+    return client, outer, run_ids
+
+
+def test_study_experiment_is_marked_as_model_training(trained):
+    client, _, run_ids = trained
+    experiment = client.get_experiment(client.get_run(run_ids[0]).info.experiment_id)
+    assert experiment.name == "unit"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_units_nest_under_one_study_run_per_dvc_experiment(trained, tmp_path, monkeypatch):
+    client, outer, run_ids = trained
+    units = [client.get_run(run_id) for run_id in run_ids]
+    parents = {run.data.tags["mlflow.parentRunId"] for run in units}
+    assert len(units) == 2 and len(parents) == 1
+    study = client.get_run(parents.pop())
+    assert study.info.run_name == "unit" and study.data.tags["kind"] == "study"
+    assert study.data.tags["mlflow.parentRunId"] == outer  # `mlflow run`'s run: not resumed
+    assert client.get_run(outer).data.params == {}
+    for run in (study, *units):
+        assert run.data.tags["dvc_exp_name"] == DVC_ENV["DVC_EXP_NAME"]
+        assert run.data.tags["dvc_exp_baseline_rev"] == DVC_ENV["DVC_EXP_BASELINE_REV"]
+        assert run.data.tags["dvc_root"] == DVC_ENV["DVC_ROOT"]
+    # A variant added in the same experiment joins the same study run; another experiment
+    # gets its own.
+    write_params(tmp_path, ["a", "b", "c"], epochs=1)
+    [added] = _train(tmp_path, "c")
+    assert client.get_run(added).data.tags["mlflow.parentRunId"] == study.info.run_id
+    monkeypatch.setenv("DVC_EXP_NAME", "other-exp")
+    write_params(tmp_path, ["a", "b", "c", "d"], epochs=1)
+    [other] = _train(tmp_path, "d")
+    other_parent = client.get_run(client.get_run(other).data.tags["mlflow.parentRunId"])
+    assert other_parent.info.run_id != study.info.run_id
+    assert other_parent.data.tags["dvc_exp_name"] == "other-exp"
+
+
+def test_prepared_datasets_are_run_inputs(trained, tmp_path):
+    client, _, run_ids = trained
+    data = tmp_path / "data" / "d"
+    inputs = client.get_run(run_ids[0]).inputs.dataset_inputs
+    by_context = {next(tag.value for tag in item.tags if tag.key == "mlflow.data.context"):
+                  item.dataset for item in inputs}
+    assert sorted(by_context) == ["test", "training", "validation"]
+    for context, part in (("training", "train"), ("validation", "val"), ("test", "test")):
+        dataset = by_context[context]
+        assert dataset.name == f"d/{part}"
+        assert dataset.digest == sha256_files([data / f"x_{part}.npy", data / f"y_{part}.npy"])[:32]
+        assert str(data) in dataset.source
+    # Parts differ, so do their digests; both units trained on the same files.
+    assert len({d.digest for d in by_context.values()}) == 3
+    other = client.get_run(run_ids[1]).inputs.dataset_inputs
+    assert {i.dataset.digest for i in other} == {d.digest for d in by_context.values()}
+
+
+def test_only_the_tracking_module_imports_mlflow():
+    importers = set()
+    for path in (REPO / "src" / "ablations").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(name == "mlflow" or name.startswith("mlflow.") for name in names):
+                importers.add(path.relative_to(REPO / "src").as_posix())
+    assert importers == {"ablations/tracking.py"}
+    reached_through = [path.name for path in (REPO / "src" / "ablations").rglob("*.py")
+                       if "tracking.mlflow" in path.read_text()]
+    assert not reached_through  # nor reached through it
