@@ -16,7 +16,8 @@ from ablations.errors import DataError
 from ablations.evaluate import (epochs_to_target, evaluate_study, headline, read_study,
                                 study_histories, study_metrics, study_results)
 from ablations.history import read_curves, write_history
-from ablations.io import unit_dir, write_json
+from ablations.io import write_json
+from ablations.layout import UnitFolder
 from ablations.plots import FIGURES
 from ablations.report import study_section
 from conftest import copy_store
@@ -82,7 +83,7 @@ def _history(val_accuracy, seconds):
 
 
 def write_unit(models_dir, name, index, seed, y_test):
-    folder = unit_dir(models_dir, name, seed)
+    folder = UnitFolder.of(models_dir, name, seed).path
     folder.mkdir(parents=True)
     diverged = (name, index) in DIVERGED
     accuracy = TEST_ACCURACY[name][index]
@@ -280,7 +281,7 @@ def test_confusion_counts_pool_the_best_variants_seeds(evaluated):
     assert (confusion["variant"], confusion["seeds"], confusion["classes"]) == (
         "relu-bn", 3, CLASSES)
     y_test = np.load(root / "data" / "prepared" / "d" / "y_test.npy")
-    predictions = [np.load(unit_dir(root / "models" / "unit", "relu-bn", seed) /
+    predictions = [np.load(UnitFolder.of(root / "models" / "unit", "relu-bn", seed).path /
                            "test_predictions.npy") for seed in (0, 1, 2)]
     counts = np.array(confusion["counts"])
     assert counts.sum() == 3 * N_TEST
@@ -323,7 +324,7 @@ def test_bn_violins_only_where_the_study_varies_batchnorm(tmp_path):
     units = read_study(params, "unit", models_dir, data_dir)
     figures = plots.study_figures(params, "unit", study_results(params, "unit", units, data_dir),
                                   study_histories(units), models_dir, data_dir)
-    assert (unit_dir(models_dir, "relu-bn", 0) / "bn_params.npz").exists()
+    assert (UnitFolder.of(models_dir, "relu-bn", 0).path / "bn_params.npz").exists()
     assert "bn_params.png" not in figures and "learning_curves.png" in figures
     plots.close(figures)
 
@@ -342,7 +343,7 @@ def test_variant_on_other_data_is_not_compared(tmp_path):
 
 def test_missing_training_names_file_and_stage(tmp_path):
     params, models_dir, data_dir = write_fake_study(tmp_path)
-    (unit_dir(models_dir, "tanh", 1) / "run.json").unlink()
+    (UnitFolder.of(models_dir, "tanh", 1).path / "run.json").unlink()
     with pytest.raises(DataError, match=r"tanh/seed1/run.json: missing; .*dvc repro train@unit"):
         evaluate(tmp_path, params, models_dir, data_dir)
     assert not any((tmp_path / name).exists() for name in ("results", "metrics", "curves"))
@@ -353,7 +354,7 @@ def test_missing_training_names_file_and_stage(tmp_path):
 
 def test_predictions_of_another_dataset_are_rejected(tmp_path):
     params, models_dir, data_dir = write_fake_study(tmp_path)
-    np.save(unit_dir(models_dir, "relu", 0) / "test_predictions.npy", np.zeros(7, dtype=np.int64))
+    np.save(UnitFolder.of(models_dir, "relu", 0).path / "test_predictions.npy", np.zeros(7, dtype=np.int64))
     with pytest.raises(DataError, match=r"relu/seed0/test_predictions.npy: 7 predictions for 40"):
         evaluate(tmp_path, params, models_dir, data_dir)
 
@@ -475,7 +476,7 @@ def _fake_default_study(root, params, study, rng):
             labels[data] = np.arange(20) % 4
             np.save(folder / "y_test.npy", labels[data])
         for seed in spec.seeds:
-            folder = unit_dir(root / "models" / study, name, seed)
+            folder = UnitFolder.of(root / "models" / study, name, seed).path
             folder.mkdir(parents=True)
             accuracy = float(rng.uniform(0.5, 0.95))
             write_json(folder / "run.json", {"seed": seed, "fit_seconds": 10.0,

@@ -70,7 +70,9 @@ def report(tmp_path_factory, migrated_store):
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         patch.delenv("MLFLOW_RUN_ID", raising=False)
         html = build_report(params, root / "results", root / "plots",
-                            root / "reports" / "index.html")
+                            root / "reports" / "index.html",
+                            polyfit=(root / "results" / "polyfit.json",
+                                     root / "plots" / "polyfit" / "cv_error.png"))
     return root, metrics, html, uri
 
 

@@ -174,7 +174,8 @@ def cmd_report(args) -> None:
     """reports/index.html: every study's question, table, figures and verdict on one page."""
     from ablations.report import build_report
 
-    build_report(_params(args), Path(args.results), Path(args.plots), Path(args.out))
+    build_report(_params(args), Path(args.results), Path(args.plots), Path(args.out),
+                 polyfit=(Path(args.polyfit_results), Path(args.polyfit_plot)))
 
 
 def cmd_polyfit(args) -> None:
@@ -221,7 +222,8 @@ def _parser() -> argparse.ArgumentParser:
     stage("evaluate", cmd_evaluate, "study", "--models", "--data", "--results", "--metrics",
           "--curves")
     stage("plot", cmd_plot, "study", "--results", "--curves", "--models", "--data", "--out")
-    stage("report", cmd_report, "--results", "--plots", "--out")
+    stage("report", cmd_report, "--results", "--plots", "--polyfit-results", "--polyfit-plot",
+          "--out")
     stage("polyfit", cmd_polyfit, "--results", "--metrics", "--plot")
     return parser
 

@@ -1,7 +1,5 @@
 """Load and validate params.yaml; resolve a variant = study defaults ⊕ variant overrides.
 
-    python -c "from ablations.config import load_params; print(load_params('params.yaml'))"
-
 The whole file is validated (pydantic, unknown keys rejected) before any stage does work, so
 a typo anywhere fails every stage at once with the key path in the message. Keras names
 (activation, initializer, regularizer, optimizer) are checked with Keras' own `get` functions

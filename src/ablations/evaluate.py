@@ -1,9 +1,6 @@
 """evaluate stage: a study's numbers over seeds — DVC metrics, the full results, the curves —
 and one MLflow summary run. Numbers only: the plot stage (plots.py) draws the figures.
 
-    ablations evaluate batchnorm --models models/batchnorm --data data/prepared \
-        --results results/batchnorm.json --metrics metrics/batchnorm --curves curves/batchnorm.csv
-
 Reads what the train stage wrote for every (variant, seed) — run.json, history.csv,
 test_predictions.npy — never the models (no Keras import: this stage takes seconds). Writes
   --results  the study's full results (keys below; the report and the plot stage read them),
@@ -58,7 +55,8 @@ from ablations import convergence, effects, stats, tracking, verdicts
 from ablations.config import Params
 from ablations.errors import DataError
 from ablations.history import curve_rows, read_history, read_steps, write_curves
-from ablations.io import atomic_dir, class_names, read_json, unit_dir, write_json
+from ablations.io import atomic_dir, read_json, write_json
+from ablations.layout import DatasetFolder, UnitFolder
 from ablations.stats import format_result as pm
 
 
@@ -93,25 +91,20 @@ def steps_to_target(steps: list[dict[str, float]], target: float
 
 def read_unit(models_dir: Path, study: str, variant: str, seed: int, y_test: np.ndarray) -> dict:
     """One training's outputs: run.json + history + test predictions (checked against y_test)."""
-    folder = unit_dir(models_dir, variant, seed)
-    for name in ("run.json", "history.csv", "test_predictions.npy"):
-        if not (folder / name).exists():
-            raise DataError(f"{folder / name}: missing; run the train stage first "
-                            f"(dvc repro train@{study})")
-    predictions = np.load(folder / "test_predictions.npy", allow_pickle=False)
+    unit = UnitFolder.of(models_dir, variant, seed)
+    unit.require(unit.run_json, unit.history, unit.predictions, stage=f"train@{study}")
+    predictions = np.load(unit.predictions, allow_pickle=False)
     if predictions.shape != y_test.shape:
-        raise DataError(f"{folder}/test_predictions.npy: {predictions.shape[0]} predictions "
+        raise DataError(f"{unit.predictions}: {predictions.shape[0]} predictions "
                         f"for {y_test.shape[0]} test images; retrain {variant}")
-    return {**read_json(folder / "run.json"), "seed": seed,
-            "history": read_history(folder / "history.csv"),
-            "steps": read_steps(folder / "steps.csv"), "predictions": predictions}
+    return {**read_json(unit.run_json), "seed": seed, "history": read_history(unit.history),
+            "steps": read_steps(unit.steps), "predictions": predictions}
 
 
 def read_test_labels(data_dir: Path) -> np.ndarray:
-    path = Path(data_dir) / "y_test.npy"
-    if not path.exists():
-        raise DataError(f"{path}: missing; run the standardize stage first")
-    return np.load(path, allow_pickle=False)
+    dataset = DatasetFolder(Path(data_dir))
+    dataset.require(dataset.y("test"))
+    return np.load(dataset.y("test"), allow_pickle=False)
 
 
 # --------------------------------------------------------------------------- numbers
@@ -345,7 +338,7 @@ def best_confusion(params: Params, study: str, units: dict[str, list[dict]], bes
     y_test = read_test_labels(best_data)
     kept = [u["predictions"] for u in units[best] if not u["diverged"]] or \
            [u["predictions"] for u in units[best]]
-    classes = class_names(best_data, int(y_test.max()) + 1)
+    classes = DatasetFolder(best_data).class_names(int(y_test.max()) + 1)
     counts = confusion_matrix(np.concatenate([y_test] * len(kept)), np.concatenate(kept),
                               labels=np.arange(len(classes)))
     return {"variant": best, "seeds": len(kept), "classes": classes, "counts": counts.tolist()}
@@ -382,7 +375,7 @@ def study_budget(params: Params, study: str, train_images: int | None) -> dict[s
 
 
 def count_train_images(data_dir: Path, data: str) -> int | None:
-    path = Path(data_dir) / data / "y_train.npy"
+    path = DatasetFolder(Path(data_dir) / data).y("train")
     return int(np.load(path, mmap_mode="r").shape[0]) if path.exists() else None
 
 

@@ -125,7 +125,8 @@ def _worker_env() -> dict[str, str]:
     where the repo is; the workers' cwd may be elsewhere), and its thread count."""
     from ablations import tracking
 
-    names = ("KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL", "MLFLOW_DISABLE_TELEMETRY")
+    names = ("KERAS_BACKEND", "TF_CPP_MIN_LOG_LEVEL", "MLFLOW_DISABLE_TELEMETRY",
+             "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_ROOT")  # the study run's key and tags
     env = {name: os.environ[name] for name in names if name in os.environ}
     # On CPU the thread count sets how sums are split, hence their last bits: Ray would give
     # a task num_cpus threads, a local run uses every CPU. Same count, same bits.
@@ -160,7 +161,7 @@ def train_on_ray(study: str, todo: list[Unit]) -> None:
     # digest is in the fingerprints, whatever is installed on the cluster.
     job = {"runtime_env": {"env_vars": _worker_env(), "py_modules": [ablations]}}
     local = {} if address else {"include_dashboard": False}
-    parent_run = os.environ.pop("MLFLOW_RUN_ID", None)  # taken as tracking takes it
+    parent_run = os.environ.pop("MLFLOW_RUN_ID", None)  # handed to each task explicitly
     ray.init(address=address, logging_level="warning", **job, **local)
     try:
         cluster = ray.cluster_resources()

@@ -1,7 +1,7 @@
 """history.csv: one row per completed epoch (numbered from 1), and a study's curves file: every
 history of the study in long format, one row per (variant, seed, epoch, metric) — the data of
 `dvc plots show` / `dvc plots diff` (dvc.yaml's top-level `plots:`) and of the plot stage.
-No Keras import here: evaluate and plot read histories without paying for TensorFlow."""
+No Keras import here: evaluate and plot read histories without importing Keras or its backend."""
 
 from __future__ import annotations
 

@@ -107,14 +107,3 @@ def sha256_files(paths: list[Path]) -> str:
         digest.update(Path(path).name.encode())
         _feed(digest, path)
     return digest.hexdigest()
-
-
-def unit_dir(study_dir: Path, variant: str, seed: int) -> Path:
-    """Outputs of one training (variant × seed) inside a study's models folder."""
-    return Path(study_dir) / variant / f"seed{seed}"
-
-
-def class_names(data_dir: Path, count: int) -> list[str]:
-    """A prepared dataset's class names (its classes.json), else "0".."count-1"."""
-    path = Path(data_dir) / "classes.json"
-    return [str(c) for c in read_json(path)] if path.exists() else [str(i) for i in range(count)]

@@ -7,6 +7,7 @@ them are decided here.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,10 @@ class UnitFolder:
     @property
     def history(self) -> Path:  # one row per epoch (ablations.history)
         return self.path / "history.csv"
+
+    @property
+    def steps(self) -> Path:  # validation accuracy within epochs, when the study asks for it
+        return self.path / "steps.csv"
 
     @property
     def model(self) -> Path:  # the trained Keras model
@@ -81,6 +86,12 @@ class DatasetFolder:
     @property
     def stats(self) -> Path:  # {"offset": [...], "scale": [...]} per channel: raw = x*scale + offset
         return self.path / "stats.json"
+
+    def class_names(self, count: int) -> list[str]:
+        """The class names (classes.json), else "0".."count-1"."""
+        if not self.classes.exists():
+            return [str(i) for i in range(count)]
+        return [str(c) for c in json.loads(self.classes.read_text())]
 
     def require(self, *paths: Path, stage: str = "standardize") -> None:
         for path in paths:

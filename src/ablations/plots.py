@@ -1,9 +1,6 @@
 """plot stage: the figures of one study (PNG, DVC plots), drawn from the evaluate stage's
 results and curves; matplotlib is imported here only.
 
-    ablations plot batchnorm --results results/batchnorm.json --curves curves/batchnorm.csv \
-        --models models/batchnorm --data data/prepared --out plots/batchnorm
-
 Files (FIGURES): effects_forest.png (every effect ± its 95% interval, a zero line),
 learning_curves.png (mean over seeds, band = min..max over seeds),
 test_accuracy.png (mean ± 95% CI), bn_speedup.png (when the study has BN twins),
@@ -34,7 +31,8 @@ from ablations import tracking  # noqa: E402
 from ablations.config import Params  # noqa: E402
 from ablations.errors import DataError  # noqa: E402
 from ablations.history import read_curves  # noqa: E402
-from ablations.io import atomic_dir, class_names, read_json, unit_dir  # noqa: E402
+from ablations.io import atomic_dir, read_json  # noqa: E402
+from ablations.layout import DatasetFolder, UnitFolder  # noqa: E402
 
 FIGURES = ("effects_forest.png", "learning_curves.png", "test_accuracy.png", "bn_speedup.png",
            "confusion_matrix.png", "examples.png", "bn_params.png")
@@ -177,13 +175,12 @@ def confusion(confusion: dict[str, Any], title: str) -> plt.Figure:
 
 def examples(data_dir: Path, per_class: int = EXAMPLES_PER_CLASS) -> plt.Figure:
     """The first `per_class` training images of every class, back in raw pixel units."""
-    for name in ("x_train.npy", "y_train.npy", "stats.json"):
-        if not (data_dir / name).exists():
-            raise DataError(f"{data_dir / name}: missing; run the standardize stage first")
-    x = np.load(data_dir / "x_train.npy", mmap_mode="r")
-    y = np.load(data_dir / "y_train.npy")
-    stats = read_json(data_dir / "stats.json")
-    classes = class_names(data_dir, int(y.max()) + 1)
+    dataset = DatasetFolder(data_dir)
+    dataset.require(dataset.x("train"), dataset.y("train"), dataset.stats)
+    x = np.load(dataset.x("train"), mmap_mode="r")
+    y = np.load(dataset.y("train"))
+    stats = read_json(dataset.stats)
+    classes = dataset.class_names(int(y.max()) + 1)
     fig, axes = plt.subplots(len(classes), per_class, squeeze=False,
                              figsize=(per_class * 1.1, len(classes) * 1.15))
     for label, row in enumerate(axes):
@@ -206,7 +203,7 @@ def read_bn_params(models_dir: Path, variant: str, seeds: list[int]
     """{layer: {"gamma": values, "beta": values}} pooled over the seeds that saved them."""
     layers: dict[str, dict[str, list]] = {}
     for seed in seeds:
-        path = unit_dir(models_dir, variant, seed) / "bn_params.npz"
+        path = UnitFolder.of(models_dir, variant, seed).bn_params
         if not path.exists():
             continue
         with np.load(path, allow_pickle=False) as saved:
@@ -258,7 +255,7 @@ def close(figures: dict[str, plt.Figure]) -> None:
 def varies_batchnorm(params: Params, study: str) -> bool:
     """Whether the study switches BatchNorm on or off or moves it: only then are the learned
     BN parameters part of its answer. Elsewhere the violins answer nothing asked and cost
-    seconds per study (init_reg: 27 variants, 13 s; optimizers: ResNet50's 53 BN layers)."""
+    time in studies with many variants or BatchNorm layers (init_reg, optimizers)."""
     settings = {(cfg.norm, cfg.input_norm) for cfg in
                 (params.variant(study, name) for name in params.studies[study].variants)}
     return len(settings) > 1

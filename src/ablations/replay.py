@@ -22,15 +22,16 @@ from ablations.config import Variant
 from ablations.errors import AblationsError
 from ablations.history import read_history
 from ablations.io import read_json
+from ablations.layout import UnitFolder
 
 
 def replay(study: str, variant: str, cfg: Variant, out: Path) -> str:
     """Log into MLflow what the run of `out` lacks; return the run id it went to."""
-    out = Path(out)
-    for name in ("run.json", "history.csv", "model.keras"):
-        if not (out / name).exists():
-            raise AblationsError(f"{out / name}: missing; run the train stage: dvc repro train@{study}")
-    info = read_json(out / "run.json")
+    unit = UnitFolder(Path(out))
+    for path in (unit.run_json, unit.history, unit.model):
+        if not path.exists():
+            raise AblationsError(f"{path}: missing; run the train stage: dvc repro train@{study}")
+    info = read_json(unit.run_json)
     tracking.use_experiment(study)  # an unreachable server: `error: …`, exit 2
     run = tracking.find_run(info["run_id"])
     if run is None:
@@ -42,18 +43,18 @@ def replay(study: str, variant: str, cfg: Variant, out: Path) -> str:
     run_id = run.info.run_id
 
     params = _log_params(run, cfg)
-    history = read_history(out / "history.csv")
+    history = read_history(unit.history)
     metrics = tracking.log_result(run_id, history, info["fit_seconds"], info["diverged"])
     new_model = not tracking.has_model(run)
     if new_model:  # Keras only here, to read the model back
         import keras
 
-        tracking.log_model(keras.saving.load_model(out / "model.keras", safe_mode=True), run_id)
+        tracking.log_model(keras.saving.load_model(unit.model, safe_mode=True), run_id)
     if run.info.status != "FINISHED":  # only then: ending it again would move its end time
         tracking.end_run(run_id)
     if not info.get("tracking_complete") or info["run_id"] != run_id:
-        tracking.mark_complete(out / "run.json", run_id)
-        print(f"{out / 'run.json'}: tracking_complete; record it with "
+        tracking.mark_complete(unit.run_json, run_id)
+        print(f"{unit.run_json}: tracking_complete; record it with "
               f"`dvc commit -f train@{study}` (else dvc repro re-runs the stage)")
     print(f"replay {study}@{variant} → run {run_id}: {metrics} metric values, {params} params, "
           f"model {'logged' if new_model else 'already logged'}; run FINISHED")

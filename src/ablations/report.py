@@ -1,10 +1,9 @@
 """report stage: one static, offline HTML page that answers every study's question.
 
-    ablations report --results results --plots plots --out reports/index.html
-
 A section per study (question, mean ± 95% CI per variant, comparisons with the baseline, BN
 speed-up, verdict, figures), from the evaluate stage's results/<study>.json and the plot
-stage's plots/<study>/, and polyfit's when results/polyfit.json exists. Figures are
+stage's plots/<study>/, and polyfit's when its results file exists (both of polyfit's paths
+come from the command line, as dvc.yaml gives them to the polyfit stage). Figures are
 embedded as base64 `data:` URIs and the styles are inline: the single file can be mailed,
 archived or opened from a DVC cache without a server or network, and needs no JavaScript.
 Also logged as an artifact of the run "report" in the MLflow experiment "report".
@@ -154,9 +153,8 @@ def _degree_rows(m: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def polyfit_section(m: dict, plots_dir: Path) -> str:
+def polyfit_section(m: dict, figure: Path) -> str:
     header, rows = _degree_rows(m)
-    figure = plots_dir / "polyfit" / "cv_error.png"
     return ("<section id=\"polyfit\"><h2>polyfit</h2>"
             "<p class=\"question\">Are complex models chosen over simpler ones under k-fold "
             "cross-validation?</p>"
@@ -177,14 +175,16 @@ def read_results(results_dir: Path, study: str) -> dict[str, Any]:
     return read_json(path)
 
 
-def render(params: Params, results_dir: Path, plots_dir: Path) -> str:
+def render(params: Params, results_dir: Path, plots_dir: Path,
+           polyfit: tuple[Path, Path] | None = None) -> str:
+    """The page; `polyfit` = (its results file, its figure), the paths dvc.yaml gives both
+    stages: its section appears when the results file exists."""
     results_dir, plots_dir = Path(results_dir), Path(plots_dir)
     studies = {study: read_results(results_dir, study) for study in params.studies}
     sections = [study_section(study, m, plots_dir) for study, m in studies.items()]
     names = list(studies)
-    polyfit = results_dir / "polyfit.json"
-    if polyfit.exists():
-        sections.append(polyfit_section(read_json(polyfit), plots_dir))
+    if polyfit is not None and Path(polyfit[0]).exists():
+        sections.append(polyfit_section(read_json(polyfit[0]), Path(polyfit[1])))
         names.append("polyfit")
     nav = "".join(f"<a href=\"#{escape(n)}\">{escape(n)}</a>" for n in names)
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -194,9 +194,10 @@ def render(params: Params, results_dir: Path, plots_dir: Path) -> str:
             f"<nav>{nav}</nav>{''.join(sections)}</body></html>\n")
 
 
-def build_report(params: Params, results_dir: Path, plots_dir: Path, out_html: Path) -> Path:
+def build_report(params: Params, results_dir: Path, plots_dir: Path, out_html: Path,
+                 polyfit: tuple[Path, Path] | None = None) -> Path:
     """Write the report atomically, log it to MLflow (experiment and run "report")."""
-    html = render(params, results_dir, plots_dir)
+    html = render(params, results_dir, plots_dir, polyfit)
     out_html = Path(out_html)
     with atomic_file(out_html) as handle:
         handle.write(html)

@@ -44,6 +44,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_I
 from ablations.errors import AblationsError
 from ablations.history import metric_steps
 from ablations.io import read_json, sha256_files, write_json
+from ablations.layout import DatasetFolder
 
 # The experiment tag MLflow 3's UI reads to choose an experiment's view; this value opens it on
 # its training runs (not the GenAI overview of traces).
@@ -387,7 +388,7 @@ def _dataset_inputs(data_dir: Path) -> tuple[DatasetInput, ...]:
 
     inputs = []
     for part, context in DATASET_CONTEXTS.items():
-        files = [data_dir / f"x_{part}.npy", data_dir / f"y_{part}.npy"]
+        files = [DatasetFolder(data_dir).x(part), DatasetFolder(data_dir).y(part)]
         dataset = from_numpy(np.load(files[0], mmap_mode="r"), targets=np.load(files[1]),
                              source=str(files[0].parent), name=f"{data_dir.name}/{part}",
                              digest=sha256_files(files)[:32])

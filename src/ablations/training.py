@@ -29,6 +29,7 @@ from ablations.config import Variant
 from ablations.data.prepare import load_prepared
 from ablations.history import FIELDS, read_history, read_steps, write_history, write_steps
 from ablations.io import atomic_dir, read_json, write_json
+from ablations.layout import DatasetFolder, UnitFolder
 from ablations.models.blocks import build_optimizer
 from ablations.models.zoo import build_model, transfer_weights
 from ablations.units import Unit
@@ -183,8 +184,8 @@ class EpochRandomness(keras.callbacks.Callback):
 
 def _keep_tensorflow_unimported() -> None:
     """Keras imports TensorFlow wherever it is installed, whatever the backend: to seed tf.random
-    in set_random_seed and to recognise tf.TensorShape when saving. That is 4 s per train
-    process on 2 CPU cores, for nothing: on torch or jax no TensorFlow object exists until
+    in set_random_seed and to recognise tf.TensorShape when saving. That import is a large
+    share of a small study's time, for nothing: on torch or jax no TensorFlow object exists until
     something imports TensorFlow. So Keras' lazy TensorFlow handle is told it is unavailable."""
     if keras.backend.backend() != "tensorflow" and "tensorflow" not in sys.modules:
         from keras.src.utils import module_utils
@@ -212,7 +213,7 @@ def _compiled_model(cfg: Variant, arrays: dict[str, np.ndarray], num_classes: in
     model = build_model(cfg, tuple(arrays["x_train"].shape[1:]), num_classes)
     copied = []
     if source is not None:  # transfer: every layer but the head from the source unit's model
-        copied = transfer_weights(keras.saving.load_model(source / "model.keras", safe_mode=True),
+        copied = transfer_weights(keras.saving.load_model(UnitFolder(source).model, safe_mode=True),
                                   model, cfg)
     model.compile(
         optimizer=build_optimizer(cfg, math.ceil(len(arrays["y_train"]) / cfg.batch_size)),
@@ -234,13 +235,13 @@ def _fit(model, cfg: Variant, arrays, checkpoint: Path, run_id: str,
         EpochRandomness(set_epoch, cfg.seed),
         keras.callbacks.BackupAndRestore(
             str(checkpoint / "backup"), delete_checkpoint=False, double_checkpoint=True),
-        EpochRecorder(checkpoint / "history.csv", run_id, guard),
+        EpochRecorder(UnitFolder(checkpoint).history, run_id, guard),
         keras.callbacks.TerminateOnNaN(),
     ]
     if cfg.val_per_epoch > 1:
         subset = slice(0, cfg.val_subset)
         callbacks.append(StepValidator(
-            checkpoint / "steps.csv", arrays["x_val"][subset], arrays["y_val"][subset],
+            UnitFolder(checkpoint).steps, arrays["x_val"][subset], arrays["y_val"][subset],
             math.ceil(len(arrays["y_train"]) / cfg.batch_size), cfg.val_per_epoch, cfg.batch_size))
     stopper = None
     if cfg.early_stopping is not None:  # after the recorder: every epoch run is in history.csv
@@ -260,7 +261,7 @@ def _fit(model, cfg: Variant, arrays, checkpoint: Path, run_id: str,
 
 
 def _resume_run_id(checkpoint: Path) -> str | None:
-    state = checkpoint / "run.json"
+    state = UnitFolder(checkpoint).run_json
     return read_json(state)["run_id"] if state.exists() else None
 
 
@@ -293,8 +294,7 @@ def bn_parameters(model: keras.Model) -> dict[str, np.ndarray]:
 
 
 def _num_classes(data_dir: Path, arrays) -> int:
-    classes = data_dir / "classes.json"
-    return len(read_json(classes)) if classes.exists() else int(np.max(arrays["y_train"])) + 1
+    return len(DatasetFolder(data_dir).class_names(int(np.max(arrays["y_train"])) + 1))
 
 
 def train_unit(study: str, unit: Unit, arrays: dict[str, np.ndarray],
@@ -308,7 +308,7 @@ def train_unit(study: str, unit: Unit, arrays: dict[str, np.ndarray],
     model, copied = _compiled_model(cfg, arrays, _num_classes(unit.data_dir, arrays), unit.source)
     run_id = tracking.start_run(study, unit.name, tracking.train_tags(study, unit.variant, cfg.seed),
                                 run_id=_resume_run_id(checkpoint), parent_id=parent_id)
-    write_json(checkpoint / "run.json", {"run_id": run_id})
+    write_json(UnitFolder(checkpoint).run_json, {"run_id": run_id})
     guard = tracking.Guard(
         f"training goes on, results are kept in {unit.out}; once the server is back run: "
         f"ablations replay {study} {unit.variant} --seed {cfg.seed} --out {unit.out}")
@@ -318,7 +318,7 @@ def train_unit(study: str, unit: Unit, arrays: dict[str, np.ndarray],
         if copied:
             guard("before training", tracking.log_transfer, run_id, copied, cfg.init_from)
         fit_seconds, stopped = _fit(model, cfg, arrays, checkpoint, run_id, guard)
-        history = read_history(checkpoint / "history.csv")
+        history = read_history(UnitFolder(checkpoint).history)
         # Fewer epochs than `epochs` without early stopping: TerminateOnNaN ended the training.
         cut_short = len(history) < cfg.epochs and not stopped.get("stopped_early")
         diverged = any(not math.isfinite(row["loss"]) for row in history) or cut_short
@@ -336,7 +336,7 @@ def train_unit(study: str, unit: Unit, arrays: dict[str, np.ndarray],
         guard("while ending the failed run", tracking.end_run, run_id, "FAILED")
         raise
     if guard.ok:
-        tracking.mark_complete(unit.out / "run.json")
+        tracking.mark_complete(UnitFolder(unit.out).run_json)
     shutil.rmtree(checkpoint)  # done: the next training of this unit starts afresh
     return run_id
 
@@ -346,7 +346,7 @@ def train_study(study: str, todo: list[Unit]) -> list[str]:
     arrays_of: dict[Path, dict[str, np.ndarray]] = {}  # memory-mapped, shared by the units
     run_ids = []
     # Every unit's clear_session runs gc.collect(), which walks all of torch's, Keras' and
-    # MLflow's module objects: ~0.4 s per unit on 2 CPU cores. Freezing what exists now (after
+    # MLflow's module objects, a cost paid per unit. Freezing what exists now (after
     # the imports, before any model) leaves only the units' own objects to walk.
     gc.collect()
     gc.freeze()
@@ -362,13 +362,15 @@ def train_study(study: str, todo: list[Unit]) -> list[str]:
 def _save_outputs(model, out: Path, checkpoint: Path, info: dict, predictions: np.ndarray):
     """DVC outputs first (before model logging), so a tracking outage loses no training.
     run.json says tracking_complete false until MLflow holds the whole run."""
+    state = UnitFolder(checkpoint)
     with atomic_dir(out) as tmp:
-        model.save(tmp / "model.keras")
-        shutil.copyfile(checkpoint / "history.csv", tmp / "history.csv")
-        if (checkpoint / "steps.csv").exists():
-            shutil.copyfile(checkpoint / "steps.csv", tmp / "steps.csv")
-        np.save(tmp / "test_predictions.npy", predictions)
+        unit = UnitFolder(tmp)
+        model.save(unit.model)
+        shutil.copyfile(state.history, unit.history)
+        if state.steps.exists():
+            shutil.copyfile(state.steps, unit.steps)
+        np.save(unit.predictions, predictions)
         bn = bn_parameters(model)
         if bn:
-            np.savez(tmp / "bn_params.npz", **bn)
-        write_json(tmp / "run.json", {**info, "tracking_complete": False})
+            np.savez(unit.bn_params, **bn)
+        write_json(unit.run_json, {**info, "tracking_complete": False})

@@ -23,7 +23,8 @@ from ablations.codedeps import closure
 from ablations.config import Params, Variant
 from ablations.data.formats import PRETRAINED_FILES, WEIGHTS_DIR
 from ablations.errors import ConfigError
-from ablations.io import read_json, sha256_files, unit_dir
+from ablations.io import read_json, sha256_files
+from ablations.layout import DatasetFolder, UnitFolder
 
 # Code whose change makes every unit retrain: every module training imports, found from the
 # imports themselves (dvc.yaml's train deps are checked against the same closure).
@@ -46,14 +47,14 @@ class Unit:
         return f"{self.variant}/seed{self.seed}"
 
     def is_current(self) -> bool:
-        run_json = self.out / "run.json"
+        run_json = UnitFolder(self.out).run_json
         return run_json.exists() and read_json(run_json).get("fingerprint") == self.fingerprint
 
 
 @cache
 def data_digest(data_dir: Path) -> str:
     """Content hash of a prepared dataset (once per process)."""
-    return sha256_files(sorted(Path(data_dir).glob("*.npy")))
+    return sha256_files(DatasetFolder(Path(data_dir)).arrays())
 
 
 @cache
@@ -101,8 +102,8 @@ def plan(params: Params, study: str, data_root: Path, out: Path, checkpoints: Pa
             raise ConfigError(f"{data_dir}: missing; run `dvc repro standardize` first")
         source = units.get((cfg.init_from, seed)) if cfg.init_from else None
         units[variant, seed] = Unit(
-            variant, seed, cfg, data_dir, unit_dir(out, variant, seed),
-            unit_dir(checkpoints, variant, seed),
+            variant, seed, cfg, data_dir, UnitFolder.of(out, variant, seed).path,
+            UnitFolder.of(checkpoints, variant, seed).path,
             fingerprint(cfg, data_dir, source.fingerprint if source else None),
             source.out if source else None)
     if only:

@@ -1,4 +1,2 @@
-"""Datasets: fetch the original files safely (`sources`) and parse their real formats (`formats`).
-
-    ablations download --dataset fashion_mnist     # -> data/raw/fashion_mnist/
-"""
+"""Datasets: fetch the original files safely (`sources`), parse their real formats
+(`formats`), split and scale them (`prepare`)."""

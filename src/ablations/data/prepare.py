@@ -1,8 +1,5 @@
 """split and standardize stages: raw images → memory-mappable float32 arrays.
 
-    ablations split fmnist_pm1 --raw data/raw/fashion_mnist --out data/split/fmnist_pm1
-    ablations standardize fmnist_pm1 --split data/split/fmnist_pm1 --out data/prepared/fmnist_pm1
-
 Split comes first so that standardization statistics are computed on the training split only
 (never on validation or test images). The official test set is kept apart throughout.
 """
@@ -18,8 +15,8 @@ from ablations.config import PreparedData
 from ablations.data.formats import RawData, load_raw
 from ablations.errors import DataError
 from ablations.io import atomic_dir, read_json, write_json
+from ablations.layout import PARTS, DatasetFolder
 
-PARTS = ("train", "val", "test")
 
 
 def _stratified_cap(x, y, limit: int | None, seed: int, cap: str):
@@ -36,7 +33,7 @@ def _stratified_cap(x, y, limit: int | None, seed: int, cap: str):
         # than classes): a seeded uniform draw instead
         kept = np.random.default_rng(seed).permutation(len(y))[:limit]
     else:
-        from sklearn.model_selection import train_test_split  # 3.5 s import: split only
+        from sklearn.model_selection import train_test_split  # a slow import: split only
 
         kept, _ = train_test_split(np.arange(len(y)), train_size=limit, stratify=y,
                                    random_state=seed)
@@ -81,7 +78,7 @@ def split(cfg: PreparedData, raw_dir: Path, out_dir: Path) -> dict[str, int]:
     """Stratified, seeded train/validation split of the official training set; test kept apart.
 
     Class selection comes first, so the caps count images of the kept classes only."""
-    from sklearn.model_selection import train_test_split  # 3.5 s import: keep it off standardize
+    from sklearn.model_selection import train_test_split  # a slow import: keep it off standardize
 
     raw = _keep_classes(load_raw(cfg.source, Path(raw_dir)), cfg.classes, cfg.source)
     _check_splittable(raw.y_train, cfg.val_fraction, raw, f"{cfg.source} in {raw_dir}")
@@ -94,10 +91,11 @@ def split(cfg: PreparedData, raw_dir: Path, out_dir: Path) -> dict[str, int]:
     x_test, y_test = _stratified_cap(raw.x_test, raw.y_test, cfg.max_test, cfg.seed, "max_test")
     arrays = {"train": (x_train, y_train), "val": (x_val, y_val), "test": (x_test, y_test)}
     with atomic_dir(out_dir) as tmp:
+        out = DatasetFolder(tmp)
         for part, (x, y) in arrays.items():
-            np.save(tmp / f"x_{part}.npy", x)
-            np.save(tmp / f"y_{part}.npy", y.astype(np.int64))
-        write_json(tmp / "classes.json", list(raw.class_names))
+            np.save(out.x(part), x)
+            np.save(out.y(part), y.astype(np.int64))
+        write_json(out.classes, list(raw.class_names))
     return {part: len(y) for part, (_, y) in arrays.items()}
 
 
@@ -132,30 +130,24 @@ def scale_statistics(cfg: PreparedData, x_train: np.ndarray) -> tuple[np.ndarray
 
 
 def standardize(cfg: PreparedData, split_dir: Path, out_dir: Path) -> dict[str, list[float]]:
-    split_dir = Path(split_dir)
-    if not (split_dir / "x_train.npy").exists():
-        raise DataError(f"{split_dir}/x_train.npy: missing; run the split stage first")
-    x_train = np.load(split_dir / "x_train.npy", mmap_mode="r")
+    split = DatasetFolder(Path(split_dir))
+    split.require(split.x("train"), stage="split")
+    x_train = np.load(split.x("train"), mmap_mode="r")
     offset, scale = scale_statistics(cfg, x_train)
     with atomic_dir(out_dir) as tmp:
+        out = DatasetFolder(tmp)
         for part in PARTS:
-            x = _fit_to_size(np.load(split_dir / f"x_{part}.npy"), cfg.size, cfg.fit)
-            np.save(tmp / f"x_{part}.npy", ((x - offset) / scale).astype(np.float32))
-            np.save(tmp / f"y_{part}.npy", np.load(split_dir / f"y_{part}.npy"))
+            x = _fit_to_size(np.load(split.x(part)), cfg.size, cfg.fit)
+            np.save(out.x(part), ((x - offset) / scale).astype(np.float32))
+            np.save(out.y(part), np.load(split.y(part)))
         stats = {"offset": offset.tolist(), "scale": scale.tolist()}
-        write_json(tmp / "stats.json", stats)
-        write_json(tmp / "classes.json", read_json(split_dir / "classes.json"))
+        write_json(out.stats, stats)
+        write_json(out.classes, read_json(split.classes))
     return stats
 
 
 def load_prepared(data_dir: Path) -> dict[str, np.ndarray]:
     """Memory-mapped arrays x_train, y_train, x_val, … (no copy until a batch is read)."""
-    data_dir = Path(data_dir)
-    arrays = {}
-    for part in PARTS:
-        for kind in ("x", "y"):
-            path = data_dir / f"{kind}_{part}.npy"
-            if not path.exists():
-                raise DataError(f"{path}: missing; run the standardize stage first")
-            arrays[f"{kind}_{part}"] = np.load(path, mmap_mode="r")
-    return arrays
+    dataset = DatasetFolder(Path(data_dir))
+    dataset.require(*dataset.arrays())
+    return {path.stem: np.load(path, mmap_mode="r") for path in dataset.arrays()}

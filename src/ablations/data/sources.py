@@ -1,8 +1,5 @@
 """Get a dataset's original files into `data/raw/<dataset>/`, verified and extracted safely.
 
-    ablations download --dataset cifar10               # the `download` DVC stage
-    ABLATIONS_DATA_MIRROR=/shared/datasets ablations download --dataset stl10
-
 Each file is taken from the first source that has a copy whose sha256 matches:
   1. a mirror directory: the `mirror` argument, else env var ABLATIONS_DATA_MIRROR (the argument
      wins), holding `<mirror>/<dataset>/<file>` or `<mirror>/<file>` (for offline clusters);
