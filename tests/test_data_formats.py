@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ablations.data.registry import CLASS_NAMES, load_raw
 from ablations.data.formats import (
-    CLASS_NAMES,
     DIGITS_TRAIN_SIZE,
-    load_raw,
     read_cifar10_binary,
     read_idx,
     read_mnist_npz,

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from ablations.data import sources
-from ablations.data.formats import load_raw
+from ablations.data.registry import load_raw
 from ablations.data.sources import (DATASETS, MANIFEST, MAX_MEMBERS, MIRROR_ENV, DatasetSpec,
                                    FileSpec, fetch)
 from ablations.errors import DataError

@@ -27,8 +27,8 @@ from pydantic import (
     model_validator,
 )
 
-from ablations.data.formats import (CLASS_NAMES, DATASET_NAMES, IMAGE_SHAPES, PRETRAINED_FILES,
-                                    SPLIT_SIZES, WEIGHTS_DIR)
+from ablations.data.formats import PRETRAINED_FILES, WEIGHTS_DIR
+from ablations.data.registry import CLASS_NAMES, DATASET_NAMES, IMAGE_SHAPES, SPLIT_SIZES
 from ablations.errors import ConfigError
 
 # Upper bounds: far above any study this pipeline is meant for, low enough that a slip (an

@@ -54,7 +54,7 @@ class Unit:
 @cache
 def data_digest(data_dir: Path) -> str:
     """Content hash of a prepared dataset (once per process)."""
-    return sha256_files(DatasetFolder(Path(data_dir)).arrays())
+    return sha256_files([path for path in DatasetFolder(Path(data_dir)).arrays() if path.exists()])
 
 
 @cache

@@ -1,8 +1,5 @@
 """Parsers of the datasets' original file formats, numpy only (no pickle anywhere).
 
-    from ablations.data.formats import load_raw
-    raw = load_raw("fashion_mnist", Path("data/raw/fashion_mnist"))   # uint8 NHWC + int64 labels
-
 Every parser checks lengths and headers against what the format promises and raises
 `DataError` naming the file and what was expected, so a truncated download or a wrong file
 never turns into silently mis-shaped arrays.
@@ -11,6 +8,7 @@ never turns into silently mis-shaped arrays.
 from __future__ import annotations
 
 import gzip
+import io
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ablations.errors import DataError
+from ablations.io import atomic_file
 
 # Folders the official archives extract to (sources.py uses the same names).
 CIFAR10_DIR = "cifar-10-batches-bin"
@@ -37,33 +36,15 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _CIFAR_RECORD = 1 + 3 * 32 * 32  # label byte + R, G, B planes of 32x32, row-major
 _STL_IMAGE = 3 * 96 * 96
 
-CLASS_NAMES = {
-    "mnist": tuple(str(d) for d in range(10)),
-    "digits": tuple(str(d) for d in range(10)),
-    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-    "cifar10": ("airplane", "automobile", "bird", "cat", "deer",
-                "dog", "frog", "horse", "ship", "truck"),
-    "stl10": ("airplane", "bird", "car", "cat", "deer",
-              "dog", "horse", "monkey", "ship", "truck"),
-}
-DATASET_NAMES = tuple(sorted(CLASS_NAMES))
 # Pretrained weights provisioned like datasets (data.weights): name → the file's name, the
 # same on the server, in a mirror and in Keras' own cache (~/.keras/models).
 PRETRAINED_FILES = {
     "xception_imagenet": "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
 }
 WEIGHTS_DIR = "weights"  # <prepared data root>/weights/<name>/<file>: a train stage's input
-IMAGE_SHAPES = {  # height, width, channels of the original images
-    "cifar10": (32, 32, 3), "digits": (8, 8, 1), "fashion_mnist": (28, 28, 1),
-    "mnist": (28, 28, 1), "stl10": (96, 96, 3),
-}
 
-# Images of each official split, (train, test); validate checks caps and val_fraction against them.
-SPLIT_SIZES = {
-    "cifar10": (50_000, 10_000), "digits": (1_500, 297), "fashion_mnist": (60_000, 10_000),
-    "mnist": (60_000, 10_000), "stl10": (5_000, 8_000),
-}
+
+
 
 # digits has no official split: the first 1500 of sklearn's 1797 samples train, the rest test.
 # Deterministic and seed-free; the samples cycle through the classes, so both parts are balanced.
@@ -225,23 +206,7 @@ def _load_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------- load_raw
 
 
-def load_raw(dataset: str, raw_dir: Path | str) -> RawData:
-    """Parse `data/raw/<dataset>/` (as `sources.fetch` leaves it) into uint8 NHWC arrays."""
-    if dataset not in _LOADERS:
-        raise DataError(f"unknown dataset {dataset!r}; allowed: {', '.join(DATASET_NAMES)}")
-    raw_dir = Path(raw_dir)
-    x_train, y_train, x_test, y_test = _LOADERS[dataset](raw_dir)
-    parts = []
-    for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
-        x = x[..., np.newaxis] if x.ndim == 3 else x  # grayscale gets a channel axis of 1
-        if x.ndim != 4 or x.dtype != np.uint8 or len(x) != len(y):
-            raise DataError(f"{raw_dir}: {dataset} {split} split has images {x.shape} {x.dtype} "
-                            f"and labels {y.shape}; expected uint8 (N, H, W, C) and (N,)")
-        parts += [x, np.asarray(y, dtype=np.int64).reshape(-1)]
-    return RawData(*parts, class_names=CLASS_NAMES[dataset])
-
-
-def _load_idx_folder(raw_dir: Path):
+def load_idx_folder(raw_dir: Path):
     """IDX files (gzipped or not), or a keras-style mnist.npz when that is what the folder holds."""
     found = {}
     for names in _IDX_NAMES.values():
@@ -262,12 +227,12 @@ def _first_existing(*paths: Path) -> Path | None:
     return next((p for p in paths if p.exists()), None)
 
 
-def _load_cifar10(raw_dir: Path):
+def load_cifar10(raw_dir: Path):
     # Accept data/raw/cifar10 (holding cifar-10-batches-bin/) or the extracted folder itself.
     return read_cifar10_binary(_extracted(raw_dir, CIFAR10_DIR))
 
 
-def _load_stl10(raw_dir: Path):
+def load_stl10(raw_dir: Path):
     return read_stl10_binary(_extracted(raw_dir, STL10_DIR))
 
 
@@ -275,7 +240,7 @@ def _extracted(raw_dir: Path, folder: str) -> Path:
     return raw_dir / folder if (raw_dir / folder).is_dir() else raw_dir
 
 
-def _load_digits(raw_dir: Path):
+def load_digits(raw_dir: Path):
     """`digits.npz` (written by sources.fetch): 8x8 images with values 0..16, scaled to 0..255."""
     arrays = _load_npz(raw_dir / "digits.npz", ("images", "target"))
     images, target = arrays["images"], arrays["target"]
@@ -287,10 +252,17 @@ def _load_digits(raw_dir: Path):
     return scaled[:n], target[:n], scaled[n:], target[n:]
 
 
-_LOADERS = {
-    "mnist": _load_idx_folder,
-    "fashion_mnist": _load_idx_folder,
-    "cifar10": _load_cifar10,
-    "stl10": _load_stl10,
-    "digits": _load_digits,
-}
+def write_digits(dest: Path) -> None:
+    """digits ships with scikit-learn (no network): store it as a pickle-free digits.npz."""
+    from sklearn.datasets import load_digits  # lazy: sklearn is slow to import
+
+    digits = load_digits()
+    images = digits.images.astype(np.uint8)  # values 0..16; load_digits scales them
+    target = digits.target.astype(np.int64)
+    buffer = io.BytesIO()
+    np.savez(buffer, images=images, target=target)  # deterministic bytes for equal arrays
+    path = dest / "digits.npz"
+    if path.is_file() and path.read_bytes() == buffer.getvalue():
+        return  # idempotent: same content, leave the file (and its mtime) alone
+    with atomic_file(path, "wb") as out:
+        out.write(buffer.getvalue())

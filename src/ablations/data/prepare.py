@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from ablations.config import PreparedData
-from ablations.data.formats import RawData, load_raw
+from ablations.data.formats import RawData
+from ablations.data.registry import load_raw
 from ablations.errors import DataError
 from ablations.io import atomic_dir, read_json, write_json
 from ablations.layout import PARTS, DatasetFolder

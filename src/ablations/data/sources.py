@@ -24,14 +24,13 @@ import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
-import numpy as np
-
-from ablations.data.formats import CIFAR10_DIR, PRETRAINED_FILES, STL10_DIR
+from ablations.data.formats import PRETRAINED_FILES
+from ablations.data.registry import DATASETS, DatasetSpec, FileSpec
 from ablations.errors import DataError
-from ablations.io import publish, sha256_file
+from ablations.io import atomic_file, publish, sha256_file
 
 MIRROR_ENV = "ABLATIONS_DATA_MIRROR"
 MANIFEST = ".fetched.json"  # records a verified archive's extraction (see _archive_is_current)
@@ -44,101 +43,6 @@ _RETRY_PAUSE_S = 2.0  # seconds before the 2nd attempt, doubled before each late
 MAX_EXPANSION = 20  # extracted bytes per archive byte, when the dataset's size is unknown
 _SIZE_MARGIN = 1.1
 MAX_MEMBERS = 1_000  # files and folders per archive (CIFAR-10 has 8, STL-10 8)
-
-
-@dataclass(frozen=True)
-class FileSpec:
-    """One original file: its name (on the server and on disk) and its sha256.
-
-    decompressed=True: the hash is of the gunzipped content (robust to re-compression, e.g.
-    Debian's Fashion-MNIST). sha256=None: no known checksum, so the file is refused.
-    """
-
-    name: str
-    sha256: str | None
-    decompressed: bool = False
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """Where a dataset's files come from and what they must hash to."""
-
-    name: str
-    files: tuple[FileSpec, ...] = ()
-    base_url: str | None = None  # a file's URL is base_url + file.name
-    extract_dir: str | None = None  # set for a .tar.gz: the folder the archive extracts to
-    # Bytes the archive's files hold once extracted, when known; extraction stops beyond it
-    # (plus a margin), else beyond MAX_EXPANSION times the archive's own size.
-    extracted_bytes: int | None = None
-    system_dirs: tuple[Path, ...] = ()  # distribution copies searched after the mirror
-    build: Callable[[Path], None] | None = field(default=None, compare=False)  # bundled data
-
-
-def _write_digits(dest: Path) -> None:
-    """digits ships with scikit-learn (no network): store it as a pickle-free digits.npz."""
-    from sklearn.datasets import load_digits  # lazy: sklearn is slow to import
-
-    digits = load_digits()
-    images = digits.images.astype(np.uint8)  # values 0..16; formats.load_raw scales them
-    target = digits.target.astype(np.int64)
-    _write_npz_if_changed(dest / "digits.npz", images=images, target=target)
-
-
-_FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
-
-# Checksums: MNIST (.gz bytes), CIFAR-10 binary and STL-10 binary archives are the sha256 values
-# of tensorflow/datasets' url_checksums (mnist.txt, cifar10.txt, stl10.txt). Fashion-MNIST hashes
-# the *decompressed* IDX content, identical for the upstream files and Debian's re-compressed copy.
-DATASETS: dict[str, DatasetSpec] = {
-    "mnist": DatasetSpec(
-        "mnist",
-        files=(
-            FileSpec("train-images-idx3-ubyte.gz",
-                     "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
-            FileSpec("train-labels-idx1-ubyte.gz",
-                     "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
-            FileSpec("t10k-images-idx3-ubyte.gz",
-                     "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
-            FileSpec("t10k-labels-idx1-ubyte.gz",
-                     "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
-        ),
-        base_url="https://storage.googleapis.com/cvdf-datasets/mnist/",
-    ),
-    "fashion_mnist": DatasetSpec(
-        "fashion_mnist",
-        files=(
-            FileSpec("train-images-idx3-ubyte.gz",
-                     "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888", True),
-            FileSpec("train-labels-idx1-ubyte.gz",
-                     "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9", True),
-            FileSpec("t10k-images-idx3-ubyte.gz",
-                     "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b", True),
-            FileSpec("t10k-labels-idx1-ubyte.gz",
-                     "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34", True),
-        ),
-        base_url="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-        system_dirs=(_FASHION_DEBIAN,),
-    ),
-    "cifar10": DatasetSpec(
-        "cifar10",
-        files=(FileSpec("cifar-10-binary.tar.gz",
-                        "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"),),
-        base_url="https://www.cs.toronto.edu/~kriz/",
-        extract_dir=CIFAR10_DIR,
-        extracted_bytes=6 * 10_000 * (1 + 3 * 32 * 32),  # 6 batches of 10,000 records (+ 2 small files)
-    ),
-    "stl10": DatasetSpec(
-        "stl10",
-        files=(FileSpec("stl10_binary.tar.gz",
-                        "f31fd99273a1acb8609c8db427cebb1de3f71de77758cdc0e22956e1289b9866"),),
-        base_url="http://ai.stanford.edu/~acoates/stl10/",
-        extract_dir=STL10_DIR,
-        # train 5,000 + test 8,000 + unlabeled 100,000 images of 96x96x3, a label byte each
-        # labelled image (+ class names, fold indices)
-        extracted_bytes=113_000 * 3 * 96 * 96 + 13_000,
-    ),
-    "digits": DatasetSpec("digits", build=_write_digits),
-}
 
 
 # Pretrained weights, provisioned like datasets: the mirror, then Keras' own cache (where
@@ -511,28 +415,10 @@ def _archive_is_current(dest: Path, spec: DatasetSpec, file: FileSpec) -> bool:
 # --------------------------------------------------------------------------- atomic writes
 
 
-def _write_npz_if_changed(path: Path, **arrays: np.ndarray) -> None:
-    import io
-
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)  # deterministic bytes for equal arrays
-    data = buffer.getvalue()
-    if path.is_file() and path.read_bytes() == data:
-        return  # idempotent: same content, leave the file (and its mtime) alone
-    _write_atomic(path, data)
-
-
 def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        publish(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    """io.atomic_file, then the folder's entry made durable too."""
+    with atomic_file(path, "wb") as out:
+        out.write(data)
     _fsync_dir(path.parent)
 
 
