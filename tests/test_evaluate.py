@@ -426,6 +426,9 @@ def test_converged_variants_carry_no_caveat():
     assert not flags["a"]["still_improving"] and flags["b"]["still_improving"]
     assert caveat(["a"], flags) == ""
     assert caveat(["a", "b"], flags) == " (may change with more epochs: b still improving at the end)"
+    flags.update(c=flags["b"], d=flags["b"])
+    assert caveat(["b", "c", "d"], flags) == (
+        " (may change with more epochs: all 3 variants it rests on were still improving at the end)")
     assert end_slope([{"epoch": 1, "val_accuracy": float("nan")}]) is None
 
 

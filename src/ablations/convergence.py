@@ -50,6 +50,9 @@ def caveat(variants: list[str], flags: dict[str, dict[str, Any]]) -> str:
     names = unconverged(variants, flags)
     if not names:
         return ""
+    if len(names) == len(variants) > 2:  # a factorial average: naming all 8 says nothing more
+        return (f" (may change with more epochs: all {len(names)} variants it rests on were "
+                "still improving at the end)")
     return f" (may change with more epochs: {', '.join(names)} still improving at the end)"
 
 
