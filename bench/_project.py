@@ -71,12 +71,15 @@ def explicit_defaults(params: dict) -> dict:
 
 def shrink(params: dict) -> dict:
     """Same stages, a few hundred images, 1 epoch, one seed and two variants per study (the
-    baseline, the next one, and any transfer source they need): for timing the machinery."""
+    baseline, the next one, and any transfer source they need; a factorial study keeps its
+    cross product): for timing the machinery."""
     for data in params["data"]["prepared"].values():
         data.update(max_train=400, max_val=200, max_test=200)
     for study in params["studies"].values():
         study["defaults"].update(epochs=1, batch_size=64)
         study["seeds"] = study.get("seeds", [0])[:1]
+        if "factors" in study:  # variants are the factors' cross product
+            continue
         variants = study["variants"]
         keep = {study["baseline"], next(v for v in variants if v != study["baseline"])}
         keep |= {variants[v]["init_from"] for v in keep if "init_from" in variants[v]}

@@ -128,7 +128,8 @@ class EpochBatches(keras.utils.PyDataset):
         return math.ceil(len(self.y) / self.batch_size)
 
     def __getitem__(self, index: int):
-        # Sorted rows of a random batch: same batch, sequential reads of the memory-mapped file.
+        # Sorted rows of a random batch: same batch, sequential reads of a memory-mapped file
+        # (and the order within a batch, hence every sum over it, stays what it was).
         rows = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
         return self.x[rows], self.y[rows]
 
@@ -341,9 +342,22 @@ def train_unit(study: str, unit: Unit, arrays: dict[str, np.ndarray],
     return run_id
 
 
+# Up to this many bytes, a prepared dataset is read into memory once per train process (as a
+# notebook's np.load would) and shared by its units, instead of every batch, validation pass
+# and test pass reading pages of the memory-mapped files; larger datasets stay memory-mapped.
+IN_MEMORY_MAX_BYTES = 2 * 2**30
+
+
+def _arrays(data_dir: Path) -> dict[str, np.ndarray]:
+    arrays = load_prepared(data_dir)
+    if sum(array.nbytes for array in arrays.values()) > IN_MEMORY_MAX_BYTES:
+        return arrays
+    return {name: np.array(array) for name, array in arrays.items()}  # same values, in memory
+
+
 def train_study(study: str, todo: list[Unit]) -> list[str]:
     """Train `todo` (the units that are not current), in order: transfer sources come first."""
-    arrays_of: dict[Path, dict[str, np.ndarray]] = {}  # memory-mapped, shared by the units
+    arrays_of: dict[Path, dict[str, np.ndarray]] = {}  # per prepared dataset, shared by the units
     run_ids = []
     # Every unit's clear_session runs gc.collect(), which walks all of torch's, Keras' and
     # MLflow's module objects, a cost paid per unit. Freezing what exists now (after
@@ -354,7 +368,7 @@ def train_study(study: str, todo: list[Unit]) -> list[str]:
     for index, unit in enumerate(todo, start=1):
         print(f"train {study} {unit.name} ({index}/{len(todo)})", flush=True)
         if unit.data_dir not in arrays_of:
-            arrays_of[unit.data_dir] = load_prepared(unit.data_dir)
+            arrays_of[unit.data_dir] = _arrays(unit.data_dir)
         run_ids.append(train_unit(study, unit, arrays_of[unit.data_dir], parent_id))
     return run_ids
 
