@@ -6,7 +6,7 @@ import ast
 
 import mlflow
 import pytest
-from conftest import REPO, write_params, write_prepared
+from conftest import REPO, copy_store, write_params, write_prepared
 
 from ablations import tracking
 from ablations.config import load_params
@@ -23,28 +23,32 @@ def _train(tmp_path, *only):
     return train_study("unit", [unit for unit in units if not unit.is_current()])
 
 
-@pytest.fixture
-def trained(tmp_path, tracking_store, monkeypatch):
-    """Two units trained inside DVC experiment `bushy-tits`, under an `mlflow run` entry run."""
-    client = mlflow.MlflowClient(tracking_store)
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, migrated_store):
+    """Two units trained once for the module inside DVC experiment `bushy-tits`, under an
+    `mlflow run` entry run: (client, the entry run's id, the units' run ids, the folder)."""
+    root = tmp_path_factory.mktemp("lineage")
+    uri = copy_store(migrated_store, root)
+    client = mlflow.MlflowClient(uri)
     outer = client.create_run(client.create_experiment("entry"), run_name="mlflow-run").info.run_id
-    for key, value in {**DVC_ENV, "MLFLOW_RUN_ID": outer}.items():
-        monkeypatch.setenv(key, value)
-    write_prepared(tmp_path / "data" / "d")
-    write_params(tmp_path, ["a", "b"], epochs=1)
-    run_ids = _train(tmp_path)
-    return client, outer, run_ids
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in {**DVC_ENV, "MLFLOW_RUN_ID": outer, "MLFLOW_TRACKING_URI": uri}.items():
+            patch.setenv(key, value)
+        write_prepared(root / "data" / "d")
+        write_params(root, ["a", "b"], epochs=1)
+        run_ids = _train(root)
+        yield client, outer, run_ids, root
 
 
 def test_study_experiment_is_marked_as_model_training(trained):
-    client, _, run_ids = trained
+    client, _, run_ids, _ = trained
     experiment = client.get_experiment(client.get_run(run_ids[0]).info.experiment_id)
     assert experiment.name == "unit"
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
-def test_units_nest_under_one_study_run_per_dvc_experiment(trained, tmp_path, monkeypatch):
-    client, outer, run_ids = trained
+def test_units_nest_under_one_study_run_per_dvc_experiment(trained, monkeypatch):
+    client, outer, run_ids, tmp_path = trained
     units = [client.get_run(run_id) for run_id in run_ids]
     parents = {run.data.tags["mlflow.parentRunId"] for run in units}
     assert len(units) == 2 and len(parents) == 1
@@ -69,8 +73,8 @@ def test_units_nest_under_one_study_run_per_dvc_experiment(trained, tmp_path, mo
     assert other_parent.data.tags["dvc_exp_name"] == "other-exp"
 
 
-def test_prepared_datasets_are_run_inputs(trained, tmp_path):
-    client, _, run_ids = trained
+def test_prepared_datasets_are_run_inputs(trained):
+    client, _, run_ids, tmp_path = trained
     data = tmp_path / "data" / "d"
     inputs = client.get_run(run_ids[0]).inputs.dataset_inputs
     by_context = {next(tag.value for tag in item.tags if tag.key == "mlflow.data.context"):
