@@ -64,14 +64,18 @@ def test_ray_trains_the_same_bits_and_nested_runs_as_local(tmp_path, migrated_st
     expected, got = _results(tmp_path / "local"), _results(tmp_path / "ray")
     assert sorted(got) == ["a/seed7", "b/seed7", "t/seed7"]
     assert got == expected  # bit for bit: floats compared with ==, predictions as bytes
+    study_runs = set()
     for unit in got:
         info = read_json(tmp_path / "ray" / unit / "run.json")
         assert info["tracking_complete"] is True
         assert info["fingerprint"] == read_json(tmp_path / "local" / unit / "run.json")["fingerprint"]
         run = client.get_run(info["run_id"])
         assert run.info.status == "FINISHED" and run.info.run_name == unit
-        assert run.data.tags["mlflow.parentRunId"] == parent  # every unit, as under `mlflow run`
+        # Under `mlflow run`: unit → the study's run for this DVC experiment → `mlflow run`'s run.
+        study_runs.add(run.data.tags["mlflow.parentRunId"])
         assert run.data.metrics["test_accuracy"] == info["test_accuracy"]
+    [study_run] = study_runs  # one, found by every worker
+    assert client.get_run(study_run).data.tags["mlflow.parentRunId"] == parent
     # The transfer units started from their source's weights: frozen layers equal the source's.
     import keras
 
