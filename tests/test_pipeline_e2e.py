@@ -224,12 +224,20 @@ def test_queued_experiments_run_two_at_once_and_keep_every_mlflow_run(pipeline):
 
     client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("batchnorm")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     for rate in rates:
         # Each experiment edited relu only: relu retrained once per seed, relu-bn's units were
         # kept (no training run of it; the experiment's `batchnorm-summary` run is evaluate's).
         runs = client.search_runs([experiment.experiment_id], f"tags.dvc_exp_name = 'lr-{rate}' "
                                   "and tags.dvc_stage = 'train@batchnorm'")
         assert sorted(r.info.run_name for r in runs) == ["relu/seed0", "relu/seed1"], rate
+        # Lineage from DVC's own variables: both runs nest under the experiment's study run.
+        [study_run] = {r.data.tags["mlflow.parentRunId"] for r in runs}
+        study = client.get_run(study_run)
+        assert study.info.run_name == "batchnorm" and study.data.tags["dvc_exp_name"] == f"lr-{rate}"
+        assert len(study.data.tags["dvc_exp_baseline_rev"]) == 40
+        contexts = {tag.value for r in runs for i in r.inputs.dataset_inputs for tag in i.tags}
+        assert contexts == {"training", "validation", "test"}
         for kept in runs:
             assert kept.info.status == "FINISHED" and kept.data.params["learning_rate"] == rate
             steps = [m.step for m in client.get_metric_history(kept.info.run_id, "val_loss")]
