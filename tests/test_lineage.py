@@ -3,10 +3,15 @@ datasets as run inputs, one study run per DVC experiment with the unit runs nest
 DVC's variables as tags; and only the tracking module imports mlflow."""
 
 import ast
+import os
+import shutil
+import subprocess
+import sys
 
 import mlflow
 import pytest
 from conftest import REPO, copy_store, write_params, write_prepared
+from test_report import chromium_page, free_port, needs_chromium, stop, wait_until_up
 
 from ablations import tracking
 from ablations.config import load_params
@@ -103,3 +108,48 @@ def test_only_the_tracking_module_imports_mlflow():
     reached_through = [path.name for path in (REPO / "src" / "ablations").rglob("*.py")
                        if "tracking.mlflow" in path.read_text()]
     assert not reached_through  # nor reached through it
+
+
+@needs_chromium
+def test_mlflow_ui_shows_training_runs_nested_with_their_datasets(trained, tmp_path):
+    """The MLflow UI (a real `mlflow ui` in headless Chromium) on the lineage store, at the
+    address the README gives: the Model training view, one row per study run with the unit
+    runs nested under it, and each unit's prepared datasets in the Dataset column."""
+    client, _, run_ids, root = trained
+    experiment_id = client.get_run(run_ids[0]).info.experiment_id
+    runs = client.search_runs([experiment_id])
+    studies = [run for run in runs if run.data.tags.get("kind") == "study"]
+    run_names = [run.info.run_name for run in runs if "variant" in run.data.tags]
+    shutil.copy(root / "mlflow.db", tmp_path / "mlflow.db")
+    port, log = free_port(), tmp_path / "server.log"
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true",
+           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no GenAI job workers: faster start
+    env.pop("MLFLOW_TRACKING_URI", None)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri",
+               f"sqlite:///{tmp_path / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port),
+               "--workers", "1"]
+    with open(log, "w") as out:
+        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                  start_new_session=True)
+    try:
+        with chromium_page() as (page, _):
+            wait_until_up(url, server, log)
+            page.goto(tracking.ui_runs_url(url, experiment_id))
+            study_rows = page.locator('button[data-component-id*="runnamecellrenderer"]')
+            study_rows.first.wait_for(timeout=25_000)
+            collapsed = page.inner_text("body")
+            shown_studies = study_rows.count()
+            for index in range(study_rows.count()):
+                study_rows.nth(index).click()
+            page.get_by_text(run_names[0], exact=True).wait_for(timeout=10_000)
+            expanded = page.inner_text("body")
+            page.screenshot(path=str(tmp_path / "mlflow-ui.png"))
+    finally:
+        stop(server)
+    assert "Token Usage" not in collapsed and "Run Name" in collapsed  # training, not GenAI
+    assert shown_studies == len(studies) >= 1  # top level: one study run per DVC experiment
+    assert not any(name in collapsed for name in run_names)  # units nested, not a flat list
+    assert {"a/seed7", "b/seed7"} <= set(run_names) and all(name in expanded for name in run_names)
+    for part, context in (("train", "Training"), ("val", "Validation"), ("test", "Test")):
+        assert f"d/{part} (" in expanded and context in expanded

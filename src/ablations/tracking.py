@@ -46,9 +46,16 @@ from ablations.history import metric_steps
 from ablations.io import read_json, sha256_files, write_json
 from ablations.layout import DatasetFolder
 
-# The experiment tag MLflow 3's UI reads to choose an experiment's view; this value opens it on
-# its training runs (not the GenAI overview of traces).
+# The experiment tag that marks a study's experiment as model training. MLflow 3.17's UI with
+# its workflow switch chooses the view from that switch instead (remembered in the browser,
+# GenAI by default) or from the address: ui_runs_url gives the training view's address.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
+def ui_runs_url(server: str, experiment_id: str) -> str:
+    """The MLflow UI page of an experiment's runs in the Model training view."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
 
 # A queued DVC experiment runs in <repo>/.dvc/tmp/exps/<run-dir>/; its store is the real repo's.
 _EXP_WORKSPACE = Path(".dvc") / "tmp" / "exps"
