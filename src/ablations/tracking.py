@@ -406,7 +406,16 @@ def _dataset_inputs(data_dir: Path) -> tuple[DatasetInput, ...]:
 
 def log_datasets(run_id: str, data_dir: Path) -> None:
     """The prepared dataset a unit trained and was tested on, as the run's inputs."""
-    MlflowClient().log_inputs(run_id, datasets=list(_dataset_inputs(Path(data_dir))))
+    datasets = list(_dataset_inputs(Path(data_dir)))
+    try:
+        MlflowClient().log_inputs(run_id, datasets=datasets)
+    except MlflowException as error:
+        # The SQL store looks a dataset up, then inserts it: two trainings of one study logging
+        # the same dataset at once can both miss it, and the second insert breaks the unique
+        # key. Once more, the lookup finds the row the other process wrote.
+        if "UNIQUE constraint failed" not in str(error):
+            raise
+        MlflowClient().log_inputs(run_id, datasets=datasets)
 
 
 def log_model(model, run_id: str) -> None:
