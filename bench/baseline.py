@@ -2,9 +2,11 @@
 
 For one study, in a throw-away git + DVC copy of the project (bench/_project.py) whose data is
 prepared once before timing:
-- bare: one Python process; per (variant, seed) unit: seed, build the same model, compile it
-  with the same optimizer, `model.fit` on the arrays in memory (Keras' own shuffling), predict
-  the test set, save the model. No DVC, no MLflow, no checkpoints.
+- bare: one Python process on the pipeline's Keras backend; per (variant, seed) unit: seed,
+  build the same model, compile it with the same optimizer, `model.fit` on the arrays in
+  memory (Keras' own shuffling) with what the study's question needs computed during
+  training (its in-epoch validation, early stopping), predict the test set, save the model.
+  No DVC, no MLflow, no checkpoints, no resume.
 - pipeline: `dvc repro train@<study> evaluate@<study>` after removing the study's models,
   checkpoints and MLflow store (the stages' own commands, validation, tracking and resume
   machinery included).
@@ -43,13 +45,41 @@ def _args(argv=None):
     parser.add_argument("--shrink", action="store_true", help="a few hundred images, 1 epoch")
     parser.add_argument("--project", type=Path, help="build the copy here and keep it")
     parser.add_argument("--json", action="store_true", help="also print one JSON object")
+    parser.add_argument("--bare-epoch-validation-only", action="store_true",
+                        help="bare loop without the study's in-epoch validation (val_per_epoch): "
+                             "what the notebooks themselves compute")
     parser.add_argument("--mode", choices=("bare",), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)  # bare: where models go
     return parser.parse_args(argv)
 
 
-def bare_loop(study: str, out: Path) -> float:
+def step_validation(x_val, y_val, steps_per_epoch: int, per_epoch: int):
+    """What a notebook measuring the speed-up in steps would add when the study asks for it
+    (val_per_epoch > 1): accuracy on the validation subset before the first step and
+    `per_epoch` times per epoch, as the pipeline's StepValidator computes it."""
+    import keras
+    import numpy as np
+
+    every, accuracies = max(1, steps_per_epoch // per_epoch), []
+
+    def record(model):
+        predicted = np.argmax(model.predict_on_batch(x_val), axis=-1)
+        accuracies.append(float(np.mean(predicted == y_val)))
+
+    class StepAccuracy(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            record(self.model)
+
+        def on_train_batch_end(self, batch, logs=None):
+            if (batch + 1) % every == 0 or batch + 1 == steps_per_epoch:
+                record(self.model)
+
+    return StepAccuracy()
+
+
+def bare_loop(study: str, out: Path, epoch_validation_only: bool) -> float:
     """The notebook loop over every unit of `study`; returns Σ seconds inside `model.fit`."""
+    import ablations  # noqa: F401 (first: it picks the Keras backend the pipeline runs on)
     import keras
     import numpy as np
 
@@ -59,6 +89,7 @@ def bare_loop(study: str, out: Path) -> float:
 
     params = load_params("params.yaml")
     spec, total = params.studies[study], 0.0
+    print(f"bare loop on Keras' {keras.backend.backend()} backend", file=sys.stderr)
     for variant, seed in spec.units():
         cfg = params.variant(study, variant, seed)
         folder = Path("data/prepared") / (cfg.data or spec.data)
@@ -71,13 +102,20 @@ def bare_loop(study: str, out: Path) -> float:
         model = build_model(cfg, shape, classes)
         if cfg.init_from:  # a notebook would copy the pretrained layers too
             source = keras.saving.load_model(out / cfg.init_from / f"seed{seed}.keras")
-            transfer_weights(source, model, cfg.freeze)
+            transfer_weights(source, model, cfg)
         steps = -(-len(y) // cfg.batch_size)
         model.compile(optimizer=build_optimizer(cfg, steps),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        callbacks = []
+        if cfg.val_per_epoch > 1 and not epoch_validation_only:
+            subset = slice(0, cfg.val_subset)
+            callbacks.append(step_validation(val[0][subset], val[1][subset], steps,
+                                             cfg.val_per_epoch))
+        if cfg.early_stopping is not None:
+            callbacks.append(keras.callbacks.EarlyStopping(**cfg.early_stopping.model_dump()))
         started = time.perf_counter()
         model.fit(x, y, batch_size=cfg.batch_size, epochs=cfg.epochs, validation_data=val,
-                  shuffle=True, verbose=0)
+                  shuffle=True, callbacks=callbacks, verbose=0)
         total += time.perf_counter() - started
         model.predict(x_test, batch_size=max(cfg.batch_size, 512), verbose=0)
         (out / variant).mkdir(parents=True, exist_ok=True)
@@ -97,11 +135,12 @@ def timed(cmd: list[str], repo: Path) -> tuple[float, float, str]:
     return wall, kib / 1024, done.stdout
 
 
-def run_bare(repo: Path, study: str) -> dict:
+def run_bare(repo: Path, study: str, epoch_validation_only: bool) -> dict:
     out = repo / "bare-models"
     shutil.rmtree(out, ignore_errors=True)
+    flags = ["--bare-epoch-validation-only"] if epoch_validation_only else []
     wall, rss, stdout = timed([sys.executable, str(Path(__file__).resolve()), "--mode", "bare",
-                               "--study", study, "--out", str(out)], repo)
+                               "--study", study, "--out", str(out), *flags], repo)
     return {"wall": wall, "fit": float(stdout.strip().splitlines()[-1]), "rss": rss}
 
 
@@ -124,13 +163,14 @@ def prepare(repo: Path, study: str, shrunk: bool) -> None:
     sh(["dvc", "repro", "validate", *[f"standardize@{name}" for name in datasets]], repo)
 
 
-def pairs(repo: Path, study: str, repeat: int) -> list[dict]:
+def pairs(repo: Path, study: str, repeat: int, epoch_validation_only: bool) -> list[dict]:
     rows = []
     for index in range(repeat):
         order = ("bare", "pipeline") if index % 2 == 0 else ("pipeline", "bare")
         row = {}
         for mode in order:
-            row[mode] = (run_bare if mode == "bare" else run_pipeline)(repo, study)
+            row[mode] = (run_bare(repo, study, epoch_validation_only) if mode == "bare"
+                         else run_pipeline(repo, study))
         row["wall_ratio"] = row["pipeline"]["wall"] / row["bare"]["wall"]
         row["fit_ratio"] = row["pipeline"]["fit"] / row["bare"]["fit"]
         print(f"pair {index + 1}: pipeline {row['pipeline']['wall']:7.1f} s  bare "
@@ -154,12 +194,12 @@ def summary(rows: list[dict]) -> dict:
 def main() -> None:
     args = _args()
     if args.mode == "bare":
-        print(bare_loop(args.study, args.out))
+        print(bare_loop(args.study, args.out, args.bare_epoch_validation_only))
         return
     with tempfile.TemporaryDirectory() as tmp:
         repo = args.project or Path(tmp) / "project"
         prepare(repo, args.study, args.shrink)
-        result = summary(pairs(repo, args.study, args.repeat))
+        result = summary(pairs(repo, args.study, args.repeat, args.bare_epoch_validation_only))
         print(f"median of {result['pairs']} pairs: wall ratio {result['wall_ratio']:.3f} "
               f"(goal ≤ 1.05), Σ fit ratio {result['fit_ratio']:.3f} (goal ≤ 1.03); peak RSS "
               f"pipeline {result['pipeline_rss_mib']:.0f} MiB, bare {result['bare_rss_mib']:.0f} MiB")

@@ -61,28 +61,33 @@ class EpochRecorder(keras.callbacks.Callback):
         self.guard(f"after epoch {row['epoch']}", tracking.log_epoch, self.run_id, row)
 
 
+# Images per inference call (test set, in-epoch validation): no gradients are kept, so a call
+# costs only activations, and fewer calls cost less per image than training-size batches.
+PREDICT_BATCH = 512
+
+
 class StepValidator(keras.callbacks.Callback):
     """Validation accuracy `per_epoch` times per epoch and before the first step, on a fixed
     validation subset, with the seconds spent inside training steps so far: the rows of
-    steps.csv (history.STEP_FIELDS). The model is called in inference mode, chunk by chunk,
-    not through `evaluate`, which would reset the compiled metrics of the running epoch.
+    steps.csv (history.STEP_FIELDS). Predicted chunk by chunk, not through `evaluate`, which
+    would reset the compiled metrics of the running epoch.
     A resumed training drops rows past the epoch the backup restored."""
 
-    def __init__(self, path: Path, x_val, y_val, steps_per_epoch: int, per_epoch: int,
-                 batch_size: int):
+    def __init__(self, path: Path, x_val, y_val, steps_per_epoch: int, per_epoch: int):
         super().__init__()
         self.path, self.x_val, self.y_val = path, x_val, y_val
-        self.steps_per_epoch, self.batch_size = steps_per_epoch, batch_size
+        self.steps_per_epoch = steps_per_epoch
         self.every = max(1, steps_per_epoch // per_epoch)
         self.rows: list[dict] | None = None  # None until the first epoch of this process
         self.step, self.seconds, self.started = 0, 0.0, 0.0
 
     def _accuracy(self) -> float:
         correct = 0
-        for start in range(0, len(self.y_val), self.batch_size):
-            chunk = self.model(self.x_val[start:start + self.batch_size], training=False)
-            predicted = np.argmax(keras.ops.convert_to_numpy(chunk), axis=-1)
-            correct += int(np.sum(predicted == self.y_val[start:start + self.batch_size]))
+        for start in range(0, len(self.y_val), PREDICT_BATCH):
+            # predict_on_batch: inference without gradient tracking (torch.no_grad on torch)
+            probabilities = self.model.predict_on_batch(self.x_val[start:start + PREDICT_BATCH])
+            predicted = np.argmax(probabilities, axis=-1)
+            correct += int(np.sum(predicted == self.y_val[start:start + PREDICT_BATCH]))
         return correct / len(self.y_val)
 
     def _record(self) -> None:
@@ -243,7 +248,7 @@ def _fit(model, cfg: Variant, arrays, checkpoint: Path, run_id: str,
         subset = slice(0, cfg.val_subset)
         callbacks.append(StepValidator(
             UnitFolder(checkpoint).steps, arrays["x_val"][subset], arrays["y_val"][subset],
-            math.ceil(len(arrays["y_train"]) / cfg.batch_size), cfg.val_per_epoch, cfg.batch_size))
+            math.ceil(len(arrays["y_train"]) / cfg.batch_size), cfg.val_per_epoch))
     stopper = None
     if cfg.early_stopping is not None:  # after the recorder: every epoch run is in history.csv
         stopper = keras.callbacks.EarlyStopping(**cfg.early_stopping.model_dump())
@@ -323,7 +328,7 @@ def train_unit(study: str, unit: Unit, arrays: dict[str, np.ndarray],
         # Fewer epochs than `epochs` without early stopping: TerminateOnNaN ended the training.
         cut_short = len(history) < cfg.epochs and not stopped.get("stopped_early")
         diverged = any(not math.isfinite(row["loss"]) for row in history) or cut_short
-        test, predictions = test_results(model, arrays, max(cfg.batch_size, 512))
+        test, predictions = test_results(model, arrays, max(cfg.batch_size, PREDICT_BATCH))
         guard("after training", tracking.log_result, run_id, history, fit_seconds, diverged)
         guard("after testing", tracking.log_metrics, run_id, {"epochs_run": len(history), **test})
         info = {"run_id": run_id, "seed": cfg.seed, "fingerprint": unit.fingerprint,
