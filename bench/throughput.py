@@ -144,6 +144,7 @@ def run_pipeline(args, tmp: Path) -> dict:
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
     import numpy as np
 
+    from ablations.executors import backup_seconds
     from ablations.history import read_history
     from ablations.io import read_json
     from ablations.training import train_study
@@ -159,7 +160,7 @@ def run_pipeline(args, tmp: Path) -> dict:
     unit = units[-1]
     phases = _timed_phases()
     started = time.perf_counter()
-    train_study(args.study, units)
+    train_study(args.study, units, backup_seconds())
     phases["total"] = time.perf_counter() - started
     arrays = sum(path.stat().st_size for path in unit.data_dir.glob("*.npy"))
     images = len(np.load(unit.data_dir / "y_train.npy", mmap_mode="r"))

@@ -131,6 +131,9 @@ def test_ray_executor_without_ray_is_one_error_line(tmp_path):
      "error: ABLATIONS_GPUS_PER_UNIT=one: must be a number ≥ 0 (a fraction shares a device)"),
     ({"ABLATIONS_EXECUTOR": "ray", "ABLATIONS_CPUS_PER_UNIT": "-1"},
      "error: ABLATIONS_CPUS_PER_UNIT=-1: must be a number ≥ 0 (a fraction shares a device)"),
+    *[({"ABLATIONS_BACKUP_SECONDS": text},
+       f"error: ABLATIONS_BACKUP_SECONDS={text}: must be a number ≥ 0 (seconds between backups; "
+       "0: every epoch)") for text in ("soon", "-1", "nan", "inf")],
 ])
 def test_bad_executor_settings_are_one_error_line(tmp_path, setting, message):
     write_prepared(tmp_path / "data" / "d", n=32)

@@ -25,7 +25,7 @@ DVC_ENV = {"DVC_EXP_NAME": "bushy-tits", "DVC_EXP_BASELINE_REV": "a" * 40, "DVC_
 def _train(tmp_path, *only):
     units = plan(load_params(tmp_path / "params.yaml"), "unit", tmp_path / "data",
                  tmp_path / "out", tmp_path / "ckpt", only=list(only) or None)
-    return train_study("unit", [unit for unit in units if not unit.is_current()])
+    return train_study("unit", [unit for unit in units if not unit.is_current()], backup_seconds=0)
 
 
 @pytest.fixture(scope="module")

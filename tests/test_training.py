@@ -2,6 +2,7 @@
 
 import os
 import signal
+import statistics
 import subprocess
 import time
 
@@ -26,7 +27,7 @@ def _train(tmp_path, params_path, *only):
                  tmp_path / "ckpt", only=list(only) or None)
     if not only:
         remove_stale(tmp_path / "out", units)
-    return train_study("unit", [unit for unit in units if not unit.is_current()])
+    return train_study("unit", [unit for unit in units if not unit.is_current()], backup_seconds=0)
 
 
 def _info(tmp_path, name, seed=7):
@@ -186,21 +187,29 @@ def _metrics(history_csv):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, migrated_store):
-    """Data and the metrics of the same training run without interruption."""
+    """Data, the metrics of the same training run without interruption and its median epoch
+    seconds."""
     folder = tmp_path_factory.mktemp("reference")
     write_prepared(folder / "data" / "d", n=512, size=16)  # 6 epochs of ~1.5 s: a signal lands mid-training
     env = {**os.environ, "MLFLOW_TRACKING_URI": copy_store(migrated_store, folder)}
     done = subprocess.run(_train_command(folder, folder / "data"), capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    return folder / "data", _metrics(folder / "out" / "v" / "seed7" / "history.csv")
+    history = folder / "out" / "v" / "seed7" / "history.csv"
+    return folder / "data", _metrics(history), statistics.median(
+        row["epoch_seconds"] for row in read_history(history))
 
 
-@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+@pytest.mark.parametrize("signum, backup_epochs", [
+    (signal.SIGKILL, 0), (signal.SIGINT, 0), (signal.SIGKILL, 1.5)],
+    ids=["kill-9", "ctrl-c", "kill-9-backup-every-1.5-epochs"])
 def test_interrupted_training_resumes_to_identical_metrics(tmp_path, tracking_store, uninterrupted,
-                                                           signum):
+                                                           signum, backup_epochs, monkeypatch):
     """A real process stopped after an epoch: the rerun resumes into the same MLflow run and
-    ends with exactly the metrics of a training that was never interrupted."""
-    data, reference = uninterrupted
+    ends with exactly the metrics of a training that was never interrupted. With a backup
+    every 1.5 epochs' seconds (so every other epoch), history.csv and MLflow hold no epoch the
+    backup lacks when the process dies."""
+    data, reference, epoch_seconds = uninterrupted
+    monkeypatch.setenv("ABLATIONS_BACKUP_SECONDS", str(backup_epochs * epoch_seconds))
     command = _train_command(tmp_path, data)
     # SIGINT back to its default in the child: a suite started in the background (`cmd &`)
     # inherits SIGINT ignored, and Python then never turns Ctrl-C into KeyboardInterrupt.
@@ -214,12 +223,17 @@ def test_interrupted_training_resumes_to_identical_metrics(tmp_path, tracking_st
     assert process.wait() != 0
     done_before = len(read_history(history))
     assert 2 <= done_before < 6, "the signal must land mid-training"
+    client = mlflow.MlflowClient(tracking_store)
+    run_id = read_json(tmp_path / "ckpt" / "v" / "seed7" / "run.json")["run_id"]
+    backup = read_json(tmp_path / "ckpt" / "v" / "seed7" / "backup" / "training_metadata.json")
+    logged = sorted(m.step for m in client.get_metric_history(run_id, "val_loss"))
+    # Logged ⊆ recorded ⊆ backed up: a process dies between the three writes at worst
+    assert logged == list(range(1, len(logged) + 1)) and len(logged) <= done_before <= backup["epoch"]
     resumed = subprocess.run(command, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"Epoch {done_before + 1}/6" in resumed.stdout + resumed.stderr  # resumed, not restarted
     assert _metrics(tmp_path / "out" / "v" / "seed7" / "history.csv") == reference  # bit-identical
-    run_id = _info(tmp_path, "v")["run_id"]
-    client = mlflow.MlflowClient(tracking_store)
+    assert _info(tmp_path, "v")["run_id"] == run_id
     steps = [m.step for m in client.get_metric_history(run_id, "val_loss")]
     assert sorted(steps) == [1, 2, 3, 4, 5, 6]  # no duplicate, no missing epoch
     assert client.get_run(run_id).info.status == "FINISHED"

@@ -29,6 +29,12 @@ from ablations.units import Unit, code_digest
 EXECUTORS = ("local", "ray")
 EXECUTOR_ENV = "ABLATIONS_EXECUTOR"
 CPUS_ENV, GPUS_ENV = "ABLATIONS_CPUS_PER_UNIT", "ABLATIONS_GPUS_PER_UNIT"
+# Seconds of training a kill -9 may cost at most: an epoch's end is backed up once this much
+# has passed since the last backup, and the last epoch always is. A backup saves every weight
+# and optimizer slot: tens of milliseconds for the small networks, a few per cent of an epoch
+# that takes a second. Results do not depend on it (a resume from any backup is bit-identical),
+# so it is chosen here, like the executor, outside params.yaml and the fingerprints.
+BACKUP_ENV, BACKUP_SECONDS = "ABLATIONS_BACKUP_SECONDS", 30.0
 RAY_EXTRA = 'pip install -e ".[ray]"'
 
 
@@ -41,14 +47,20 @@ def choose(option: str | None) -> str:
     return name
 
 
+def backup_seconds() -> float:
+    """ABLATIONS_BACKUP_SECONDS, default BACKUP_SECONDS; 0: a backup after every epoch."""
+    return _number(BACKUP_ENV, BACKUP_SECONDS, "seconds between backups; 0: every epoch")
+
+
 def train(executor: str, study: str, todo: list[Unit]) -> None:
     """Train `todo` (in plan order: transfer sources first) with `executor`."""
+    seconds = backup_seconds()
     if executor == "local":
         from ablations.training import train_study  # imports Keras
 
-        train_study(study, todo)
+        train_study(study, todo, seconds)
     else:
-        train_on_ray(study, todo)
+        train_on_ray(study, todo, seconds)
 
 
 def _import_ray():
@@ -61,7 +73,8 @@ def _import_ray():
     return ray
 
 
-def _resource(name: str, default: float | None) -> float | None:
+def _number(name: str, default: float | None, meaning: str) -> float | None:
+    """Environment variable `name` as a finite number ≥ 0, else `default` when unset."""
     text = os.environ.get(name)
     if text is None:
         return default
@@ -69,9 +82,13 @@ def _resource(name: str, default: float | None) -> float | None:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value >= 0:  # NaN too
-        raise AblationsError(f"{name}={text}: must be a number ≥ 0 (a fraction shares a device)")
+    if not 0 <= value < float("inf"):  # NaN too
+        raise AblationsError(f"{name}={text}: must be a number ≥ 0 ({meaning})")
     return value
+
+
+def _resource(name: str, default: float | None) -> float | None:
+    return _number(name, default, "a fraction shares a device")
 
 
 def requested_resources() -> dict[str, float | None]:
@@ -133,7 +150,8 @@ def _worker_env() -> dict[str, str]:
     return {**env, "MLFLOW_TRACKING_URI": tracking.tracking_uri(), "OMP_NUM_THREADS": local_threads()}
 
 
-def train_one(study: str, unit: Unit, expected: dict[str, str], parent_run: str | None) -> str:
+def train_one(study: str, unit: Unit, expected: dict[str, str], parent_run: str | None,
+              backup_seconds: float) -> str:
     """A Ray task: train one unit on this worker; return its MLflow run id."""
     found = _environment()
     if found != expected:
@@ -144,11 +162,11 @@ def train_one(study: str, unit: Unit, expected: dict[str, str], parent_run: str 
         os.environ["MLFLOW_RUN_ID"] = parent_run
     from ablations.training import train_study
 
-    [run_id] = train_study(study, [unit])
+    [run_id] = train_study(study, [unit], backup_seconds)
     return run_id
 
 
-def train_on_ray(study: str, todo: list[Unit]) -> None:
+def train_on_ray(study: str, todo: list[Unit], backup_seconds: float) -> None:
     """Each unit a Ray task on the cluster at RAY_ADDRESS, or on a Ray instance started here
     (and stopped at the end). Fails with the first failed unit's error once every unit that
     could run has finished: their outputs are kept, so the next run trains only the rest."""
@@ -169,7 +187,7 @@ def train_on_ray(study: str, todo: list[Unit]) -> None:
         if not address:
             _check_feasible(resources, cluster)
         todo = [_absolute(unit) for unit in todo]
-        finished, failed = _run_tasks(ray, study, todo, resources, parent_run)
+        finished, failed = _run_tasks(ray, study, todo, resources, parent_run, backup_seconds)
     finally:
         ray.shutdown()  # stops a local instance; only disconnects from a cluster
     if failed:
@@ -177,7 +195,8 @@ def train_on_ray(study: str, todo: list[Unit]) -> None:
 
 
 def _run_tasks(ray, study: str, todo: list[Unit], resources: dict[str, float],
-               parent_run: str | None) -> tuple[list[Unit], list[tuple[Unit, Exception]]]:
+               parent_run: str | None, backup_seconds: float
+               ) -> tuple[list[Unit], list[tuple[Unit, Exception]]]:
     """Submit every unit whose transfer source is not in `todo`, the others once their source
     has finished; wait for all. Returns (finished units, [(failed unit, its error)])."""
     task = ray.remote(**resources)(train_one)
@@ -187,7 +206,8 @@ def _run_tasks(ray, study: str, todo: list[Unit], resources: dict[str, float],
 
     def submit(unit: Unit) -> None:
         name = f"train {study} {unit.name}"
-        running[task.options(name=name).remote(study, unit, expected, parent_run)] = unit
+        running[task.options(name=name).remote(study, unit, expected, parent_run,
+                                                             backup_seconds)] = unit
 
     for unit in todo:
         if unit.source not in to_train:

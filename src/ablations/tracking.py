@@ -336,10 +336,14 @@ def log_series(run_id: str, key: str, values) -> None:
                                               for step, value in enumerate(values)])
 
 
-def log_epoch(run_id: str, row: dict[str, float]) -> None:
-    """One epoch's row of history.csv as metrics with step = epoch (numbered from 1)."""
-    log_metrics(run_id, {key: value for key, value in row.items() if key != "epoch"},
-                step=int(row["epoch"]))
+def log_epochs(run_id: str, rows: list[dict[str, float]]) -> None:
+    """Rows of history.csv as metrics with step = epoch (numbered from 1), in one batch; finite
+    values only (see log_metrics)."""
+    timestamp = int(time.time() * 1000)
+    MlflowClient().log_batch(run_id, metrics=[
+        Metric(key, float(value), timestamp, int(row["epoch"]))
+        for row in rows for key, value in row.items()
+        if key != "epoch" and value is not None and math.isfinite(value)])
 
 
 def log_params(run_id: str, params: dict[str, Any]) -> None:

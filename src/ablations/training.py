@@ -35,17 +35,61 @@ from ablations.models.zoo import build_model, transfer_weights
 from ablations.units import Unit
 
 
+class SparseBackup(keras.callbacks.Callback):
+    """Keras' BackupAndRestore (weights, optimizer state and the epoch to resume at), saving an
+    epoch's end only when `seconds` have passed since the last save, and always at the end of
+    training (see executors.backup_seconds). `saved_epoch`: the epochs the backup holds (None
+    before the first epoch)."""
+
+    def __init__(self, folder: Path, seconds: float):
+        super().__init__()
+        # Two backups kept, so a kill -9 during a write falls back to the previous one.
+        self.keras_backup = keras.callbacks.BackupAndRestore(
+            str(folder), delete_checkpoint=False, double_checkpoint=True)
+        self.seconds = seconds
+        self.saved_epoch: int | None = None
+        self.done_epoch, self.saved_at = 0, 0.0
+
+    def set_model(self, model):
+        super().set_model(model)
+        self.keras_backup.set_model(model)
+
+    def on_train_begin(self, logs=None):
+        self.keras_backup.on_train_begin(logs)  # restores the backup, if any
+        self.saved_at = time.monotonic()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.saved_epoch is None:  # `epoch` epochs are done per the restored backup
+            self.saved_epoch = self.done_epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.done_epoch = epoch + 1
+        if time.monotonic() - self.saved_at >= self.seconds:
+            self._save(logs)
+
+    def on_train_end(self, logs=None):
+        if self.saved_epoch is not None and self.saved_epoch < self.done_epoch:
+            self._save(logs)
+
+    def _save(self, logs) -> None:
+        self.keras_backup.on_epoch_end(self.done_epoch - 1, logs)
+        self.saved_epoch, self.saved_at = self.done_epoch, time.monotonic()
+
+
 class EpochRecorder(keras.callbacks.Callback):
-    """The one place epochs are logged: a row in history.csv and MLflow metrics with step=epoch.
+    """The one place epochs are logged: a row in history.csv and MLflow metrics with step=epoch,
+    once `backup` holds the epoch (so neither ever holds an epoch a resume would redo).
 
     Epochs are numbered from 1 (epoch 1 = after one pass over the training data).
     """
 
-    def __init__(self, history_path: Path, run_id: str, guard: tracking.Guard):
+    def __init__(self, history_path: Path, run_id: str, guard: tracking.Guard,
+                 backup: SparseBackup):
         super().__init__()
-        self.history_path = history_path
+        self.history_path, self.backup = history_path, backup
         self.run_id, self.guard = run_id, guard
         self.started: float | None = None  # perf_counter at the current epoch's start
+        self.pending: list[dict] = []  # rows of epochs the backup does not hold yet
 
     def on_epoch_begin(self, epoch, logs=None):
         if self.started is None:  # first epoch of this process, maybe a resumed one
@@ -57,8 +101,19 @@ class EpochRecorder(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         row = {"epoch": epoch + 1, "epoch_seconds": time.perf_counter() - self.started}
         row.update({key: float(logs[key]) for key in FIELDS[1:-1] if key in logs})
-        write_history(self.history_path, [*read_history(self.history_path), row])
-        self.guard(f"after epoch {row['epoch']}", tracking.log_epoch, self.run_id, row)
+        self.pending.append(row)
+        self._record_saved()
+
+    def on_train_end(self, logs=None):  # after the backup's final save (callback order)
+        self._record_saved()
+
+    def _record_saved(self) -> None:
+        saved = [row for row in self.pending if row["epoch"] <= (self.backup.saved_epoch or 0)]
+        if not saved:
+            return
+        self.pending = self.pending[len(saved):]
+        write_history(self.history_path, [*read_history(self.history_path), *saved])
+        self.guard(f"after epoch {saved[-1]['epoch']}", tracking.log_epochs, self.run_id, saved)
 
 
 # Images per inference call (test set, in-epoch validation): no gradients are kept, so a call
@@ -229,19 +284,17 @@ def _compiled_model(cfg: Variant, arrays: dict[str, np.ndarray], num_classes: in
     return model, copied
 
 
-def _fit(model, cfg: Variant, arrays, checkpoint: Path, run_id: str,
-         guard: tracking.Guard) -> tuple[float, dict]:
+def _fit(model, cfg: Variant, arrays, checkpoint: Path, run_id: str, guard: tracking.Guard,
+         backup_seconds: float) -> tuple[float, dict]:
     """Train with resume-from-backup; return seconds spent in `fit` and, with early stopping,
     whether it stopped early and the best epoch (1-based; its weights are kept if
     restore_best_weights). A resumed training restarts the patience count."""
-    # Backup before the epoch is recorded, so history and MLflow never hold an epoch the backup
-    # lacks; two backups kept, so a kill -9 during a write falls back to the previous one.
     batches, set_epoch = epoch_batches(arrays["x_train"], arrays["y_train"], cfg.batch_size, cfg.seed)
-    callbacks = [
+    backup = SparseBackup(UnitFolder(checkpoint).backup, backup_seconds)
+    callbacks = [  # the backup before the recorder, which records only what the backup holds
         EpochRandomness(set_epoch, cfg.seed),
-        keras.callbacks.BackupAndRestore(
-            str(checkpoint / "backup"), delete_checkpoint=False, double_checkpoint=True),
-        EpochRecorder(UnitFolder(checkpoint).history, run_id, guard),
+        backup,
+        EpochRecorder(UnitFolder(checkpoint).history, run_id, guard, backup),
         keras.callbacks.TerminateOnNaN(),
     ]
     if cfg.val_per_epoch > 1:
@@ -303,10 +356,10 @@ def _num_classes(data_dir: Path, arrays) -> int:
     return len(DatasetFolder(data_dir).class_names(int(np.max(arrays["y_train"])) + 1))
 
 
-def train_unit(study: str, unit: Unit, arrays: dict[str, np.ndarray],
-               parent_id: str | None = None) -> str:
+def train_unit(study: str, unit: Unit, arrays: dict[str, np.ndarray], parent_id: str | None,
+               backup_seconds: float) -> str:
     """Fit one (variant, seed) and write its outputs into `unit.out`; return its MLflow run id
-    (a child of `parent_id`, the study's run)."""
+    (a child of `parent_id`, the study's run). A backup at most every `backup_seconds`."""
     cfg, checkpoint = unit.cfg, unit.checkpoint
     checkpoint.mkdir(parents=True, exist_ok=True)
     keras.backend.clear_session()  # drop the previous unit's graph and layer names
@@ -323,7 +376,7 @@ def train_unit(study: str, unit: Unit, arrays: dict[str, np.ndarray],
         guard("before training", tracking.log_datasets, run_id, unit.data_dir)
         if copied:
             guard("before training", tracking.log_transfer, run_id, copied, cfg.init_from)
-        fit_seconds, stopped = _fit(model, cfg, arrays, checkpoint, run_id, guard)
+        fit_seconds, stopped = _fit(model, cfg, arrays, checkpoint, run_id, guard, backup_seconds)
         history = read_history(UnitFolder(checkpoint).history)
         # Fewer epochs than `epochs` without early stopping: TerminateOnNaN ended the training.
         cut_short = len(history) < cfg.epochs and not stopped.get("stopped_early")
@@ -360,8 +413,9 @@ def _arrays(data_dir: Path) -> dict[str, np.ndarray]:
     return {name: np.array(array) for name, array in arrays.items()}  # same values, in memory
 
 
-def train_study(study: str, todo: list[Unit]) -> list[str]:
-    """Train `todo` (the units that are not current), in order: transfer sources come first."""
+def train_study(study: str, todo: list[Unit], backup_seconds: float) -> list[str]:
+    """Train `todo` (the units that are not current), in order: transfer sources come first;
+    each backed up at most every `backup_seconds` (executors.backup_seconds)."""
     arrays_of: dict[Path, dict[str, np.ndarray]] = {}  # per prepared dataset, shared by the units
     run_ids = []
     # Every unit's clear_session runs gc.collect(), which walks all of torch's, Keras' and
@@ -374,7 +428,7 @@ def train_study(study: str, todo: list[Unit]) -> list[str]:
         print(f"train {study} {unit.name} ({index}/{len(todo)})", flush=True)
         if unit.data_dir not in arrays_of:
             arrays_of[unit.data_dir] = _arrays(unit.data_dir)
-        run_ids.append(train_unit(study, unit, arrays_of[unit.data_dir], parent_id))
+        run_ids.append(train_unit(study, unit, arrays_of[unit.data_dir], parent_id, backup_seconds))
     return run_ids
 
 
