@@ -48,6 +48,9 @@ def _args(argv=None):
     parser.add_argument("--bare-epoch-validation-only", action="store_true",
                         help="bare loop without the study's in-epoch validation (val_per_epoch): "
                              "what the notebooks themselves compute")
+    parser.add_argument("--bare-without-tensorflow", action="store_true",
+                        help="bare loop with Keras told TensorFlow is unavailable, as the "
+                             "pipeline's train process does (Keras imports it when installed)")
     parser.add_argument("--mode", choices=("bare",), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)  # bare: where models go
     return parser.parse_args(argv)
@@ -77,11 +80,16 @@ def step_validation(x_val, y_val, steps_per_epoch: int, per_epoch: int):
     return StepAccuracy()
 
 
-def bare_loop(study: str, out: Path, epoch_validation_only: bool) -> float:
+def bare_loop(study: str, out: Path, epoch_validation_only: bool, without_tf: bool) -> float:
     """The notebook loop over every unit of `study`; returns Σ seconds inside `model.fit`."""
     import ablations  # noqa: F401 (first: it picks the Keras backend the pipeline runs on)
     import keras
     import numpy as np
+
+    if without_tf:  # what training._keep_tensorflow_unimported does in the pipeline
+        from keras.src.utils import module_utils
+
+        module_utils.tensorflow._available = False  # noqa: SLF001
 
     from ablations.config import load_params
     from ablations.models.blocks import build_optimizer
@@ -135,10 +143,9 @@ def timed(cmd: list[str], repo: Path) -> tuple[float, float, str]:
     return wall, kib / 1024, done.stdout
 
 
-def run_bare(repo: Path, study: str, epoch_validation_only: bool) -> dict:
+def run_bare(repo: Path, study: str, flags: list[str]) -> dict:
     out = repo / "bare-models"
     shutil.rmtree(out, ignore_errors=True)
-    flags = ["--bare-epoch-validation-only"] if epoch_validation_only else []
     wall, rss, stdout = timed([sys.executable, str(Path(__file__).resolve()), "--mode", "bare",
                                "--study", study, "--out", str(out), *flags], repo)
     return {"wall": wall, "fit": float(stdout.strip().splitlines()[-1]), "rss": rss}
@@ -165,13 +172,13 @@ def prepare(repo: Path, study: str, shrunk: bool) -> None:
        repo)
 
 
-def pairs(repo: Path, study: str, repeat: int, epoch_validation_only: bool) -> list[dict]:
+def pairs(repo: Path, study: str, repeat: int, bare_flags: list[str]) -> list[dict]:
     rows = []
     for index in range(repeat):
         order = ("bare", "pipeline") if index % 2 == 0 else ("pipeline", "bare")
         row = {}
         for mode in order:
-            row[mode] = (run_bare(repo, study, epoch_validation_only) if mode == "bare"
+            row[mode] = (run_bare(repo, study, bare_flags) if mode == "bare"
                          else run_pipeline(repo, study))
         row["wall_ratio"] = row["pipeline"]["wall"] / row["bare"]["wall"]
         row["fit_ratio"] = row["pipeline"]["fit"] / row["bare"]["fit"]
@@ -203,12 +210,15 @@ def summary(rows: list[dict]) -> dict:
 def main() -> None:
     args = _args()
     if args.mode == "bare":
-        print(bare_loop(args.study, args.out, args.bare_epoch_validation_only))
+        print(bare_loop(args.study, args.out, args.bare_epoch_validation_only,
+                        args.bare_without_tensorflow))
         return
     with tempfile.TemporaryDirectory() as tmp:
         repo = args.project or Path(tmp) / "project"
         prepare(repo, args.study, args.shrink)
-        result = summary(pairs(repo, args.study, args.repeat, args.bare_epoch_validation_only))
+        bare_flags = [flag for flag, on in (("--bare-epoch-validation-only", args.bare_epoch_validation_only),
+                                            ("--bare-without-tensorflow", args.bare_without_tensorflow)) if on]
+        result = summary(pairs(repo, args.study, args.repeat, bare_flags))
         print(f"median of {result['pairs']} pairs: wall ratio {result['wall_ratio']:.3f} "
               f"({result['wall_ratio_range'][0]:.3f}–{result['wall_ratio_range'][1]:.3f}; goal "
               f"≤ 1.05), Σ fit ratio {result['fit_ratio']:.3f} ({result['fit_ratio_range'][0]:.3f}–"
