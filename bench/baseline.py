@@ -86,10 +86,8 @@ def bare_loop(study: str, out: Path, epoch_validation_only: bool, without_tf: bo
     import keras
     import numpy as np
 
-    if without_tf:  # what training._keep_tensorflow_unimported does in the pipeline
-        from keras.src.utils import module_utils
-
-        module_utils.tensorflow._available = False  # noqa: SLF001
+    if without_tf:  # importing training keeps TensorFlow out, as in the pipeline's process
+        import ablations.training  # noqa: F401
 
     from ablations.config import load_params
     from ablations.models.blocks import build_optimizer

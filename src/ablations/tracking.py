@@ -322,9 +322,14 @@ def mark_complete(run_json: Path, run_id: str | None = None) -> None:
 
 def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0) -> None:
     """Finite values only (MLflow cannot store NaN well; the DVC outputs keep them)."""
+    _log_steps(run_id, {step: metrics})
+
+
+def _log_steps(run_id: str, steps: dict[int, dict[str, float]]) -> None:
+    """{step: {key: value}} in one batch, finite values only (see log_metrics)."""
     timestamp = int(time.time() * 1000)
-    batch = [Metric(key, float(value), timestamp, step) for key, value in metrics.items()
-             if value is not None and math.isfinite(value)]
+    batch = [Metric(key, float(value), timestamp, step) for step, metrics in steps.items()
+             for key, value in metrics.items() if value is not None and math.isfinite(value)]
     if batch:
         MlflowClient().log_batch(run_id, metrics=batch)
 
@@ -337,13 +342,9 @@ def log_series(run_id: str, key: str, values) -> None:
 
 
 def log_epochs(run_id: str, rows: list[dict[str, float]]) -> None:
-    """Rows of history.csv as metrics with step = epoch (numbered from 1), in one batch; finite
-    values only (see log_metrics)."""
-    timestamp = int(time.time() * 1000)
-    MlflowClient().log_batch(run_id, metrics=[
-        Metric(key, float(value), timestamp, int(row["epoch"]))
-        for row in rows for key, value in row.items()
-        if key != "epoch" and value is not None and math.isfinite(value)])
+    """Rows of history.csv as metrics with step = epoch (numbered from 1), in one batch."""
+    _log_steps(run_id, {int(row["epoch"]): {key: value for key, value in row.items() if key != "epoch"}
+                        for row in rows})
 
 
 def log_params(run_id: str, params: dict[str, Any]) -> None:

@@ -7,9 +7,9 @@ id, fingerprint, fit seconds, test loss/accuracy, divergence, whether MLflow hol
 Test metrics are computed here, with the model in memory, so no later stage imports Keras.
 
 The checkpoint folder lives outside the outputs: an interrupted training resumes from its
-last backup (SparseBackup). A tracking outage does not stop training: after the first failed MLflow call (one
-warning line) MLflow is skipped for that unit, its run.json says `"tracking_complete": false`
-and `ablations replay` (replay.py) completes the MLflow run later.
+last backup (SparseBackup). A tracking outage does not stop training: after the first failed
+MLflow call (one warning line) MLflow is skipped for that unit, its run.json says
+`"tracking_complete": false` and `ablations replay` (replay.py) completes the MLflow run later.
 """
 
 from __future__ import annotations
