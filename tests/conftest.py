@@ -54,6 +54,16 @@ def tracking_store(tmp_path, monkeypatch, migrated_store):
     return uri
 
 
+def offline(keras_home) -> dict[str, str]:
+    """The environment of a command on a machine without internet (every URL refused at once,
+    through a proxy nobody listens on) and with an empty Keras cache in `keras_home`."""
+    refused = "http://127.0.0.1:9"  # the discard port: nothing listens there
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy", "all_proxy")}
+    env.update(http_proxy=refused, https_proxy=refused, HTTP_PROXY=refused, HTTPS_PROXY=refused,
+               KERAS_HOME=str(keras_home), ABLATIONS_DATA_MIRROR="")
+    return env
+
+
 EPOCHS = 3
 
 

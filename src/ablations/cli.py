@@ -73,13 +73,14 @@ def cmd_describe(args) -> None:
 
 def cmd_compose(args) -> None:
     """Write params.yaml as budget BUDGET's composition of conf/ (what `dvc exp run -S
-    budget=BUDGET` writes); the committed params.yaml is the laptop budget's."""
+    budget=BUDGET [-S overlay=OVERLAY]` writes); the committed params.yaml is the laptop
+    budget's."""
     from ablations.config import compose_budget, load_params
 
     out = Path(args.params)
-    compose_budget(args.budget, out, out.parent / "conf")
+    compose_budget(args.budget, out, out.parent / "conf", args.overlay)
     load_params(out)
-    print(f"{out}: budget {args.budget}")
+    print(f"{out}: budget {args.budget}" + (f", overlay {args.overlay}" if args.overlay else ""))
 
 
 def cmd_download(args) -> None:
@@ -91,15 +92,16 @@ def cmd_download(args) -> None:
 
 
 def cmd_weights(args) -> None:
-    """Pretrained weights NAME into --out, verified (mirror, Keras' cache, Keras' URL)."""
+    """Pretrained weights NAME into --out, md5-checked as Keras publishes it (mirror, Keras'
+    cache, Keras' URL), with its sha256 recorded beside it."""
     from ablations.data.sources import fetch_weights
 
     params = _params(args)
     if args.name not in params.data.weights:
-        raise AblationsError(f"data.weights.{args.name}: no such weights "
-                             f"(have {sorted(params.data.weights)})")
+        raise AblationsError(f"data.weights: {args.name!r} is not listed "
+                             f"(have {params.data.weights})")
     mirror = Path(params.data.mirror) if params.data.mirror else None
-    fetch_weights(args.name, Path(args.out), params.data.weights[args.name].sha256, mirror=mirror)
+    fetch_weights(args.name, Path(args.out), mirror=mirror)
 
 
 def cmd_split(args) -> None:
@@ -206,7 +208,9 @@ def _parser() -> argparse.ArgumentParser:
     describe.add_argument("studies", nargs="*", metavar="study", help="default: every study")
     describe.add_argument("--budget", help=budget_help)
     describe.add_argument("--json", action="store_true", help="machine-readable output")
-    stage("compose", cmd_compose, "budget")
+    stage("compose", cmd_compose, "budget").add_argument(
+        "--overlay", help="a conf/overlay/ name composed over the budget (smoke: a few images "
+                          "per class, 1 epoch, 1 seed)")
     stage("download", cmd_download, "dataset", "--out")
     stage("weights", cmd_weights, "name", "--out")
     stage("split", cmd_split, "name", "--raw", "--out")
@@ -230,7 +234,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    missing = [k for k, v in vars(args).items() if v is None and k not in ("seed", "budget")]
+    missing = [k for k, v in vars(args).items() if v is None and k not in ("seed", "budget", "overlay")]
     if missing:
         print(f"error: missing option(s): {', '.join('--' + m for m in missing)}", file=sys.stderr)
         return 2

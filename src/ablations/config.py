@@ -27,8 +27,14 @@ from pydantic import (
     model_validator,
 )
 
-from ablations.data.formats import PRETRAINED_FILES, WEIGHTS_DIR
-from ablations.data.registry import CLASS_NAMES, DATASET_NAMES, IMAGE_SHAPES, SPLIT_SIZES
+from ablations.data.formats import WEIGHTS_DIR
+from ablations.data.registry import (
+    CLASS_NAMES,
+    DATASET_NAMES,
+    IMAGE_SHAPES,
+    SPLIT_SIZES,
+    WEIGHTS_NAMES,
+)
 from ablations.errors import ConfigError
 
 # Upper bounds: far above any study this pipeline is meant for, low enough that a slip (an
@@ -122,20 +128,14 @@ class PreparedData(Strict):
         return self
 
 
-class PretrainedWeights(Strict):
-    """A pretrained-weights file, fetched like a dataset by the `weights` stage (mirror, then
-    Keras' cache ~/.keras/models, then Keras' URL) and verified against `sha256`."""
-
-    # Keras publishes an md5 only; None: the stage stops, naming the file's md5 to check.
-    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
-
-
 class DataConfig(Strict):
     mirror: str | None = None  # folder with the original files; ABLATIONS_DATA_MIRROR wins
     raw: list[Literal[DATASET_NAMES]]  # type: ignore[valid-type]
     prepared: dict[str, PreparedData]
-    # name (one of formats.PRETRAINED_FILES) → its pin; a variant's `weights` names one
-    weights: dict[Literal[tuple(PRETRAINED_FILES)], PretrainedWeights] = {}  # type: ignore[valid-type]
+    # Pretrained weights to provision (names of registry.WEIGHTS); a variant's `weights` names
+    # one. Each is checked against the md5 Keras publishes; its sha256 is the weights stage's
+    # output, pinned by dvc.lock, so there is no checksum to write here.
+    weights: list[Literal[WEIGHTS_NAMES]] = []  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _sources_are_downloaded(self) -> DataConfig:
@@ -408,8 +408,19 @@ class PolyfitConfig(Strict):
         return len(self.coefficients) - 1
 
 
+class Shrink(Strict):
+    """A smoke run of any budget (conf/overlay/smoke.yaml): the same networks, datasets and
+    variants, on at most `images_per_class` images per class in each split, at most `epochs`
+    epochs and the first `seeds` seeds of each study."""
+
+    images_per_class: PositiveInt
+    epochs: PositiveInt
+    seeds: PositiveInt
+
+
 class Params(Strict):
     budget: str = "laptop"  # the conf/budget/ file params.yaml was composed with
+    shrink: Shrink | None = None  # set by an overlay (conf/overlay/); None: the budget as written
     data: DataConfig
     studies: dict[str, Study]
     polyfit: PolyfitConfig
@@ -534,6 +545,8 @@ def resolve_variant(params: Params, study: str, name: str, seed: int | None = No
         cfg = Variant(**merged)
     except ValidationError as error:
         raise ConfigError(format_errors(error, where)) from None
+    if params.shrink is not None and cfg.epochs > params.shrink.epochs:
+        cfg = cfg.model_copy(update={"epochs": params.shrink.epochs})
     if cfg.data is not None and cfg.data not in params.data.prepared:
         raise ConfigError(f"{where}.data: {cfg.data!r} is not one of data.prepared "
                           f"{sorted(params.data.prepared)}")
@@ -613,50 +626,74 @@ def _check_expanded_size(loaded: Any, path: Path) -> None:
             pending.extend(value)
 
 
-def budgets(conf_dir: Path) -> list[str]:
-    return sorted(path.stem for path in (conf_dir / "budget").glob("*.yaml"))
+def budgets(conf_dir: Path, group: str = "budget") -> list[str]:
+    return sorted(path.stem for path in (conf_dir / group).glob("*.yaml"))
 
 
-def compose_budget(budget: str, out: Path, conf_dir: Path) -> None:
-    """Write `out` as `dvc exp run -S budget=BUDGET` writes params.yaml: conf/config.yaml
-    composed with conf/budget/BUDGET.yaml by DVC's own Hydra call (DVC's default config_dir
-    `conf` and config_name `config`)."""
-    if budget not in budgets(conf_dir):
-        raise ConfigError(f"budget {budget!r}: no {conf_dir}/budget/{budget}.yaml "
-                          f"(have {budgets(conf_dir)})")
+def compose_budget(budget: str, out: Path, conf_dir: Path, overlay: str | None = None) -> None:
+    """Write `out` as `dvc exp run -S budget=BUDGET [-S overlay=OVERLAY]` writes params.yaml:
+    conf/config.yaml composed with conf/budget/BUDGET.yaml (and conf/overlay/OVERLAY.yaml) by
+    DVC's own Hydra call (DVC's default config_dir `conf` and config_name `config`)."""
+    overrides = [f"budget={budget}"]
+    for group, name in (("budget", budget), ("overlay", overlay)):
+        if name is not None and name not in budgets(conf_dir, group):
+            raise ConfigError(f"{group} {name!r}: no {conf_dir}/{group}/{name}.yaml "
+                              f"(have {budgets(conf_dir, group)})")
+    if overlay is not None:
+        overrides.append(f"overlay={overlay}")
     from dvc.utils.hydra import compose_and_dump
 
     try:
         compose_and_dump(out, str(conf_dir.resolve()), None, "config",
-                         str(conf_dir.resolve().parent), [f"budget={budget}"])
+                         str(conf_dir.resolve().parent), overrides)
     except Exception as error:  # noqa: BLE001 Hydra's and OmegaConf's many error classes
         raise ConfigError(f"{conf_dir}: cannot compose budget {budget!r}: "
                           f"{str(error).splitlines()[0]}") from None
 
 
-def load_params(path: str | Path = "params.yaml", budget: str | None = None) -> Params:
+def load_params(path: str | Path = "params.yaml", budget: str | None = None,
+                overlay: str | None = None) -> Params:
     """Validate the whole params file, every variant included; raise one ConfigError. With
-    `budget`, the file is that budget's composition from the conf/ folder beside `path`
-    (what `dvc exp run -S budget=…` would write), not `path` itself."""
+    `budget`, the file is that budget's composition (with `overlay`) from the conf/ folder
+    beside `path` (what `dvc exp run -S budget=…` would write), not `path` itself."""
     if budget is not None:
         import tempfile
 
         with tempfile.TemporaryDirectory() as folder:
             composed = Path(folder) / "params.yaml"
-            compose_budget(budget, composed, Path(path).parent / "conf")
+            compose_budget(budget, composed, Path(path).parent / "conf", overlay)
             return _validated(read_yaml(composed), f"budget {budget}")
     return _validated(read_yaml(Path(path)), path)
 
 
 def _validated(raw: dict[str, Any], path) -> Params:
     try:
-        params = Params(**raw)
+        params = shrunk(Params(**raw))
     except ValidationError as error:
         raise ConfigError(f"{path}: {format_errors(error)}") from None
     for study, spec in params.studies.items():
         for name in spec.variants:
             resolve_variant(params, study, name)
     return params
+
+
+def shrunk(params: Params) -> Params:
+    """`params` under its `shrink` overlay: every prepared dataset capped at images_per_class
+    images per kept class in each split, every study cut to its first `seeds` seeds (epochs
+    are capped where a variant is resolved, which covers defaults, variants and factors)."""
+    if params.shrink is None:
+        return params
+    per_class = params.shrink.images_per_class
+    prepared = {}
+    for name, data in params.data.prepared.items():
+        classes = len(data.classes or CLASS_NAMES[data.source])
+        prepared[name] = data.model_copy(update={
+            cap: min(getattr(data, cap) or MAX_IMAGES, per_class * classes)
+            for cap in ("max_train", "max_val", "max_test")})
+    studies = {name: study.model_copy(update={"seeds": study.seeds[:params.shrink.seeds]})
+               for name, study in params.studies.items()}
+    return params.model_copy(update={"data": params.data.model_copy(update={"prepared": prepared}),
+                                     "studies": studies})
 
 
 def polyfit_config(block: Any, prefix: str = "polyfit") -> PolyfitConfig:

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ablations.errors import AblationsError
 
@@ -78,6 +78,20 @@ def atomic_file(target: Path, mode: str = "w") -> Iterator[Any]:
             os.unlink(tmp)
 
 
+def fsync_dir(path: Path) -> None:
+    """Make a rename in folder `path` durable (not possible on every platform, e.g. Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def write_json(path: Path, data: Any) -> None:
     with atomic_file(path) as handle:
         json.dump(data, handle, indent=2, sort_keys=True)
@@ -98,6 +112,17 @@ def _feed(digest, path: Path, opener=open):
 def sha256_file(path: Path, opener=open) -> str:
     """sha256 (hex) of a file's bytes; `opener=gzip.open` hashes its decompressed content."""
     return _feed(hashlib.sha256(), path, opener).hexdigest()
+
+
+def sha256_stream(reader: BinaryIO) -> str:
+    """sha256 (hex) of what `reader` holds from its position to its end."""
+    return hashlib.file_digest(reader, "sha256").hexdigest()
+
+
+def md5_file(path: Path) -> str:
+    """md5 (hex): the only checksum Keras publishes for its weights files; not a defence on its
+    own (the sha256 is recorded and checked from then on)."""
+    return _feed(hashlib.md5(usedforsecurity=False), path).hexdigest()
 
 
 def sha256_files(paths: list[Path]) -> str:

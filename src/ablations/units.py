@@ -21,8 +21,9 @@ from pathlib import Path
 
 from ablations.codedeps import closure
 from ablations.config import Params, Variant
-from ablations.data.formats import PRETRAINED_FILES, WEIGHTS_DIR
-from ablations.errors import ConfigError
+from ablations.data.formats import WEIGHTS_DIR, WEIGHTS_RECORD
+from ablations.data.registry import WEIGHTS
+from ablations.errors import ConfigError, DataError
 from ablations.io import read_json, sha256_files
 from ablations.layout import DatasetFolder, UnitFolder
 
@@ -78,7 +79,21 @@ def fingerprint(cfg: Variant, data_dir: Path, source_fingerprint: str | None) ->
 
 def weights_file(data_root: Path, name: str) -> Path:
     """Where the `weights` stage puts pretrained weights `name` (dvc.yaml: its out)."""
-    return data_root / WEIGHTS_DIR / name / PRETRAINED_FILES[name]
+    return data_root / WEIGHTS_DIR / name / WEIGHTS[name].file
+
+
+def weights_sha256(data_root: Path, name: str) -> str:
+    """The sha256 the `weights` stage recorded beside weights `name`: the file is loaded only
+    if it still hashes to that (models.zoo.verified_weights)."""
+    record = Path(data_root) / WEIGHTS_DIR / name / WEIGHTS_RECORD
+    try:
+        sha256 = read_json(record)["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        sha256 = None
+    if not (isinstance(sha256, str) and len(sha256) == 64):
+        raise DataError(f"{record}: missing or without a sha256; the weights stage writes it "
+                        f"(dvc repro weights@{name})")
+    return sha256
 
 
 def plan(params: Params, study: str, data_root: Path, out: Path, checkpoints: Path,
@@ -96,7 +111,7 @@ def plan(params: Params, study: str, data_root: Path, out: Path, checkpoints: Pa
         if cfg.weights is not None:  # the file the weights stage provisioned, and its pin
             cfg = cfg.model_copy(update={
                 "weights_file": str(weights_file(Path(data_root), cfg.weights)),
-                "weights_sha256": params.data.weights[cfg.weights].sha256})
+                "weights_sha256": weights_sha256(Path(data_root), cfg.weights)})
         data_dir = Path(data_root) / (cfg.data or spec.data)
         if not data_dir.is_dir():
             raise ConfigError(f"{data_dir}: missing; run `dvc repro standardize` first")

@@ -36,12 +36,11 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _CIFAR_RECORD = 1 + 3 * 32 * 32  # label byte + R, G, B planes of 32x32, row-major
 _STL_IMAGE = 3 * 96 * 96
 
-# Pretrained weights provisioned like datasets (data.weights): name → the file's name, the
-# same on the server, in a mirror and in Keras' own cache (~/.keras/models).
-PRETRAINED_FILES = {
-    "xception_imagenet": "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
-}
-WEIGHTS_DIR = "weights"  # <prepared data root>/weights/<name>/<file>: a train stage's input
+# Pretrained weights (data.weights, files in data/registry.py WEIGHTS): the weights stage writes
+# <prepared data root>/weights/<name>/<file> and, beside it, WEIGHTS_RECORD with the file's
+# sha256 (dvc.lock pins both); a train stage loads the file only if it still hashes to that.
+WEIGHTS_DIR = "weights"
+WEIGHTS_RECORD = "weights.json"
 
 
 

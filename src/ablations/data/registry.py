@@ -134,6 +134,33 @@ IMAGE_SHAPES = {name: spec.image_shape for name, spec in DATASETS.items()}
 SPLIT_SIZES = {name: spec.split_sizes for name, spec in DATASETS.items()}
 
 
+@dataclass(frozen=True)
+class WeightsSpec:
+    """Pretrained weights, provisioned as Keras provisions them: `keras.utils.get_file(file,
+    url, file_hash=md5, cache_subdir="models")`. `md5` is the hash Keras publishes for the file
+    (keras/src/applications/<model>.py), the only one it publishes; the weights stage records
+    the verified file's sha256 in its output, which dvc.lock then pins."""
+
+    name: str
+    file: str  # its name on the server, in a mirror and in Keras' cache (~/.keras/models)
+    url: str
+    md5: str
+    params: int  # parameters it holds: 4 bytes each, the size a user will download
+
+
+WEIGHTS: dict[str, WeightsSpec] = {
+    "xception_imagenet": WeightsSpec(  # notebook 002's ImageNet backbone (include_top=False)
+        "xception_imagenet",
+        file="xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        url="https://storage.googleapis.com/tensorflow/keras-applications/xception/"
+            "xception_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        md5="b0042744bf5b25fce3cb969f33bebb97",  # keras/src/applications/xception.py
+        params=20_861_480,  # keras.applications.Xception(include_top=False).count_params()
+    ),
+}
+WEIGHTS_NAMES = tuple(sorted(WEIGHTS))
+
+
 def load_raw(dataset: str, raw_dir: Path | str) -> RawData:
     """Parse `data/raw/<dataset>/` (as `sources.fetch` leaves it) into uint8 NHWC arrays."""
     if dataset not in DATASETS:

@@ -6,8 +6,9 @@ Each file is taken from the first source that has a copy whose sha256 matches:
   2. system copies (Debian's `dataset-fashion-mnist` installs /usr/share/datasets/fashion-mnist);
   3. the official URL, streamed with a progress line on stderr.
 A copy that fails verification is reported on stderr and the next source is tried. Files are
-written atomically (temp file in the destination, fsync, os.replace) and archives are extracted
-into a temp folder and renamed into place, so an interruption never leaves a partial file.
+written with io.atomic_file (verified before they replace anything) and archives are streamed
+into a scratch file, verified, extracted into a temp folder and renamed into place, so an
+interruption never leaves a partial file. Pretrained weights: `fetch_weights`.
 """
 
 from __future__ import annotations
@@ -24,13 +25,22 @@ import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
-from ablations.data.formats import PRETRAINED_FILES
-from ablations.data.registry import DATASETS, DatasetSpec, FileSpec
+from ablations.data.formats import WEIGHTS_RECORD
+from ablations.data.registry import DATASETS, WEIGHTS, DatasetSpec, FileSpec, WeightsSpec
 from ablations.errors import DataError
-from ablations.io import atomic_file, publish, sha256_file
+from ablations.io import (
+    atomic_dir,
+    atomic_file,
+    fsync_dir,
+    md5_file,
+    sha256_file,
+    sha256_stream,
+    write_json,
+)
 
 MIRROR_ENV = "ABLATIONS_DATA_MIRROR"
 MANIFEST = ".fetched.json"  # records a verified archive's extraction (see _archive_is_current)
@@ -45,42 +55,75 @@ _SIZE_MARGIN = 1.1
 MAX_MEMBERS = 1_000  # files and folders per archive (CIFAR-10 has 8, STL-10 8)
 
 
-# Pretrained weights, provisioned like datasets: the mirror, then Keras' own cache (where
-# keras.applications put a file it downloaded), then Keras' URL. Keras publishes an md5 per
-# file (keras/src/applications/*.py file_hash), not a sha256: params pin the sha256
-# (data.weights.<name>.sha256) and KERAS_MD5 is what to check a copy against before pinning.
-KERAS_CACHE = Path("~/.keras/models").expanduser()
-WEIGHTS: dict[str, DatasetSpec] = {
-    "xception_imagenet": DatasetSpec(
-        "xception_imagenet",
-        files=(FileSpec(PRETRAINED_FILES["xception_imagenet"], None),),
-        base_url="https://storage.googleapis.com/tensorflow/keras-applications/xception/",
-        system_dirs=(KERAS_CACHE,),
-    ),
-}
-KERAS_MD5 = {"xception_imagenet": "b0042744bf5b25fce3cb969f33bebb97"}
-
-
-def fetch_weights(name: str, dest: Path | str, sha256: str | None,
-                  mirror: Path | str | None = None, system_dirs: Sequence[Path] | None = None,
-                  base_url: str | None = None, allow_download: bool = True) -> Path:
-    """`dest`/<file> for pretrained weights `name`, verified against `sha256` (from params);
-    `system_dirs` and `base_url` default to Keras' cache and URL (tests pass their own)."""
-    spec = WEIGHTS[name]
-    file = spec.files[0].name
-    if sha256 is None:  # Keras' own download checks the md5 and fills the cache searched above
-        raise DataError(
-            f"data.weights.{name}.sha256: required to verify {file}; Keras publishes its md5 "
-            f"only. Get an md5-checked copy: python -c \"import keras; print(keras.utils."
-            f"get_file('{file}', '{spec.base_url}{file}', file_hash='{KERAS_MD5[name]}', "
-            "cache_subdir='models'))\", then pin the output of sha256sum on that path")
-    spec = replace(spec, files=(replace(spec.files[0], sha256=sha256),),
-                   base_url=base_url or spec.base_url,
-                   system_dirs=spec.system_dirs if system_dirs is None else tuple(system_dirs))
-    return fetch(spec, dest, mirror=mirror, allow_download=allow_download) / spec.files[0].name
-
-
 # --------------------------------------------------------------------------- fetch
+
+
+def fetch_weights(name: str | WeightsSpec, dest: Path | str, mirror: Path | str | None = None,
+                  cache_dir: Path | str | None = None, allow_download: bool = True) -> Path:
+    """Pretrained weights into `dest`/<file>, provisioned as Keras provisions them, with
+    `dest`/weights.json recording the file's sha256 (dvc.lock pins both; a train stage loads
+    the file only if it still hashes to that). Return the file's path.
+
+    The first copy whose md5 is the one Keras publishes wins: <mirror>/<name>/<file> or
+    <mirror>/<file>, then `keras.utils.get_file(file, url, file_hash=md5)`, which takes the
+    copy in Keras' cache (`cache_dir`, default $KERAS_HOME or ~/.keras; subfolder models/) and
+    downloads into that cache only when it has none that matches. `name` is a key of
+    registry.WEIGHTS or a WeightsSpec (tests pass their own)."""
+    spec = WEIGHTS[name] if isinstance(name, str) else name
+    dest, failures = Path(dest), []
+    mirror = _mirror_dir(mirror)
+    for path in _SourceDirs(mirror, (), spec.name).candidates(spec.file):
+        if md5_file(path) == spec.md5:
+            return _place_weights(spec, path, dest)
+        _report(failures, f"{path}: md5 {md5_file(path)}, Keras publishes {spec.md5}")
+    try:
+        fetched = _keras_get_file(spec, cache_dir, allow_download)
+    except Exception as error:  # noqa: BLE001 get_file raises plain Exception (URL failures)
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    else:
+        return _place_weights(spec, fetched, dest)
+    looked = (f"{mirror / spec.name}, {mirror}" if mirror else "no mirror given")
+    raise DataError(f"{spec.name}: no copy of {spec.file} with the md5 Keras publishes "
+                    f"({spec.md5}); put it in <mirror>/{spec.name}/ (or <mirror>/) and set "
+                    f"data.mirror in params.yaml or {MIRROR_ENV}, or in Keras' cache "
+                    f"{_keras_cache(cache_dir)}/ (looked in {looked}; {len(failures)} copies "
+                    f"rejected; {spec.url}: {reason})")
+
+
+def _keras_cache(cache_dir: Path | str | None) -> Path:
+    if cache_dir is None:
+        from keras.src.backend.config import keras_home  # where get_file puts what it fetches
+
+        cache_dir = keras_home()
+    return Path(cache_dir).expanduser() / "models"
+
+
+def _keras_get_file(spec: WeightsSpec, cache_dir: Path | str | None,
+                    allow_download: bool) -> Path:
+    """Keras' own provisioning: its cache, else its URL; md5-checked either way."""
+    cached = _keras_cache(cache_dir) / spec.file
+    if not allow_download and not (cached.is_file() and md5_file(cached) == spec.md5):
+        raise DataError("downloads disabled")
+    import keras
+
+    return Path(keras.utils.get_file(spec.file, spec.url, file_hash=spec.md5,
+                                     hash_algorithm="md5", cache_subdir="models",
+                                     cache_dir=None if cache_dir is None else str(cache_dir)))
+
+
+def _place_weights(spec: WeightsSpec, source: Path, dest: Path) -> Path:
+    """`dest` (replaced whole, atomically) holds the file and its sha256 record."""
+    sha256 = sha256_file(source)
+    with atomic_dir(dest) as folder:
+        shutil.copyfile(source, folder / spec.file)
+        if sha256_file(folder / spec.file) != sha256:  # changed while being copied
+            raise DataError(f"{source}: changed while being copied to {dest}")
+        write_json(folder / WEIGHTS_RECORD, {"file": spec.file, "md5": spec.md5,
+                                             "sha256": sha256})
+    print(f"ablations: {spec.file}: md5 {spec.md5} as Keras publishes, from {source}; "
+          f"sha256 {sha256} recorded in {dest / WEIGHTS_RECORD}", file=sys.stderr)
+    return dest / spec.file
+
 
 
 def fetch(
@@ -181,32 +224,52 @@ def _fetch_file(spec: DatasetSpec, file: FileSpec, dest: Path,
 
 
 def _install(spec: DatasetSpec, file: FileSpec, dest: Path,
-             get: Callable[[Path], None], origin: str, failures: list[str]) -> bool:
+             get: Callable[[BinaryIO], None], origin: str, failures: list[str]) -> bool:
     """Get one copy into a temp file in `dest`, verify it, then move or extract it into place.
 
     Returns False (after reporting on stderr) when this source failed and the next should be
     tried; a DataError about the archive's *content* (unsafe member) propagates: it is verified
     data, so another source would hold the same archive.
     """
-    fd, tmp_name = tempfile.mkstemp(dir=dest, prefix=f".{file.name}.", suffix=".partial")
-    os.close(fd)
-    tmp = Path(tmp_name)
     try:
-        try:
-            get(tmp)
-        except _NotOnServer as err:
-            _report(failures, f"{origin}: {err}")
-            raise
-        except (OSError, urllib.error.URLError, DataError) as err:
-            return _report(failures, f"{origin}: {err}")
-        problem = _check(tmp, file)
-        if problem:
-            return _report(failures, f"{origin}: {problem}")
-        _place(spec, file, tmp, dest)
-        print(f"ablations: {file.name}: verified copy from {origin}", file=sys.stderr)
-        return True
-    finally:
-        tmp.unlink(missing_ok=True)  # a partial or rejected copy is never kept
+        if spec.extract_dir is None:  # kept as is: io.atomic_file places it once verified
+            with atomic_file(dest / file.name, "w+b") as handle:
+                _receive(get, handle, file, origin)
+            fsync_dir(dest)
+        else:  # not kept (STL-10's is 2.6 GB): a scratch copy, extracted, then deleted
+            with tempfile.NamedTemporaryFile(dir=dest, prefix=f".{file.name}.") as handle:
+                _receive(get, handle, file, origin)
+                limit = (int(spec.extracted_bytes * _SIZE_MARGIN) if spec.extracted_bytes
+                         else MAX_EXPANSION * handle.tell())
+                _extract(Path(handle.name), dest, spec.extract_dir, file, limit)
+    except _Rejected as rejected:
+        return _report(failures, f"{origin}: {rejected}")
+    except _NotOnServer as err:
+        _report(failures, f"{origin}: {err}")
+        raise
+    print(f"ablations: {file.name}: verified copy from {origin}", file=sys.stderr)
+    return True
+
+
+class _Rejected(Exception):
+    """This source's copy is unusable (unreadable, cut, wrong checksum): try the next one."""
+
+
+def _receive(get: Callable[[BinaryIO], None], handle: BinaryIO, file: FileSpec,
+             origin: str) -> None:
+    """Write one copy into `handle` and verify it; _Rejected if it is not the file."""
+    try:
+        get(handle)
+    except _NotOnServer:
+        raise
+    except (OSError, urllib.error.URLError, DataError) as err:
+        raise _Rejected(err) from None
+    handle.flush()
+    handle.seek(0)
+    problem = _check(handle, file)
+    handle.seek(0, os.SEEK_END)
+    if problem:
+        raise _Rejected(problem)
 
 
 def _report(failures: list[str], message: str) -> bool:
@@ -215,44 +278,38 @@ def _report(failures: list[str], message: str) -> bool:
     return False
 
 
-def _place(spec: DatasetSpec, file: FileSpec, tmp: Path, dest: Path) -> None:
-    if spec.extract_dir is None:
-        _fsync(tmp)
-        publish(tmp)
-        os.replace(tmp, dest / file.name)
-        _fsync_dir(dest)
-    else:
-        limit = (int(spec.extracted_bytes * _SIZE_MARGIN) if spec.extracted_bytes
-                 else MAX_EXPANSION * tmp.stat().st_size)
-        _extract(tmp, dest, spec.extract_dir, file, limit)
-
-
 def _missing_message(spec: DatasetSpec, file: FileSpec, dest: Path, sources: _SourceDirs,
                      url: str | None, allow_download: bool, failures: list[str]) -> str:
+    """One line: the files this dataset needs, where to put them, where we looked and why
+    each copy found was rejected."""
     where = [str(sources.mirror / spec.name), str(sources.mirror)] if sources.mirror else []
     where += [str(d) for d in sources.system_dirs]
     names = ", ".join(f.name for f in spec.files)
-    lines = [f"{spec.name}: could not get a verified copy of {file.name}.",
-             f"Put the file(s) {names} in <mirror>/{spec.name}/ (or <mirror>/) and pass "
-             f"--mirror or set {MIRROR_ENV}; looked in: {', '.join(where) or 'no mirror given'}."]
+    looked = ", ".join(where) or "no mirror given"
     if url:
-        lines.append(f"URL: {url}" + ("" if allow_download else " (downloads disabled)"))
-    lines += [f"  rejected {f}" for f in failures]
-    lines.append(f"Destination: {dest}")
-    return "\n".join(lines)
+        looked += f"; URL {url}" + ("" if allow_download else " (downloads disabled)")
+    rejected = f"; rejected {'; '.join(failures)}" if failures else ""
+    return (f"{spec.name}: could not get a verified copy of {file.name} for {dest}; put "
+            f"{names} in <mirror>/{spec.name}/ (or <mirror>/) and set data.mirror in "
+            f"params.yaml or {MIRROR_ENV} (looked in: {looked}){rejected}")
 
 
 # --------------------------------------------------------------------------- verification
 
 
 def _verified(path: Path, file: FileSpec) -> bool:
-    return path.is_file() and not _check(path, file)
+    if not path.is_file():
+        return False
+    with open(path, "rb") as handle:
+        return not _check(handle, file)
 
 
-def _check(path: Path, file: FileSpec) -> str | None:
-    """None when `path` hashes to the spec's sha256, else what went wrong."""
+def _check(handle: BinaryIO, file: FileSpec) -> str | None:
+    """None when the content read from `handle` hashes to the spec's sha256, else what went
+    wrong."""
     try:
-        digest = sha256_of(path, decompressed=file.decompressed)
+        digest = sha256_stream(gzip.GzipFile(fileobj=handle, mode="rb") if file.decompressed
+                               else handle)
     except (OSError, EOFError, zlib.error) as err:  # truncated or damaged gzip
         return f"cannot read {'gzip content' if file.decompressed else 'file'} ({err})"
     if digest != file.sha256:
@@ -269,9 +326,9 @@ def sha256_of(path: Path, decompressed: bool = False) -> str:
 # --------------------------------------------------------------------------- sources
 
 
-def _copy(src: Path, tmp: Path) -> None:
-    with open(src, "rb") as reader, open(tmp, "wb") as writer:
-        shutil.copyfileobj(reader, writer, _CHUNK)
+def _copy(src: Path, out: BinaryIO) -> None:
+    with open(src, "rb") as reader:
+        shutil.copyfileobj(reader, out, _CHUNK)
 
 
 class _NotOnServer(DataError):
@@ -288,17 +345,18 @@ def _open_url(url: str):
         raise
 
 
-def _download(url: str, tmp: Path) -> None:
-    """Stream `url` into `tmp` with a progress line on stderr (timeout per socket operation)."""
-    with _open_url(url) as response, open(tmp, "wb") as out:
+def _download(url: str, out: BinaryIO) -> None:
+    """Stream `url` into `out` with a progress line on stderr (timeout per socket operation)."""
+    start = out.tell()
+    with _open_url(url) as response:
         total = int(response.headers.get("Content-Length") or 0)
         progress = _Progress(url, total)
         while chunk := response.read(_CHUNK):
             out.write(chunk)
             progress.update(len(chunk))
         progress.close()
-    if total and tmp.stat().st_size != total:  # the server closed early
-        raise DataError(f"download incomplete: {tmp.stat().st_size} of {total} bytes")
+    if total and out.tell() - start != total:  # the server closed early
+        raise DataError(f"download incomplete: {out.tell() - start} of {total} bytes")
 
 
 class _Progress:
@@ -389,12 +447,14 @@ def _replace_dir(new: Path, target: Path) -> None:
     if target.exists():
         shutil.rmtree(target)
     os.replace(new, target)
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
 
 
 def _write_manifest(dest: Path, file: FileSpec, folder: str, sizes: dict[str, int]) -> None:
     record = {"archive": file.name, "sha256": file.sha256, "folder": folder, "files": sizes}
-    _write_atomic(dest / MANIFEST, json.dumps(record, indent=1, sort_keys=True).encode())
+    with atomic_file(dest / MANIFEST, "wb") as out:
+        out.write(json.dumps(record, indent=1, sort_keys=True).encode())
+    fsync_dir(dest)
 
 
 def _archive_is_current(dest: Path, spec: DatasetSpec, file: FileSpec) -> bool:
@@ -410,32 +470,3 @@ def _archive_is_current(dest: Path, spec: DatasetSpec, file: FileSpec) -> bool:
     files = record.get("files") or {}
     return bool(files) and all((folder / rel).is_file() and (folder / rel).stat().st_size == size
                                for rel, size in files.items())
-
-
-# --------------------------------------------------------------------------- atomic writes
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """io.atomic_file, then the folder's entry made durable too."""
-    with atomic_file(path, "wb") as out:
-        out.write(data)
-    _fsync_dir(path.parent)
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb+") as handle:
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    # The rename itself must reach the disk; not possible on every platform (e.g. Windows).
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
