@@ -149,7 +149,8 @@ def test_no_source_lists_files_directory_and_url(tmp_path):
         fetch(spec, tmp_path / "dest", mirror=tmp_path / "mirror", system_dirs=())
     message = str(err.value)
     assert "a.gz, b.gz" in message and str(tmp_path / "mirror" / "toy") in message
-    assert "URL: http://127.0.0.1:9/a.gz" in message and MIRROR_ENV in message
+    assert "URL http://127.0.0.1:9/a.gz" in message and MIRROR_ENV in message
+    assert "\n" not in message  # the CLI prints it as one `error:` line
     assert not (tmp_path / "dest").exists()
 
 

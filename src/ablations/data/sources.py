@@ -80,6 +80,7 @@ def fetch_weights(name: str | WeightsSpec, dest: Path | str, mirror: Path | str 
         fetched = _keras_get_file(spec, cache_dir, allow_download)
     except Exception as error:  # noqa: BLE001 get_file raises plain Exception (URL failures)
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = reason.rsplit(" -- ", 1)[-1]  # "URL fetch failure on <url>: <errno> -- why"
     else:
         return _place_weights(spec, fetched, dest)
     looked = (f"{mirror / spec.name}, {mirror}" if mirror else "no mirror given")
