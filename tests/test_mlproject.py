@@ -38,6 +38,7 @@ ENTRY_POINTS = {
     "study": ({}, "dvc repro plot@batchnorm"),
     "train": ({"study": "batchnorm"}, "dvc repro train@batchnorm"),
     "polyfit": ({}, "dvc repro polyfit"),
+    "budget": ({}, "dvc exp run -S budget=notebook -S overlay=none"),
 }
 # Keys MLflow reads from a Kubernetes backend config (mlflow.projects._parse_kubernetes_config);
 # it ignores any other key silently, so a misspelt one would go unnoticed without this list.
@@ -101,11 +102,32 @@ def test_every_target_is_a_dvc_stage():
     from dvc.repo import Repo
 
     targets = {word for _, command in _commands(load_project(str(ROOT)))
-               for word in shlex.split(command)[2:]}
+               if command.startswith("dvc repro") for word in shlex.split(command)[2:]}
     assert {"polyfit", "train@batchnorm", "plot@batchnorm"} <= targets
     with Repo(str(ROOT)) as repo:
         stages = {stage.addressing for stage in repo.index.stages}
     assert targets <= stages, f"not in dvc.yaml: {sorted(targets - stages)}"
+
+
+def test_the_budget_entry_point_composes_what_ablations_compose_writes(tmp_path):
+    """Its -S overrides are Hydra's: DVC composes conf/ with them as `ablations compose` does."""
+    from dvc.utils.hydra import compose_and_dump
+
+    from ablations.config import compose_budget, read_yaml
+
+    command = load_project(str(ROOT)).get_entry_point("budget").compute_command(
+        {"overlay": "smoke"}, None)
+    overrides = [word for word in shlex.split(command) if "=" in word]
+    assert overrides == ["budget=notebook", "overlay=smoke"]
+    compose_and_dump(tmp_path / "composed.yaml", str(ROOT / "conf"), None, "config", str(ROOT),
+                     overrides)
+    compose_budget("notebook", tmp_path / "ours.yaml", ROOT / "conf", "smoke")
+    composed = read_yaml(tmp_path / "composed.yaml")
+    assert composed == read_yaml(tmp_path / "ours.yaml") and composed["shrink"]["epochs"] == 1
+    default = load_project(str(ROOT)).get_entry_point("budget").compute_command({}, None)
+    compose_and_dump(tmp_path / "nb.yaml", str(ROOT / "conf"), None, "config", str(ROOT),
+                     [word for word in shlex.split(default) if "=" in word])
+    assert read_yaml(tmp_path / "nb.yaml")["shrink"] is None
 
 
 @pytest.fixture
