@@ -409,13 +409,16 @@ class PolyfitConfig(Strict):
 
 
 class Shrink(Strict):
-    """A smoke run of any budget (conf/overlay/smoke.yaml): the same networks, datasets and
-    variants, on at most `images_per_class` images per class in each split, at most `epochs`
-    epochs and the first `seeds` seeds of each study."""
+    """A smoke run of any budget (conf/overlay/smoke.yaml): the same networks and datasets, on
+    at most `images_per_class` images per class in each split, at most `epochs` epochs, the
+    first `seeds` seeds of each study, and factorial studies cut to `levels_per_factor` levels
+    of each factor (the baseline's level, then the first others): a smaller full-factorial
+    design with the same baseline. Variants outside the factors are all kept."""
 
     images_per_class: PositiveInt
     epochs: PositiveInt
     seeds: PositiveInt
+    levels_per_factor: Annotated[int, Field(ge=2)] | None = None  # None: every level
 
 
 class Params(Strict):
@@ -690,10 +693,27 @@ def shrunk(params: Params) -> Params:
         prepared[name] = data.model_copy(update={
             cap: min(getattr(data, cap) or MAX_IMAGES, per_class * classes)
             for cap in ("max_train", "max_val", "max_test")})
-    studies = {name: study.model_copy(update={"seeds": study.seeds[:params.shrink.seeds]})
+    studies = {name: _fewer_levels(study.model_copy(update={"seeds": study.seeds[:params.shrink.seeds]}),
+                                   params.shrink.levels_per_factor)
                for name, study in params.studies.items()}
     return params.model_copy(update={"data": params.data.model_copy(update={"prepared": prepared}),
                                      "studies": studies})
+
+
+def _fewer_levels(study: Study, count: int | None) -> Study:
+    """`study` with each factor cut to `count` levels, the baseline's first; the cells (and
+    `also_compare` pairs) of dropped levels go, variants outside the factors stay."""
+    if count is None or not study.factors:
+        return study
+    cells, base = study.levels(), study.levels().get(study.baseline, {})
+    kept = {factor: sorted(levels, key=lambda level: level != base.get(factor))[:count]
+            for factor, levels in study.factors.items()}  # stable: the others in their order
+    dropped = {name for name, cell in cells.items()
+               if any(cell[factor] not in kept[factor] for factor in cell)}
+    return study.model_copy(update={
+        "factors": {f: {level: study.factors[f][level] for level in kept[f]} for f in kept},
+        "variants": {n: v for n, v in study.variants.items() if n not in dropped},
+        "also_compare": [pair for pair in study.also_compare if not set(pair) & dropped]})
 
 
 def polyfit_config(block: Any, prefix: str = "polyfit") -> PolyfitConfig:
