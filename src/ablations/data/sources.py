@@ -55,7 +55,7 @@ _SIZE_MARGIN = 1.1
 MAX_MEMBERS = 1_000  # files and folders per archive (CIFAR-10 has 8, STL-10 8)
 
 
-# --------------------------------------------------------------------------- fetch
+# --------------------------------------------------------------------------- weights
 
 
 def fetch_weights(name: str | WeightsSpec, dest: Path | str, mirror: Path | str | None = None,
@@ -73,9 +73,10 @@ def fetch_weights(name: str | WeightsSpec, dest: Path | str, mirror: Path | str 
     dest, failures = Path(dest), []
     mirror = _mirror_dir(mirror)
     for path in _SourceDirs(mirror, (), spec.name).candidates(spec.file):
-        if md5_file(path) == spec.md5:
+        md5 = md5_file(path)
+        if md5 == spec.md5:
             return _place_weights(spec, path, dest)
-        _report(failures, f"{path}: md5 {md5_file(path)}, Keras publishes {spec.md5}")
+        _report(failures, f"{path}: md5 {md5}, Keras publishes {spec.md5}")
     try:
         fetched = _keras_get_file(spec, cache_dir, allow_download)
     except Exception as error:  # noqa: BLE001 get_file raises plain Exception (URL failures)
@@ -125,6 +126,8 @@ def _place_weights(spec: WeightsSpec, source: Path, dest: Path) -> Path:
           f"sha256 {sha256} recorded in {dest / WEIGHTS_RECORD}", file=sys.stderr)
     return dest / spec.file
 
+
+# --------------------------------------------------------------------------- fetch
 
 
 def fetch(
@@ -235,11 +238,11 @@ def _install(spec: DatasetSpec, file: FileSpec, dest: Path,
     try:
         if spec.extract_dir is None:  # kept as is: io.atomic_file places it once verified
             with atomic_file(dest / file.name, "w+b") as handle:
-                _receive(get, handle, file, origin)
+                _receive(get, handle, file)
             fsync_dir(dest)
         else:  # not kept (STL-10's is 2.6 GB): a scratch copy, extracted, then deleted
             with tempfile.NamedTemporaryFile(dir=dest, prefix=f".{file.name}.") as handle:
-                _receive(get, handle, file, origin)
+                _receive(get, handle, file)
                 limit = (int(spec.extracted_bytes * _SIZE_MARGIN) if spec.extracted_bytes
                          else MAX_EXPANSION * handle.tell())
                 _extract(Path(handle.name), dest, spec.extract_dir, file, limit)
@@ -256,8 +259,7 @@ class _Rejected(Exception):
     """This source's copy is unusable (unreadable, cut, wrong checksum): try the next one."""
 
 
-def _receive(get: Callable[[BinaryIO], None], handle: BinaryIO, file: FileSpec,
-             origin: str) -> None:
+def _receive(get: Callable[[BinaryIO], None], handle: BinaryIO, file: FileSpec) -> None:
     """Write one copy into `handle` and verify it; _Rejected if it is not the file."""
     try:
         get(handle)
