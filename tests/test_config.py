@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from ablations.config import load_params
+from ablations.data.registry import CLASS_NAMES
 from ablations.errors import ConfigError
 
 from conftest import REPO
@@ -235,3 +236,33 @@ def test_dvc_exp_run_switches_the_budget(tmp_path):
     assert params["budget"] == "notebook" and committed["budget"] == "laptop"
     assert params["data"]["raw"] == ["cifar10", "mnist", "stl10"]
     assert params["studies"]["bn_placement"]["defaults"]["epochs"] == 10
+
+
+@pytest.mark.parametrize("budget", ["laptop", "notebook"])
+def test_the_smoke_overlay_shrinks_any_budget_and_keeps_its_networks(budget):
+    """conf/overlay/smoke.yaml over a budget: the same datasets and networks, on a few images
+    per class, 1 epoch, 1 seed, each factor cut to the baseline's level and one other."""
+    from ablations.config import load_params
+
+    full = load_params(REPO / "params.yaml", budget=budget)
+    smoke = load_params(REPO / "params.yaml", budget=budget, overlay="smoke")
+    per_class = smoke.shrink.images_per_class
+    assert set(smoke.data.prepared) == set(full.data.prepared) and smoke.data.raw == full.data.raw
+    for name, data in smoke.data.prepared.items():
+        classes = len(data.classes or CLASS_NAMES[data.source])
+        assert data.max_train == data.max_val == data.max_test == min(
+            per_class * classes, full.data.prepared[name].max_train or 10**9)
+    assert smoke.polyfit.draws == 1 < full.polyfit.draws
+    for study, spec in smoke.studies.items():
+        whole = full.studies[study]
+        assert spec.seeds == whole.seeds[:1] and spec.baseline in spec.variants
+        assert set(spec.variants) <= set(whole.variants)
+        assert all(len(levels) == min(2, len(whole.factors[f])) for f, levels in spec.factors.items())
+        assert {n for n in whole.variants if n not in whole.levels()} <= set(spec.variants)
+        for name in spec.variants:
+            cfg, original = smoke.variant(study, name), full.variant(study, name)
+            assert cfg.epochs == 1
+            assert cfg.model_copy(update={"epochs": original.epochs}) == original  # nothing else
+    init_reg = smoke.studies["init_reg"]
+    assert sorted(init_reg.variants) == ["glorot_uniform", "glorot_uniform-l1", "random_normal",
+                                         "random_normal-l1"]

@@ -682,8 +682,9 @@ def _validated(raw: dict[str, Any], path) -> Params:
 
 def shrunk(params: Params) -> Params:
     """`params` under its `shrink` overlay: every prepared dataset capped at images_per_class
-    images per kept class in each split, every study cut to its first `seeds` seeds (epochs
-    are capped where a variant is resolved, which covers defaults, variants and factors)."""
+    images per kept class in each split, every study cut to its first `seeds` seeds (polyfit to
+    as many draws) and its factors to `levels_per_factor` levels (epochs are capped where a
+    variant is resolved, which covers defaults, variants and factors)."""
     if params.shrink is None:
         return params
     per_class = params.shrink.images_per_class
@@ -696,8 +697,10 @@ def shrunk(params: Params) -> Params:
     studies = {name: _fewer_levels(study.model_copy(update={"seeds": study.seeds[:params.shrink.seeds]}),
                                    params.shrink.levels_per_factor)
                for name, study in params.studies.items()}
+    polyfit = params.polyfit.model_copy(  # its repeated data sets are its seeds
+        update={"draws": min(params.polyfit.draws, params.shrink.seeds)})
     return params.model_copy(update={"data": params.data.model_copy(update={"prepared": prepared}),
-                                     "studies": studies})
+                                     "studies": studies, "polyfit": polyfit})
 
 
 def _fewer_levels(study: Study, count: int | None) -> Study:
