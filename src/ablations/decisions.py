@@ -76,8 +76,8 @@ equivalence (margin − |difference|, one-sided at half the level); the fewer of
 
 from __future__ import annotations
 
+import gc
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,39 +164,34 @@ def factorial_estimates(study: Study, values: effects.Values) -> list[Estimate]:
     return additive_model(cells, levels, reference, study.margin)
 
 
-def _frame(values: effects.Values, levels: dict[str, dict[str, str]],
-           codes: dict[str, dict[str, int]]):
-    """One row per finite (cell, seed): accuracy in points, each factor's level code (the
-    reference is 0, so it is the model's reference level), the seed."""
-    import pandas as pd
-
-    rows = []
-    for name, cell in levels.items():
-        for seed, acc in values[name].items():
-            if acc is not None and np.isfinite(acc):
-                rows.append({"acc": effects.POINTS * acc, "seed": seed,
-                             **{f"f{i}": codes[f][lv] for i, (f, lv) in enumerate(cell.items())}})
-    return pd.DataFrame(rows)
+def _design(values: effects.Values, levels: dict[str, dict[str, str]],
+            reference: dict[str, str]) -> tuple[np.ndarray, np.ndarray, list[str], int]:
+    """(accuracy in points, treatment-coded design matrix, its column names, seeds): one row
+    per finite (cell, seed); an intercept, a 0/1 column per factor level other than the
+    reference, and per seed other than the first when there are several (seeds as blocks)."""
+    rows = [(cell, seed, effects.POINTS * acc) for name, cell in levels.items()
+            for seed, acc in values[name].items() if acc is not None and np.isfinite(acc)]
+    seeds = sorted({seed for _, seed, _ in rows})
+    columns = [(f, lv) for f in reference
+               for lv in dict.fromkeys(c[f] for c in levels.values()) if lv != reference[f]]
+    columns += [("seed", s) for s in seeds[1:]]
+    x = np.array([[1.0] + [float((cell.get(f) if f != "seed" else seed) == lv) for f, lv in columns]
+                  for cell, seed, _ in rows]).reshape(len(rows), 1 + len(columns))
+    names = ["Intercept"] + [f"{f}={lv}" for f, lv in columns]
+    return np.array([acc for _, _, acc in rows]), x, names, len(seeds)
 
 
 def additive_model(values: effects.Values, levels: dict[str, dict[str, str]],
                    reference: dict[str, str], margin: float) -> list[Estimate]:
-    """Main effects from OLS of acc ~ C(f0) + C(f1) + … (+ C(seed)): with one seed per cell,
-    the ANOVA without replication (error = the interactions), with Tukey's 1-df test."""
-    import statsmodels.formula.api as smf
+    """Main effects from the OLS fit (statsmodels) of the additive model acc ~ factor 1 +
+    factor 2 + … (+ seed): with one seed per cell, the ANOVA without replication (error = the
+    interactions), reported with Tukey's 1-df test of non-additivity."""
+    import statsmodels.api as sm
 
-    factors = list(reference)
-    codes = {f: {lv: i for i, lv in enumerate(
-        [reference[f]] + [lv for lv in dict.fromkeys(c[f] for c in levels.values())
-                          if lv != reference[f]])} for f in factors}
-    data = _frame(values, levels, codes)
-    terms = [f"C(f{i})" for i in range(len(factors))]
-    several = data["seed"].nunique() > 1 if len(data) else False
-    formula = "acc ~ " + " + ".join(terms + (["C(seed)"] if several else []))
-    fit = smf.ols(formula, data).fit() if len(data) > len(terms) else None
+    y, x, names, seeds = _design(values, levels, reference)
+    fit = sm.OLS(y, x).fit() if len(y) > x.shape[1] else None
     df = float(fit.df_resid) if fit is not None else 0.0
-    additivity = tukey_additivity(data, formula) if df >= 2 else None
-    seeds = int(data["seed"].nunique()) if len(data) else 0
+    additivity = tukey_additivity(y, x, fit) if df >= 2 else None
     design = ("ANOVA without replication" if seeds == 1
               else f"{seeds} seeds as blocks, cells with fewer than 2 seeds in common")
     method = (f"additive model of the {len(levels)} cells ({design}; OLS, residual df {df:g}): "
@@ -205,35 +200,33 @@ def additive_model(values: effects.Values, levels: dict[str, dict[str, str]],
         method += (f" (Tukey's 1-df test of non-additivity: F = {additivity['f']:.2f}, "
                    f"p = {additivity['p_value']:.2g})")
     out = []
-    for i, factor in enumerate(factors):
-        for level, code in codes[factor].items():
-            if code == 0:
+    for factor, ref in reference.items():
+        for level in dict.fromkeys(c[factor] for c in levels.values()):
+            if level == ref:
                 continue
-            name = f"C(f{i})[T.{code}]"
-            ok = fit is not None and df >= 1 and name in fit.params
-            cells = [n for n, c in levels.items() if c[factor] in (level, reference[factor])]
+            k = names.index(f"{factor}={level}")
+            ok = fit is not None and df >= 1 and bool(np.isfinite(fit.bse[k]))
+            cells = [n for n, c in levels.items() if c[factor] in (level, ref)]
             out.append(Estimate(
-                _main_label(factor, level, reference[factor]), "main", cells,
-                float(fit.params[name]) if ok else None,
-                float(fit.bse[name]) if ok else None, df if ok else None, seeds, method,
-                0.0, margin, additivity))
+                _main_label(factor, level, ref), "main", cells,
+                float(fit.params[k]) if ok else None, float(fit.bse[k]) if ok else None,
+                df if ok else None, seeds, method, 0.0, margin, additivity))
     return out
 
 
-def tukey_additivity(data, formula: str) -> dict[str, Any] | None:
-    """Tukey's one-degree-of-freedom test of non-additivity: the additive model's squared
-    fitted values added as a regressor; its t-test (F = t², 1 df) asks whether the cells
-    curve away from the sum of the main effects."""
-    import statsmodels.formula.api as smf
+def tukey_additivity(y: np.ndarray, x: np.ndarray, additive) -> dict[str, Any] | None:
+    """Tukey's one-degree-of-freedom test of non-additivity: the additive fit's squared fitted
+    values added as a regressor; its t-test (F = t², 1 df) asks whether the cells curve away
+    from the sum of the main effects."""
+    import statsmodels.api as sm
 
-    additive = smf.ols(formula, data).fit()
-    extended = data.assign(fitted2=additive.fittedvalues ** 2)
-    fit = smf.ols(formula + " + fitted2", extended).fit()
-    if fit.df_resid < 1 or "fitted2" not in fit.params or not np.isfinite(fit.pvalues["fitted2"]):
+    fitted = additive.fittedvalues
+    fit = sm.OLS(y, np.column_stack([x, (fitted - fitted.mean()) ** 2])).fit()
+    p = float(fit.pvalues[-1])
+    if fit.df_resid < 1 or not np.isfinite(p):
         return None
     return {"test": "Tukey one-degree-of-freedom non-additivity",
-            "f": float(fit.tvalues["fitted2"] ** 2), "df": [1, float(fit.df_resid)],
-            "p_value": float(fit.pvalues["fitted2"])}
+            "f": float(fit.tvalues[-1] ** 2), "df": [1, float(fit.df_resid)], "p_value": p}
 
 
 def pair_estimates(study: Study, values: effects.Values) -> list[Estimate]:
@@ -280,7 +273,13 @@ def holm_levels(p: list[float], alpha: float) -> tuple[list[float], list[float]]
 
     if not p:
         return [], []
-    reject, adjusted, _, _ = multipletests(p, alpha=alpha, method="holm")
+    # statsmodels 0.15's Holm branch ends with gc.collect(), a walk of the whole heap (0.2 s
+    # in a process with pandas loaded); frozen objects are skipped, so it costs microseconds.
+    gc.freeze()
+    try:
+        reject, adjusted, _, _ = multipletests(p, alpha=alpha, method="holm")
+    finally:
+        gc.unfreeze()
     order = np.argsort(p, kind="stable")
     m = len(p)
     stop = next((k for k, i in enumerate(order) if not reject[i]), m)
@@ -302,32 +301,40 @@ def decision(e: Estimate, level: float) -> tuple[str, list[float], bool]:
     return ("equivalent" if inside else "undecided"), [lo, hi], inside
 
 
-def seeds_to_decide(e: Estimate, level: float) -> tuple[int | None, str]:
-    """(about how many seeds decide the answer at the observed spread se × √seeds with
-    POWER, what they would show: "difference" or "equivalence"); (None, "") beyond MAX_SEEDS
-    or where no power computation converges."""
+def smallest_seeds(effect: float, alpha: float, alternative: str, fewest: int) -> int | None:
+    """The fewest seeds n ≥ `fewest` at which a one-sample t-test of standardized effect
+    `effect` at `alpha` has POWER (statsmodels TTestPower; power grows with n, so a coarse
+    geometric grid brackets it and the integers inside find it); None beyond MAX_SEEDS."""
     from statsmodels.stats.power import TTestPower
 
+    def power(n: np.ndarray) -> np.ndarray:
+        with np.errstate(all="ignore"):
+            return np.asarray(TTestPower().power(effect_size=effect, nobs=n, alpha=alpha,
+                                                 alternative=alternative))
+
+    fewest = max(fewest, 2)
+    if effect <= 0 or fewest > MAX_SEEDS:
+        return None
+    grid = np.unique(np.geomspace(fewest, MAX_SEEDS, 24).astype(int))
+    enough = power(grid) >= POWER
+    if not enough.any():
+        return None
+    k = int(np.argmax(enough))
+    fine = np.arange(grid[k - 1] + 1 if k else fewest, grid[k] + 1)
+    return int(fine[np.argmax(power(fine) >= POWER)])
+
+
+def seeds_to_decide(e: Estimate, level: float) -> tuple[int | None, str]:
+    """(about how many seeds decide the answer with POWER, if the observed difference and
+    per-seed spread se × √seeds hold; what they would show: "difference" or "equivalence");
+    (None, "") beyond MAX_SEEDS."""
     sd = e.se * math.sqrt(e.seeds)
     alpha, gap = 1 - level, abs(e.difference - e.null)
-    tries = [("difference", gap / sd, alpha, "two-sided")]
+    found = [(smallest_seeds(gap / sd, alpha, "two-sided", e.seeds + 1), "difference")]
     if e.margin is not None and gap < e.margin:
-        tries.append(("equivalence", (e.margin - gap) / sd, alpha / 2, "larger"))
-    found = []
-    for shows, effect, a, alternative in tries:
-        if effect <= 1e-9:
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # solve_power warns where it does not converge
-            try:
-                n = float(np.asarray(TTestPower().solve_power(
-                    effect_size=effect, alpha=a, power=POWER, alternative=alternative)).item())
-            except (ValueError, RuntimeError, ZeroDivisionError):
-                continue
-        if np.isfinite(n) and n > 0:
-            found.append((max(math.ceil(n), e.seeds + 1), shows))
-    n, shows = min(found, default=(None, ""))
-    return (n, shows) if n is not None and n <= MAX_SEEDS else (None, "")
+        found.append((smallest_seeds((e.margin - gap) / sd, alpha / 2, "larger", e.seeds + 1),
+                      "equivalence"))
+    return min(((n, shows) for n, shows in found if n is not None), default=(None, ""))
 
 
 def would_decide(e: Estimate, n: int | None, shows: str) -> str:
