@@ -341,7 +341,8 @@ def would_decide(e: Estimate, n: int | None, shows: str) -> str:
     """What would decide an undecided answer, in words."""
     if not e.testable:
         if e.difference is None:
-            return "a seed with a finite result in every variant it rests on"
+            return ("a seed in which both variants reach the target" if e.kind == "speedup"
+                    else "a seed with a finite result in every variant it rests on")
         return "at least 2 seeds in common: one measures no spread"
     if n is None:
         return f"more than {MAX_SEEDS} seeds at the observed spread"
