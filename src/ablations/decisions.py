@@ -345,7 +345,7 @@ def would_decide(e: Estimate, n: int | None, shows: str) -> str:
                     else "a seed with a finite result in every variant it rests on")
         return "at least 2 seeds in common: one measures no spread"
     if n is None:
-        return f"more than {MAX_SEEDS} seeds at the observed spread"
+        return f"over {MAX_SEEDS} seeds at the observed spread"
     if e.kind == "speedup":
         return f"about {n} seeds to show that a ratio of {e.difference:.2f} differs from 1"
     if shows == "difference":
