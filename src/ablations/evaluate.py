@@ -5,7 +5,8 @@ Reads what the train stage wrote for every (variant, seed) — run.json, history
 test_predictions.npy — never the models (no Keras import: this stage takes seconds). Writes
   --results  the study's full results (keys below; the report and the plot stage read them),
   --metrics  a folder of headline numbers, one small JSON per row of `dvc metrics show`
-             (`headline`: a row per variant and per pair compared), so the table stays narrow
+             (`headline`: a row per variant and per pair compared, and `decisions`: how many
+             answers are decided), so the table stays narrow
              however many variants the studies have,
   --curves   every history in long format (history.write_curves), DVC's plot data,
 and logs the headline numbers and the results to the `<study>-summary` MLflow run.
@@ -28,18 +29,27 @@ per-seed values {"seed0": …}:
       where the variants validated within epochs (steps.csv) steps_ratio and
       train_seconds_ratio (steps and seconds inside training steps, interpolated),
       bn_only_reached (seeds where only the BN variant reached it: a speed-up beyond measure)
+  margin: the study's equivalence margin (points of test accuracy)
+  decisions: one per question-level answer (ablations.decisions: answer, kind, decision —
+      better / worse / equivalent / undecided — difference, interval at its Holm level,
+      margin, seeds, method, variants, p_value, seeds_to_decide, would_decide);
+      decided: {decided, answers}, how many of them are not undecided
   comparisons.<name> (variants tested on the study's data, a transfer source is not):
       vs (the baseline), difference_points and ci_points (test accuracy, percentage
-      points, t-interval of the per-seed differences), n (seeds paired), judgement
-      (better / worse / not distinguishable / null with one seed), text (one sentence)
+      points, 95% t-interval of the per-seed differences), n (seeds paired), judgement
+      (of that interval alone: better / worse / not distinguishable / null with one seed),
+      decision (where the comparison is an answer), text (one sentence: the decision's
+      where it is an answer)
   pair_comparisons.<a vs b>: the same for each pair of the study's `also_compare` (a − b)
   effects: main, simple, interaction (factorial studies) and pairs (ablations.effects:
       difference and ci in points, n, per_seed, the variants each rests on)
   effect_rows: the effects flat (kind, label, difference, ci, n, shown) for tables and the
-      forest plot; answers: one sentence per effect asked (ablations.verdicts), flagged
-      when a variant it rests on was still improving; budget: train_images, epochs, seeds
-  best_variant (highest mean test accuracy on the study's data), verdict (the study's
-      answer, computed from the numbers above)
+      forest plot; details: the detail behind the decisions, one sentence each (effects
+      within each setting, interactions, answers resting on a variant still improving at the
+      end); budget: train_images, epochs, seeds
+  best_variant (highest mean test accuracy on the study's data), summary (what the
+      decisions rest on: best variant, diverged runs, budget), verdict (the decisions, one
+      sentence each, then the summary)
   confusion (best variant, predictions of its non-diverged seeds pooled): variant, seeds
       (how many pooled), classes (names), counts (rows: true class, columns: predicted)
 """
