@@ -168,17 +168,20 @@ def _design(values: effects.Values, levels: dict[str, dict[str, str]],
             reference: dict[str, str]) -> tuple[np.ndarray, np.ndarray, list[str], int]:
     """(accuracy in points, treatment-coded design matrix, its column names, seeds): one row
     per finite (cell, seed); an intercept, a 0/1 column per factor level other than the
-    reference, and per seed other than the first when there are several (seeds as blocks)."""
+    reference, and per seed other than the first when there are several (seeds as blocks).
+    What the formula `acc ~ C(f1) + C(f2) (+ C(seed))` builds, without its parser (0.3 s a
+    fit: the sequential procedure and the simulation fit thousands)."""
     rows = [(cell, seed, effects.POINTS * acc) for name, cell in levels.items()
             for seed, acc in values[name].items() if acc is not None and np.isfinite(acc)]
     seeds = sorted({seed for _, seed, _ in rows})
-    columns = [(f, lv) for f in reference
-               for lv in dict.fromkeys(c[f] for c in levels.values()) if lv != reference[f]]
-    columns += [("seed", s) for s in seeds[1:]]
-    x = np.array([[1.0] + [float((cell.get(f) if f != "seed" else seed) == lv) for f, lv in columns]
-                  for cell, seed, _ in rows]).reshape(len(rows), 1 + len(columns))
-    names = ["Intercept"] + [f"{f}={lv}" for f, lv in columns]
-    return np.array([acc for _, _, acc in rows]), x, names, len(seeds)
+    levels_of = {f: [lv for lv in dict.fromkeys(c[f] for c in levels.values()) if lv != ref]
+                 for f, ref in reference.items()}
+    x = np.array([[1.0] + [float(cell[f] == lv) for f in reference for lv in levels_of[f]]
+                  + [float(seed == s) for s in seeds[1:]] for cell, seed, _ in rows])
+    names = (["Intercept"] + [f"{f}={lv}" for f in reference for lv in levels_of[f]]
+             + [f"seed {s}" for s in seeds[1:]])
+    return (np.array([acc for _, _, acc in rows]), x.reshape(len(rows), len(names)), names,
+            len(seeds))
 
 
 def additive_model(values: effects.Values, levels: dict[str, dict[str, str]],
