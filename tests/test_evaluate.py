@@ -45,7 +45,7 @@ VARIANTS = {"relu": {}, "relu-bn": {"norm": "before"}, "tanh": {"activation": "t
             "tanh-bn": {"activation": "tanh", "norm": "before"}}
 
 
-def write_study_params(folder, seeds=(0, 1, 2), variants=VARIANTS, also_compare=()):
+def write_study_params(folder, seeds=(0, 1, 2), variants=VARIANTS, also_compare=(), factors=None):
     """folder/params.yaml with one study `unit` on prepared data `d` (as conftest.write_params,
     plus seeds, a baseline and the pairs `also_compare`)."""
     prepared = {"source": "fashion_mnist", "scaling": "zero_one"}
@@ -56,7 +56,7 @@ def write_study_params(folder, seeds=(0, 1, 2), variants=VARIANTS, also_compare=
                                    "target_val_accuracy": TARGET,
                                    "defaults": {"conv_filters": [4], "dense_units": [8],
                                                 "epochs": 4, "batch_size": 16},
-                                   "variants": variants}},
+                                   "variants": variants, **({"factors": factors} if factors else {})}},
               "polyfit": {"coefficients": [1.0, 2.0], "noise": 0.1, "n": 20, "x_range": [0, 1],
                           "max_degree": 2, "folds": 2, "seed": 0}}
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
@@ -103,9 +103,9 @@ def write_unit(models_dir, name, index, seed, y_test):
             for param in ("gamma", "beta")})
 
 
-def write_fake_study(root, seeds=(0, 1, 2), variants=VARIANTS, also_compare=()):
+def write_fake_study(root, seeds=(0, 1, 2), variants=VARIANTS, also_compare=(), factors=None):
     """(params, models/unit, data/prepared) of a study trained 'for real' on disk."""
-    params = write_study_params(root, seeds, variants, also_compare)
+    params = write_study_params(root, seeds, {} if factors else variants, also_compare, factors)
     data_dir = root / "data" / "prepared"
     y_test = {"d": np.load(write_prepared_data(data_dir / "d") / "y_test.npy"),
               "d2": np.load(write_prepared_data(data_dir / "d2", n_test=24) / "y_test.npy")}
@@ -341,6 +341,45 @@ def test_pairs_the_question_asks_for_are_compared_in_the_verdict(tmp_path):
     assert set(m["comparisons"]) == {"relu-bn", "tanh", "tanh-bn"}  # the baseline's stay
     page = study_section("unit", m, tmp_path / "no-plots")
     assert html.escape(decided["answer"]) in page and "<details>" in page
+
+
+def test_factorial_study_decides_its_main_effects(tmp_path):
+    """The same four variants as a 2 x 2 design (activation x norm): the answers are the two
+    main effects and the speed-ups; the comparisons with the baseline are detail, the effects
+    within each setting and the interaction too."""
+    factors = {"activation": {"relu": {}, "tanh": {"activation": "tanh"}},
+               "norm": {"none": {}, "bn": {"norm": "before"}}}
+    params, models_dir, data_dir = write_fake_study(tmp_path, factors=factors)
+    assert set(params.studies["unit"].variants) == set(VARIANTS)
+    m = study_metrics(params, "unit", read_study(params, "unit", models_dir, data_dir))
+    assert [(d["answer"], d["kind"]) for d in m["decisions"]][:2] == [
+        ("activation tanh − relu", "main"), ("norm bn − none", "main")]
+    assert [d["kind"] for d in m["decisions"][2:]] == ["speedup", "speedup"]
+    norm = m["decisions"][1]
+    # Paired by seed: (relu-bn − relu + tanh-bn − tanh) / 2 per seed: (5 + 10) / 2, (5 + 10) / 2, (8 + 71) / 2
+    assert norm["difference"] == pytest.approx(np.mean([7.5, 7.5, 39.5]))
+    assert norm["method"].startswith("paired by seed, t over 3 seeds; Holm over 3 answers")
+    assert all("decision" not in c for c in m["comparisons"].values())
+    assert m["comparisons"]["relu-bn"]["text"].startswith("relu-bn is 6.0 ± ")  # its own interval
+    assert m["details"][0].startswith("activation tanh − relu, within each setting (95% "
+                                      "intervals, each on its own): norm=")
+    assert "norm=none: -34.3 ± 85.3 (not shown)" in m["details"][0]
+    assert any(d.startswith("activation tanh × norm bn (interaction)") for d in m["details"])
+    page = study_section("unit", m, tmp_path / "no-plots")
+    details = page[page.index("<details>"):page.index("</details>")]
+    assert html.escape(m["comparisons"]["relu-bn"]["text"]) in details
+    assert html.escape(m["details"][0]) in details
+
+
+def test_one_seed_factorial_decides_from_the_additive_model(tmp_path):
+    factors = {"activation": {"relu": {}, "tanh": {"activation": "tanh"}},
+               "norm": {"none": {}, "bn": {"norm": "before"}}}
+    params, models_dir, data_dir = write_fake_study(tmp_path, seeds=(0,), factors=factors)
+    m = study_metrics(params, "unit", read_study(params, "unit", models_dir, data_dir))
+    main = m["decisions"][0]
+    assert main["seeds"] == 1 and main["interval"] is not None  # df 1: the interaction
+    assert "ANOVA without replication" in main["method"]
+    assert "assumes the factors' effects add up" in main["method"]
 
 
 def test_bn_violins_only_where_the_study_varies_batchnorm(tmp_path):
