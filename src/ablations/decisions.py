@@ -18,7 +18,8 @@ decide_study(study, values, confidence=0.95, ratios=None) -> list[dict]
                 twin ÷ bn or None}}} (evaluate.speedup_ratios builds them); None: none.
   returns one dict per answer, in question order (main effects, pairs, speed-ups):
     answer          its label: "norm bn − none" (main effect: level − reference), "before −
-                    after" (pair, a − b), "relu-bn vs relu: speed-up in training steps"
+                    after" (pair, a − b), "relu-bn vs relu: training steps to 0.75
+                    validation accuracy, without ÷ with BN" (speed-up)
     kind            "main" | "pair" | "speedup"
     decision        "better" | "worse" | "equivalent" | "undecided" (DECISIONS)
     difference      points of test accuracy; a speed-up: the mean per-seed ratio (None: no
