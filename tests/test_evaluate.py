@@ -374,6 +374,8 @@ def test_one_seed_factorial_decides_from_the_additive_model(tmp_path):
     assert main["seeds"] == 1 and main["interval"] is not None  # df 1: the interaction
     assert "ANOVA without replication" in main["method"]
     assert "assumes the factors' effects add up" in main["method"]
+    assert ("Main effects from the additive model of the 4 cells (ANOVA without replication; "
+            "OLS, residual df 1): assumes the factors' effects add up.") in m["verdict"]
 
 
 def test_bn_violins_only_where_the_study_varies_batchnorm(tmp_path):

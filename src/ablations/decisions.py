@@ -279,11 +279,15 @@ def holm_levels(p: list[float], alpha: float) -> tuple[list[float], list[float]]
         return [], []
     # statsmodels 0.15's Holm branch ends with gc.collect(), a walk of the whole heap (0.2 s
     # in a process with pandas loaded); frozen objects are skipped, so it costs microseconds.
-    gc.freeze()
+    # A caller's own freeze (a forking server's) is left as it is.
+    ours = gc.get_freeze_count() == 0
+    if ours:
+        gc.freeze()
     try:
         reject, adjusted, _, _ = multipletests(p, alpha=alpha, method="holm")
     finally:
-        gc.unfreeze()
+        if ours:
+            gc.unfreeze()
     order = np.argsort(p, kind="stable")
     m = len(p)
     stop = next((k for k, i in enumerate(order) if not reject[i]), m)

@@ -304,9 +304,12 @@ def decisions_sentence(decided: list[dict[str, Any]]) -> str:
     if not decided:
         return ""
     count = decisions.counts(decided)
+    models = dict.fromkeys(d["method"].partition("; Holm")[0] for d in decided
+                           if "additivity" in d or "additive model" in d["method"])
     return (f"{count['decided']} of {count['answers']} answers decided "
             f"({decisions.HOLM} over the study's answers at {stats.CONFIDENCE:.0%}). "
-            + " ".join(verdicts.decision_sentence(d) + "." for d in decided))
+            + " ".join(verdicts.decision_sentence(d) + "." for d in decided)
+            + "".join(f" Main effects from the {model}." for model in models))
 
 
 def study_verdict(metrics: dict[str, Any]) -> str:
