@@ -1,9 +1,9 @@
 """Decisions: every question-level answer of a study ends `better`, `worse`, `equivalent` or
 `undecided` — and an undecided one says about how many seeds would decide it.
 
-    python -c "from ablations.config import load_params; from ablations.decisions import decide_study
-    s = load_params().studies['depth']; print(decide_study(s, {'shallow': {'seed0': .80,
-    'seed1': .81, 'seed2': .79}, 'deeper': {'seed0': .84, 'seed1': .86, 'seed2': .85}}))"
+    python -c "from ablations.config import load_params; from ablations import decisions
+    s = load_params().studies['depth']; print(decisions.decide_study(s, {'shallow': {'seed0':
+    .80, 'seed1': .81, 'seed2': .79}, 'deeper': {'seed0': .84, 'seed1': .86, 'seed2': .85}}))"
 
 Public API (kept stable: the sequential procedure calls it after every round)
 ---------------------------------------------------------------------------

@@ -205,7 +205,8 @@ def speedup_ratios(speedups: dict[str, dict], target: float) -> dict[str, dict[s
     are too coarse a unit to decide on — a ratio is 2/1 or 3/2 — so those pairs stay in the
     speed-up table only."""
     return {f"{bn} vs {s['twin']}: training steps to {target:g} validation accuracy, "
-            "without ÷ with BN": {"variants": [bn, s["twin"]], "values": s["steps_ratio"]["values"]}
+            "without ÷ with BN": {"variants": [bn, s["twin"]],
+                                  "values": s["steps_ratio"]["values"]}
             for bn, s in speedups.items() if "steps_ratio" in s}
 
 
