@@ -15,6 +15,10 @@ pair and as medians over pairs: wall ÷ wall, Σ fit ÷ Σ fit (fit seconds as e
 its own `model.fit`), and peak RSS of each mode's largest process. All times in seconds, RSS in
 MiB. Figures go to stdout (and --json), never into assertions: on a shared 2-core machine a
 single pair varies by ±15 %.
+
+--all (issue 26): every default study, polyfit and a figure per study in one bare process
+against the whole default `dvc repro` from raw data, wall and CPU ratios and where the extra
+seconds go per stage kind (bench/whole_run.py; with --shrink as a smoke test).
 """
 
 from __future__ import annotations
