@@ -316,6 +316,11 @@ class Variant(Strict):
     mixed_precision: bool = False  # float16 compute (GPU runs); float32 variables either way
     seed: Seed = 0  # set per run from the study's `seeds`
 
+    def is_own_or_ablated(self) -> bool:
+        """A network of your own, or any network with layers removed or replaced."""
+        return isinstance(self.model, Network) or bool(
+            self.remove_layers or self.remove_prefixes or self.replace_layers)
+
     @model_validator(mode="before")
     @classmethod
     def _own_network_has_no_zoo_widths(cls, data: Any) -> Any:
