@@ -206,3 +206,27 @@ def test_docs_name_the_keys_they_document():
                 "replace:", "builder:", "networks/", "ablations describe"):
         assert key in page, key
     assert "docs/own-network.md" in (REPO / "README.md").read_text()
+
+
+LOGITS_BUILDER = '''
+import keras
+from keras import layers
+
+
+def build(input_shape, num_classes, cfg):
+    inputs = keras.Input(input_shape)
+    x = layers.Flatten(name="flat")(inputs)
+    x = layers.Dropout(0.1, name="drop")(x)
+    return keras.Model(inputs, layers.Dense(num_classes, name="head")(x))
+'''
+
+
+def test_a_network_without_softmax_is_refused(tmp_path, monkeypatch, capsys):
+    """Training reads the outputs as probabilities: logits would train silently wrong."""
+    write_repo(tmp_path, study({"layers": ["drop"]}, {"builder": "networks.logits:build"}),
+               network=None)
+    (tmp_path / "networks" / "logits.py").write_text(LOGITS_BUILDER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = validate_in_process(tmp_path, monkeypatch, capsys)
+    assert_clean_failure(result, "networks.logits:build", "not class probabilities", "softmax",
+                         absent=[tmp_path / "valid.json"])

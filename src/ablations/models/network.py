@@ -17,9 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
 from ablations.config import Network, Variant
 from ablations.errors import ConfigError
+
+
+def _reason(error: Exception, limit: int = 200) -> str:
+    """An exception as a short phrase for an error line: its class and first line."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0][:limit]}" if lines else type(error).__name__
 
 
 def _load_file(network: Network) -> keras.Model:
@@ -29,12 +36,11 @@ def _load_file(network: Network) -> keras.Model:
     try:
         model = keras.saving.load_model(path, compile=False, safe_mode=network.safe_mode)
     except Exception as error:  # noqa: BLE001 Keras raises many kinds for a file it cannot read
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         if "Lambda" in str(error) and "safe" in str(error):
             raise ConfigError(f"model.file {path}: holds a Lambda layer (arbitrary code), which "
                               "Keras' safe_mode refuses; set model.safe_mode: false only for a "
                               "file you trust") from None
-        raise ConfigError(f"model.file {path}: not a Keras model file ({first[:200]})") from None
+        raise ConfigError(f"model.file {path}: not a Keras model file ({_reason(error)})") from None
     if not isinstance(model, keras.Model):
         raise ConfigError(f"model.file {path}: holds a {type(model).__name__}, not a keras.Model")
     return model
@@ -51,7 +57,7 @@ def _builder(network: Network):
         module = importlib.import_module(module_name)
     except Exception as error:  # noqa: BLE001 any error while importing the user's module
         raise ConfigError(f"model.builder {network.builder}: cannot import {module_name} "
-                          f"({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''})") from None
+                          f"({_reason(error)})") from None
     built = getattr(module, function, None)
     if not callable(built):
         raise ConfigError(f"model.builder {network.builder}: {module_name} has no function "
@@ -69,8 +75,8 @@ def _build(cfg: Variant, input_shape: tuple[int, ...], num_classes: int) -> kera
         except ConfigError:
             raise
         except Exception as error:  # noqa: BLE001 the user's code
-            raise ConfigError(f"model.builder {network.builder}: failed: {type(error).__name__}: "
-                              f"{str(error).splitlines()[0][:200] if str(error) else ''}") from None
+            raise ConfigError(f"model.builder {network.builder}: failed "
+                              f"({_reason(error)})") from None
         if not isinstance(model, keras.Model):
             raise ConfigError(f"model.builder {network.builder}: returned a "
                               f"{type(model).__name__}, not a keras.Model")
@@ -82,6 +88,13 @@ def _build(cfg: Variant, input_shape: tuple[int, ...], num_classes: int) -> kera
     if tuple(model.output_shape) != (None, num_classes):
         raise ConfigError(f"{where}: outputs shape {tuple(model.output_shape)}, the data has "
                           f"{num_classes} classes: (None, {num_classes})")
+    # Training takes the outputs as probabilities (sparse categorical cross-entropy): logits
+    # would train silently wrong. Two random images; a softmax gives rows that sum to 1.
+    outputs = keras.ops.convert_to_numpy(model(np.random.default_rng(0).normal(
+        size=(2, *input_shape)).astype("float32"), training=False))
+    if not (np.all(outputs >= 0) and np.allclose(outputs.sum(axis=1), 1.0, atol=1e-3)):
+        raise ConfigError(f"{where}: its outputs are not class probabilities (rows sum to "
+                          f"{np.round(outputs.sum(axis=1), 3).tolist()}); end it with a softmax")
     return model
 
 
@@ -143,9 +156,10 @@ def _shapes(tensors) -> list[tuple]:
 def _check_removable(layer) -> None:
     """A removed layer must be used once and give its (first) input's shape, so that its
     consumers can take that input instead."""
-    if len(layer._inbound_nodes) != 1:  # noqa: SLF001 Keras' own record of the layer's calls
-        raise ConfigError(f"ablate: layer {layer.name!r} is called {len(layer._inbound_nodes)} "  # noqa: SLF001
-                          "times (a shared layer); only a layer used once can be removed")
+    calls = len(layer._inbound_nodes)  # noqa: SLF001 Keras' own record of the layer's calls
+    if calls != 1:
+        raise ConfigError(f"ablate: layer {layer.name!r} is called {calls} times (a shared "
+                          "layer); only a layer used once can be removed")
     inputs, outputs = _shapes(layer.input), _shapes(layer.output)
     if len(outputs) != 1 or any(shape != outputs[0] for shape in inputs):
         shown_in = inputs[0] if len(inputs) == 1 else inputs
@@ -195,8 +209,7 @@ def _replacement(name: str, spec: dict[str, Any], safe_mode: bool) -> dict:
             {"module": "keras.layers", "class_name": spec["class_name"], "registered_name": None,
              "config": {**(spec.get("config") or {}), "name": name}}, safe_mode=safe_mode)
     except Exception as error:  # noqa: BLE001 Keras' errors for an unknown class or argument
-        raise ConfigError(f"ablate.replace.{name}: not a Keras layer: "
-                          f"{str(error).splitlines()[0][:200]}") from None
+        raise ConfigError(f"ablate.replace.{name}: not a Keras layer ({_reason(error)})") from None
     if not isinstance(layer, keras.layers.Layer):
         raise ConfigError(f"ablate.replace.{name}: {spec['class_name']} is not a Keras layer")
     return keras.saving.serialize_keras_object(layer), set(inspect.signature(layer.call).parameters)
@@ -213,8 +226,8 @@ def _deserialize(serialized: dict, safe_mode: bool, what: str) -> keras.Model:
     try:
         return keras.saving.deserialize_keras_object(serialized, safe_mode=safe_mode)
     except Exception as error:  # noqa: BLE001 a replaced layer that does not fit its inputs
-        raise ConfigError(f"ablate: {what}: Keras cannot build the network: "
-                          f"{str(error).strip().splitlines()[0][:300]}") from None
+        raise ConfigError(f"ablate: {what}: Keras cannot build the network "
+                          f"({_reason(error, 300)})") from None
 
 
 def ablate(model: keras.Model, cfg: Variant, *, safe_mode: bool = True,
