@@ -112,6 +112,10 @@ def test_every_variant_is_trained_compared_and_reported(pipeline):
     assert set(results["variants"]) == set(EXPECTED)
     assert {name: c["vs"] for name, c in results["comparisons"].items()} == {
         name: "full" for name in EXPECTED if name != "full"}
+    assert {(pair["variant"], pair["vs"]) for pair in results["effects"]["pairs"]} == {
+        (name, "full") for name in EXPECTED if name != "full"}  # the forest plot's rows
+    assert {"effects_forest.png", "test_accuracy.png", "learning_curves.png"} <= {
+        path.name for path in (repo / "plots" / "own_network").iterdir()}
     report = (repo / "reports" / "index.html").read_text()
     assert "own_network" in report and html.escape(results["verdict"]) in report
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo, env).stdout)[""]["data"]
