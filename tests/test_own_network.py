@@ -230,3 +230,14 @@ def test_a_network_without_softmax_is_refused(tmp_path, monkeypatch, capsys):
     result = validate_in_process(tmp_path, monkeypatch, capsys)
     assert_clean_failure(result, "networks.logits:build", "not class probabilities", "softmax",
                          absent=[tmp_path / "valid.json"])
+
+
+def test_dvc_yaml_tracks_the_networks_folder_where_config_looks():
+    """One folder, named in config.NETWORKS_DIR, is a dependency of the stages that build
+    networks (validate) and train them."""
+    from ablations.config import NETWORKS_DIR
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert NETWORKS_DIR in stages["validate"]["deps"]
+    assert NETWORKS_DIR in stages["train"]["do"]["deps"]
+    assert (REPO / NETWORKS_DIR).is_dir()  # DVC stops on a missing dependency
