@@ -241,3 +241,20 @@ def test_dvc_yaml_tracks_the_networks_folder_where_config_looks():
     assert NETWORKS_DIR in stages["validate"]["deps"]
     assert NETWORKS_DIR in stages["train"]["do"]["deps"]
     assert (REPO / NETWORKS_DIR).is_dir()  # DVC stops on a missing dependency
+
+
+@pytest.mark.parametrize("ablate, expected", [
+    ({}, "lists no component"),
+    ({"layers": "bn1"}, "ablate.layers: must be a list"),
+    ({"layers": ["bn1"], "groups": {"bn1": ["bn1", "res_bn"]}}, "both make a variant named 'no-bn1'"),
+    ({"replace": {"relu1": {"activation": "tanh"}}}, "replace.relu1: must be {class_name"),
+    ({"layers": ["bn1"], "extra": 1}, "ablate.extra: unknown key"),
+])
+def test_bad_ablate_blocks_are_config_errors(ablate, expected, tmp_path):
+    from ablations.config import load_params
+    from ablations.errors import ConfigError
+
+    write_repo(tmp_path, study(ablate))
+    with pytest.raises(ConfigError, match="studies.own") as raised:
+        load_params(tmp_path / "params.yaml")
+    assert expected in str(raised.value) and "\n" not in str(raised.value), str(raised.value)
