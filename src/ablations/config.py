@@ -217,6 +217,8 @@ class Network(Strict):
         return package if package.is_file() else base.with_suffix(".py")
 
 
+ABLATION_KEYS = ("remove_layers", "remove_prefixes", "replace_layers")  # of Variant
+
 # Keys that shape the zoo's networks: a network of your own has its own layers, so setting
 # one of these with it would silently do nothing.
 ZOO_ONLY = {"conv_filters", "kernel_size", "conv_kernels", "conv_strides", "conv_pooled",
@@ -318,8 +320,7 @@ class Variant(Strict):
 
     def is_own_or_ablated(self) -> bool:
         """A network of your own, or any network with layers removed or replaced."""
-        return isinstance(self.model, Network) or bool(
-            self.remove_layers or self.remove_prefixes or self.replace_layers)
+        return isinstance(self.model, Network) or any(getattr(self, k) for k in ABLATION_KEYS)
 
     @model_validator(mode="before")
     @classmethod

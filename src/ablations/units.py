@@ -20,7 +20,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from ablations.codedeps import closure
-from ablations.config import NETWORKS_DIR, Network, Params, Variant
+from ablations.config import ABLATION_KEYS, NETWORKS_DIR, Network, Params, Variant
 from ablations.data.formats import PRETRAINED_FILES, WEIGHTS_DIR
 from ablations.errors import ConfigError
 from ablations.io import read_json, sha256_file, sha256_files
@@ -83,8 +83,12 @@ def network_digest(cfg: Variant) -> str | None:
 def fingerprint(cfg: Variant, data_dir: Path, source_fingerprint: str | None) -> str:
     """Everything a unit's result depends on: config (seed included), data, training code,
     Keras and its backend, its own network's files, and the unit it starts from."""
+    config = cfg.model_dump(mode="json")
+    for key in ABLATION_KEYS:  # unset: left out, a zoo unit's config hashes as before they existed
+        if not config[key]:
+            del config[key]
     inputs = {
-        "config": cfg.model_dump(mode="json"),
+        "config": config,
         "data": data_digest(Path(data_dir)),
         "code": code_digest(),
         "keras": version("keras"),
