@@ -116,8 +116,16 @@ def test_every_variant_is_trained_compared_and_reported(pipeline):
         (name, "full") for name in EXPECTED if name != "full"}  # the forest plot's rows
     assert {"effects_forest.png", "test_accuracy.png", "learning_curves.png"} <= {
         path.name for path in (repo / "plots" / "own_network").iterdir()}
+    # each generated variant is an answer with a decision (one seed here: undecided)
+    assert {tuple(d["variants"]) for d in results["decisions"] if d["kind"] == "pair"} == {
+        (name, "full") for name in EXPECTED if name != "full"}
+    assert {d["decision"] for d in results["decisions"]} <= {"better", "worse", "equivalent",
+                                                              "undecided"}
     report = (repo / "reports" / "index.html").read_text()
-    assert "own_network" in report and html.escape(results["verdict"]) in report
+    decided = results["decided"]
+    for text in ("own_network", html.escape(results["summary"]),
+                 f"Decisions: {decided['decided']} of {decided['answers']} answers decided"):
+        assert text in report, text
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo, env).stdout)[""]["data"]
     assert {f"metrics/own_network/{name}.json" for name in EXPECTED} <= set(shown)
 
