@@ -220,7 +220,10 @@ def build_structure(cfg: Variant, input_shape: tuple[int, ...], num_classes: int
     them, Keras creates the variables with their shapes only and skips the random draws, most
     of a large network's build time (ResNet50: docs/performance.md). A network that cannot
     take the images raises the same ValueError as when its weights are drawn. Values read from
-    it are placeholders: not for training, saving or transfer."""
+    it are placeholders: not for training, saving or transfer. Your own network is built as
+    training builds it: its file's weights or its builder's code may read values."""
+    if isinstance(cfg.model, Network):
+        return build_model(structure_only(cfg), input_shape, num_classes)
     with keras.StatelessScope(initialize_variables=False):
         return build_model(structure_only(cfg), input_shape, num_classes)
 
