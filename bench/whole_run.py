@@ -7,10 +7,12 @@ Used by `bench/baseline.py --all`:
   (validation accuracy per epoch, a line per variant); then polyfit's draws in a plain loop
   and its figure. No validation, DVC, MLflow, evaluation or report.
 - pipeline: the whole default `dvc repro --no-run-cache` from the raw data (every output but
-  data/raw and the MLflow store removed first), its stage commands timed by tax.py's shim.
+  data/raw and the MLflow store removed first), each `ablations` command timed by a shim that
+  logs its stage kind and process id (so no command is attributed by the order of DVC's
+  output); DVC's own work is the rest of the wall.
 Both report their wall clock per phase; `kind_table` lines the phases up per stage kind
-(validate, data, train, evaluate, plot, report, polyfit, DVC start-up) and says where the
-pipeline's extra seconds go. All times in seconds.
+(validate, data, train, evaluate, plot, report, polyfit, DVC) and says where the pipeline's
+extra seconds go. All times in seconds.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 from pathlib import Path
 
 from _project import environment
-from tax import SHIM, run_timed, stage_name, stage_rows
+from tax import fit_seconds, run_timed
 
 # What `dvc repro` makes from data/raw (dvc.yaml's vars): removed before every pipeline run.
 OUTPUTS = ("data/params-valid.json", "data/split", "data/prepared", "models", "checkpoints",
@@ -32,7 +34,8 @@ OUTPUTS = ("data/params-valid.json", "data/split", "data/prepared", "models", "c
 GROUPS = {"validate": "validate", "download": "data", "weights": "data", "split": "data",
           "standardize": "data", "train": "train", "evaluate": "evaluate", "plot": "plot",
           "report": "report", "polyfit": "polyfit"}
-ORDER = ("start-up", "validate", "data", "train", "evaluate", "plot", "report", "polyfit", "other")
+ORDER = ("start-up", "validate", "data", "train", "evaluate", "plot", "report", "polyfit", "dvc",
+         "other")
 
 
 # --------------------------------------------------------------------------- bare process
@@ -118,9 +121,19 @@ def bare_all(root: Path, loop, loop_flags: dict) -> dict:
 
 # --------------------------------------------------------------------------- pipeline
 
+# Each `ablations` command logs its stage kind (its first argument) and process id with its
+# start and end: a command's seconds go to its own kind, whatever order DVC's output arrives in.
+SHIM = """#!/bin/bash
+echo "start $$ $1 $(date +%s.%N)" >> {log}
+{real} "$@"
+rc=$?
+echo "end $$ $1 $(date +%s.%N)" >> {log}
+exit $rc
+"""
+
 
 def shim_environment(tmp: Path) -> tuple[dict, Path]:
-    """(environment whose `ablations` logs each command's start and end, that log)."""
+    """(environment whose `ablations` logs each command's kind, start and end; that log)."""
     shim_dir, shim_log = tmp / "shim", tmp / "commands.log"
     shim_dir.mkdir(exist_ok=True)
     real = shutil.which("ablations", path=environment()["PATH"])
@@ -131,9 +144,21 @@ def shim_environment(tmp: Path) -> tuple[dict, Path]:
     return env, shim_log
 
 
+def command_seconds(shim_log: Path) -> dict[str, float]:
+    """{group: Σ seconds of its commands}, start and end paired by process id."""
+    started, seconds = {}, dict.fromkeys(ORDER, 0.0)
+    for line in shim_log.read_text().splitlines():
+        edge, pid, kind, stamp = line.split()
+        if edge == "start":
+            started[pid] = float(stamp)
+        else:
+            seconds[GROUPS[kind]] += float(stamp) - started.pop(pid)
+    return seconds
+
+
 def run_pipeline_all(repo: Path, wrapper: str, tmp: Path) -> dict:
-    """The whole `dvc repro` from raw data: {"wall", "cpu", "rss", "phases": {group: seconds},
-    "dvc": {group: DVC's own seconds}, "fit"}."""
+    """The whole `dvc repro` from raw data: {"wall", "cpu", "rss", "phases": {group: seconds of
+    its stage commands, "dvc": the rest of the wall}, "fit"}."""
     for name in OUTPUTS:
         path = repo / name
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
@@ -142,42 +167,34 @@ def run_pipeline_all(repo: Path, wrapper: str, tmp: Path) -> dict:
     with open(tmp / "repro.log", "w", buffering=1) as log:
         launched, lines, ended = run_timed(
             [sys.executable, "-c", wrapper, "dvc", "repro", "--no-run-cache"], repo, env, log)
-    marks = [(t, stage_name(text)) for t, text in lines if text.startswith("Running stage")]
-    spans = [(name, t, marks[i + 1][0] if i + 1 < len(marks) else ended)
-             for i, (t, name) in enumerate(marks)]
-    rows = stage_rows(spans, lines, shim_log, repo)
-    phases = dict.fromkeys(ORDER, 0.0)
-    dvc = dict.fromkeys(ORDER, 0.0)
-    phases["start-up"] = dvc["start-up"] = marks[0][0] - launched  # DVC before its first stage
-    for row in rows:
-        group = GROUPS[row["stage"].split("@")[0]]
-        phases[group] += row["wall"]
-        dvc[group] += row["wall"] - row["cmd"]
-    phases["other"] = (ended - launched) - sum(phases.values())  # Python's start, the wrapper
+    phases = command_seconds(shim_log)
+    # DVC's own work: its start-up, hashing, caching, dvc.lock, between and around the commands.
+    phases["dvc"] = (ended - launched) - sum(phases.values())
     usage = next(text for _, text in lines if text.startswith("rusage")).split()
     return {"wall": ended - launched, "rss": int(usage[1]) / 1024, "cpu": float(usage[2]),
-            "phases": phases, "dvc": dvc, "fit": sum(row["fit"] for row in rows)}
+            "phases": phases, "fit": fit_seconds(repo / "models")[0]}
 
 
 # --------------------------------------------------------------------------- summary
 
 
 def kind_table(rows: list[dict]) -> str:
-    """Median seconds per group over pairs: pipeline (of which DVC's own), bare, the extra."""
-    def median(mode, key, group):
-        return statistics.median(row[mode][key].get(group, 0.0) for row in rows)
+    """Median seconds per group over pairs: pipeline (its stage commands; "dvc": DVC's own work
+    around them), bare (its phases), and the pipeline's extra seconds."""
+    def median(mode, group):
+        return statistics.median(row[mode]["phases"].get(group, 0.0) for row in rows)
 
     extra_total = statistics.median(r["pipeline"]["wall"] - r["bare"]["wall"] for r in rows)
-    lines = [f"{'stage kind':12} {'pipeline':>9} {'(DVC)':>7} {'bare':>8} {'extra':>8}  share of "
-             f"the extra {extra_total:.1f} s"]
+    lines = [f"{'stage kind':12} {'pipeline':>9} {'bare':>8} {'extra':>8}  share of the extra "
+             f"{extra_total:.1f} s"]
     for group in ORDER:
-        pipe, own = median("pipeline", "phases", group), median("pipeline", "dvc", group)
-        bare = median("bare", "phases", group)
+        pipe, bare = median("pipeline", group), median("bare", group)
         share = (pipe - bare) / extra_total if extra_total else float("nan")
-        lines.append(f"{group:12} {pipe:9.1f} {own:7.1f} {bare:8.1f} {pipe - bare:8.1f}  {share:6.1%}")
-    lines.append("(medians per row; start-up: DVC before its first stage / the bare process "
-                 "reading params; data: split and standardize; train includes test prediction and "
-                 "saving; other: the rest of the wall, e.g. Python's start)")
+        lines.append(f"{group:12} {pipe:9.1f} {bare:8.1f} {pipe - bare:8.1f}  {share:6.1%}")
+    lines.append("(medians per row; pipeline: the seconds of each kind's `ablations` commands, dvc: "
+                 "the rest of its wall; bare: start-up = reading params, data = split and "
+                 "standardize, train includes test prediction and saving, other = the rest of "
+                 "its wall, e.g. Python's start)")
     return "\n".join(lines)
 
 
