@@ -29,8 +29,7 @@ from ablations.data.registry import DATASETS, WEIGHTS
 from conftest import REPO, offline
 
 COPIED = ("src", "conf", "dvc.yaml", "networks", "params.yaml", "pyproject.toml", ".dvc/config",
-          ".dvc/plots",
-          ".dvcignore", ".gitignore")
+          ".dvc/plots", ".dvcignore", ".gitignore")
 PER_CLASS = {"train": 10, "test": 4}  # images per class in the tiny archives
 NOTEBOOK_STUDIES = ("batchnorm", "bn_placement", "init_reg", "optimizers", "depth", "xception",
                     "transfer", "lenet_bn_dropout")
