@@ -18,9 +18,11 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     StrictFloat,
     StrictInt,
+    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -65,6 +67,29 @@ KerasId = str | dict[str, Any]
 class Strict(BaseModel):
     # strict: no silent conversions (true is no batch size, "3" no epoch count); finite floats
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+class SeedRange(Strict):
+    """Seeds spent where answers are undecided (ablations.sequential): every variant trains
+    seeds 0 … min−1; after each round the variants an undecided answer rests on train the next
+    seed, until every answer is decided or they have `max` seeds (at most max − min + 1 looks)."""
+
+    min: Annotated[int, Field(ge=2, le=MAX_SEEDS)]  # 2: the fewest a Student-t interval takes
+    max: Annotated[int, Field(ge=2, le=MAX_SEEDS)]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SeedRange:
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
+        return self
+
+
+# A study's `seeds`: a list (every variant trains each), or a range {min, max} (sequential).
+# Tags in <> are left out of error messages' key paths (no params key can contain "<").
+Seeds = Annotated[
+    Annotated[list[Seed], Field(min_length=1, max_length=MAX_SEEDS), Tag("<list>")]
+    | Annotated[SeedRange, Tag("<range>")],
+    Discriminator(lambda value: "<range>" if isinstance(value, dict | SeedRange) else "<list>")]
 
 
 class PreparedData(Strict):
@@ -162,7 +187,7 @@ class EarlyStopping(Strict):
 class Variant(Strict):
     """Everything one training can change; study defaults ⊕ variant overrides."""
 
-    model: Literal["cnn", "alexnet", "resnet50", "xception"] = "cnn"
+    model: Literal["cnn", "alexnet", "resnet", "resnet50", "xception"] = "cnn"
     data: str | None = None  # a key of data.prepared; None = the study's data
     conv_filters: Widths  # one conv block per entry
     kernel_size: Kernel = 3
@@ -185,7 +210,7 @@ class Variant(Strict):
     conv_bias: bool = True
     conv_dropout: Probability = 0.0
     # Map → vector before the dense part; None: flatten (cnn, alexnet) or the backbone's own
-    # global average pooling (resnet50, xception).
+    # global average pooling (resnet, resnet50, xception).
     features: Literal["flatten", "avg", "max"] | None = None
     dense_units: Widths  # hidden dense layers, before the softmax head
     dense_bias: bool = True
@@ -259,11 +284,15 @@ class Study(Strict):
     question: str
     data: str  # a key of data.prepared
     # Every variant is trained once per seed; results are mean ± 95% confidence interval.
-    seeds: list[Seed] = Field(default=[0], min_length=1, max_length=MAX_SEEDS)
+    # Or {min, max}: seeds added round by round where answers are undecided (SeedRange).
+    seeds: Seeds = [0]
     baseline: str  # the variant every other one is compared with in the verdict
     # Further pairs [a, b] the question asks about (a − b), e.g. [before, after] in bn_placement.
     also_compare: list[Annotated[tuple[str, str], Field(strict=False)]] = []  # YAML has no tuples
     target_val_accuracy: Annotated[float, Field(gt=0.0, le=1.0)]  # for epochs-to-target
+    # What this budget changed that every answer rests on, beyond data, epochs and seeds (a
+    # stand-in network): appended to the study's budget sentence in the results and report.
+    budget_note: str | None = None
     defaults: dict[str, Any]
     # A factorial design: factor → level → overrides. Its variants are the cross product of the
     # levels, named by their level names joined with '-' in factor order, levels named `none`
@@ -295,7 +324,7 @@ class Study(Strict):
             if not set(pair) <= set(self.variants) or pair[0] == pair[1]:
                 raise ValueError(f"also_compare {list(pair)}: needs two different variants of "
                                  f"{sorted(self.variants)}")
-        if len(set(self.seeds)) != len(self.seeds):
+        if isinstance(self.seeds, list) and len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct (got {self.seeds})")
         for name, overrides in {"defaults": self.defaults, **self.variants}.items():
             if "seed" in (overrides or {}):
@@ -306,13 +335,28 @@ class Study(Strict):
         """Variant name → {factor: level} for every cell of the factorial design ({} if none)."""
         return {name: cell for name, (cell, _) in factorial_cells(self.factors).items()}
 
-    def units(self) -> list[tuple[str, int]]:
-        """(variant, seed) of every training of the study, sources of transfers first."""
+    @property
+    def sequential(self) -> bool:
+        """Seeds given as a range: spent round by round (ablations.sequential)."""
+        return isinstance(self.seeds, SeedRange)
+
+    def first_seeds(self) -> list[int]:
+        """The seeds every variant trains: the list, or a range's first `min` (0 … min−1)."""
+        return list(range(self.seeds.min)) if self.sequential else list(self.seeds)
+
+    def source_of(self, name: str) -> str | None:
+        """The variant `name` starts from (transfer), if any."""
+        return (self.variants[name] or {}).get("init_from") or self.defaults.get("init_from")
+
+    def units(self, allocation: dict[str, list[int]] | None = None) -> list[tuple[str, int]]:
+        """(variant, seed) of every training of the study, sources of transfers first; the
+        seeds of each variant are `allocation[variant]` (a sequential study's current round),
+        else first_seeds()."""
         names = list(self.variants)
-        sources = {(self.variants[n] or {}).get("init_from") or self.defaults.get("init_from")
-                   for n in names}
+        sources = {self.source_of(n) for n in names}
         ordered = [n for n in names if n in sources] + [n for n in names if n not in sources]
-        return [(name, seed) for name in ordered for seed in self.seeds]
+        seeds = allocation or {}
+        return [(name, seed) for name in ordered for seed in seeds.get(name, self.first_seeds())]
 
 
 def factorial_cells(factors: dict[str, dict[str, Overrides | None]]
@@ -486,7 +530,8 @@ def shorten(text: str, limit: int) -> str:
 
 
 def _describe(item: dict[str, Any], prefix: str) -> str:
-    path = ".".join(str(part) for part in (prefix, *item["loc"]) if part != "")
+    loc = [part for part in item["loc"] if not str(part).startswith("<")]  # union tags (Seeds)
+    path = ".".join(str(part) for part in (prefix, *loc) if part != "")
     if item["type"] == "extra_forbidden":
         return f"{path}: unknown key"
     if item["type"] == "missing":
@@ -528,7 +573,7 @@ def resolve_variant(params: Params, study: str, name: str, seed: int | None = No
             f"studies.{study}.variants.{name}: no such variant (have {sorted(spec.variants)})"
         )
     merged = {**spec.defaults, **(spec.variants[name] or {}),
-              "seed": spec.seeds[0] if seed is None else seed}
+              "seed": spec.first_seeds()[0] if seed is None else seed}
     where = f"studies.{study}.variants.{name}"
     try:
         cfg = Variant(**merged)

@@ -369,7 +369,8 @@ def study_budget(params: Params, study: str, train_images: int | None) -> dict[s
     epochs = sorted({params.variant(study, name).epochs for name in spec.variants
                      if params.variant_data(study, name) == spec.data})
     out = {"train_images": train_images, "epochs": epochs, "seeds": len(spec.seeds)}
-    out["text"] = convergence.budget_sentence(train_images, epochs, len(spec.seeds)) \
+    out["text"] = convergence.budget_sentence(train_images, epochs, len(spec.seeds),
+                                              spec.budget_note) \
         if train_images is not None else ""
     return out
 
