@@ -74,8 +74,8 @@ class SeedRange(Strict):
     seeds 0 … min−1; after each round the variants an undecided answer rests on train the next
     seed, until every answer is decided or they have `max` seeds (at most max − min + 1 looks)."""
 
-    min: Annotated[int, Field(ge=2, le=MAX_SEEDS)]  # 2: the fewest a Student-t interval takes
-    max: Annotated[int, Field(ge=2, le=MAX_SEEDS)]
+    min: Annotated[int, Field(ge=1, le=MAX_SEEDS)]  # 1: a factorial study decides from its design
+    max: Annotated[int, Field(ge=1, le=MAX_SEEDS)]
 
     @model_validator(mode="after")
     def _ordered(self) -> SeedRange:
