@@ -10,7 +10,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from ablations import plots, stats
+from ablations import plots, stats, tracking, verdicts
 from ablations.config import load_params
 from ablations.errors import DataError
 from ablations.evaluate import (epochs_to_target, evaluate_study, headline, read_study,
@@ -201,29 +201,43 @@ def test_evaluate_comparisons_and_verdict(evaluated):
     assert set(m["comparisons"]) == {"relu-bn", "tanh", "tanh-bn"}
     diff, half = stats.mean_ci([5.0, 5.0, 8.0])  # relu-bn − relu per seed, in points
     c = m["comparisons"]["relu-bn"]
-    assert (c["vs"], c["judgement"], c["n"]) == ("relu", "better", 3)
+    assert (c["vs"], c["judgement"], c["n"]) == ("relu", "better", 3)  # its own 95% interval
     assert (c["difference_points"], c["ci_points"]) == pytest.approx((diff, half))
-    assert c["text"] == (
-        f"relu-bn is 6.0 ± {half:.1f} points of test accuracy above relu (3 seeds): better"
-        + STILL_IMPROVING)
-    assert m["comparisons"]["tanh"]["text"].startswith("tanh vs relu: -34.3 ± ")  # seed 2: 0.10
-    assert "the interval covers 0, so no difference is shown (may change" in m["comparisons"]["tanh"]["text"]
-    assert m["comparisons"]["tanh-bn"]["judgement"] == "worse"
+    # Holm over the 4 answers with an interval (3 pairs, 1 speed-up): the smallest p is tested
+    # at 0.05 / 4, and none is decided, so every interval is at 1 − 0.05 / 4.
+    decided = {d["answer"]: d for d in m["decisions"]}
+    pair = decided["relu-bn − relu"]
+    assert (pair["decision"], pair["seeds"], pair["level"]) == ("undecided", 3, 1 - 0.05 / 4)
+    _, wide = stats.mean_ci([5.0, 5.0, 8.0], confidence=1 - 0.05 / 4)
+    assert pair["interval"] == pytest.approx([diff - wide, diff + wide])
+    assert c["decision"] == "undecided"
+    assert c["text"] == (f"relu-bn − relu: undecided, +6.0 ± {wide:.1f} points (3 seeds); "
+                         f"{pair['would_decide']}" + STILL_IMPROVING)
+    assert pair["would_decide"].startswith("about ") and "seeds to show a 6.0-point" in pair["would_decide"]
+    assert "the interval covers 0, so no difference" not in m["comparisons"]["tanh"]["text"]
+    assert m["comparisons"]["tanh-bn"]["judgement"] == "worse"  # unadjusted, in the detail
+    speedup = decided["relu-bn vs relu: epochs to 0.8 validation accuracy, without ÷ with BN"]
+    ratio_mean, ratio_half = stats.mean_ci([3, 2, 2], confidence=1 - 0.05 / 4)
+    assert speedup["difference"] == pytest.approx(ratio_mean)
+    assert speedup["interval"] == pytest.approx([ratio_mean - ratio_half, ratio_mean + ratio_half])
+    assert (speedup["kind"], speedup["margin"], speedup["decision"]) == ("speedup", None, "undecided")
+    unmeasured = decided["tanh-bn vs tanh: epochs to 0.8 validation accuracy, without ÷ with BN"]
+    assert (unmeasured["interval"], unmeasured["would_decide"]) == (
+        None, "a seed in which both variants reach the target")
+    assert m["decided"] == {"decided": 0, "answers": 5}
     assert m["best_variant"] == "relu-bn"
     acc_mean, acc_half = stats.mean_ci([0.90, 0.91, 0.92])
-    assert m["verdict"].startswith(
+    assert m["summary"].startswith(
         f"Best mean test accuracy: relu-bn, {100 * acc_mean:.1f} ± {100 * acc_half:.1f} % "
-        "over 3 seeds. "
-        + c["text"] + ".")
-    assert "Diverged: tanh (1 of 3 seeds)." in m["verdict"]
-    ratio_mean, ratio_half = stats.mean_ci([3, 2, 2])
-    assert (f"relu-bn vs relu: epochs: ratio {ratio_mean:.2f} ± {ratio_half:.2f} over 3 seeds; "
-            "the interval covers 1, so no speed-up is shown") in m["verdict"]
-    assert "tanh-bn vs tanh: not measurable" in m["verdict"]
+        "over 3 seeds.")
+    assert "Diverged: tanh (1 of 3 seeds)." in m["summary"]
+    assert m["verdict"] == (
+        "0 of 5 answers decided (Holm over the study's answers at 95%). "
+        + " ".join(verdicts.decision_sentence(d) + "." for d in m["decisions"]) + " " + m["summary"])
 
 
 def test_plot_writes_figures_and_each_stage_one_run(evaluated):
-    root, _, uri = evaluated
+    root, results, uri = evaluated
     written = sorted(p.name for p in (root / "plots" / "unit").iterdir())
     assert written == sorted(FIGURES)
     for name in written:
@@ -236,7 +250,14 @@ def test_plot_writes_figures_and_each_stage_one_run(evaluated):
     for name in ("unit-summary", "unit-figures"):  # nested under the study's run
         assert runs[name].data.tags["mlflow.parentRunId"] == runs["unit"].info.run_id
     assert summary.data.metrics["relu-bn.test_accuracy_mean"] == pytest.approx(0.91)
-    assert summary.data.tags["mlflow.note.content"].startswith("Best mean test accuracy")
+    assert summary.data.tags["mlflow.note.content"] == results["verdict"]
+    assert summary.data.metrics["answers"] == 5 and summary.data.metrics["answers_decided"] == 0
+    study = runs["unit"].data.tags  # one tag per decision, its headline sentence
+    assert study["decisions"] == "0 of 5"
+    assert {k: v for k, v in study.items() if k.startswith("decision.")} == {
+        f"decision.{tracking.tag_key(d['answer'])}": verdicts.decision_sentence(d)
+        for d in results["decisions"]}
+    assert "decision.relu-bn - relu" in study  # "−" is not allowed in a key: "-"
     assert {a.path for a in client.list_artifacts(summary.info.run_id)} == {"unit.json"}
     figures = runs["unit-figures"]
     assert figures.data.tags["dvc_stage"] == "plot@unit"
@@ -249,16 +270,18 @@ def test_headline_rows_share_columns_and_equal_the_results(evaluated):
     root, m, _ = evaluated
     rows = {p.stem: json.loads(p.read_text()) for p in (root / "metrics" / "unit").iterdir()}
     assert rows == headline(m)
-    assert set(rows) == set(VARIANTS)
+    assert set(rows) == set(VARIANTS) | {"decisions"}
+    assert rows["decisions"] == {"decided": 0, "answers": 5}
     accuracy = m["variants"]["relu"]["test_accuracy"]
     assert rows["relu"] == {"acc": 100 * accuracy["mean"], "acc_ci": 100 * accuracy["ci"]}
     c, speedup = m["comparisons"]["relu-bn"], m["bn_speedup"]["relu-bn"]["epochs_ratio"]
     assert rows["relu-bn"] == {
         "acc": pytest.approx(91.0), "acc_ci": 100 * m["variants"]["relu-bn"]["test_accuracy"]["ci"],
-        "diff": c["difference_points"], "diff_ci": c["ci_points"], "judgement": "better",
-        "speedup": speedup["mean"], "speedup_ci": speedup["ci"]}
+        "diff": c["difference_points"], "diff_ci": c["ci_points"], "judgement": "undecided",
+        "speedup": speedup["mean"], "speedup_ci": speedup["ci"]}  # judgement: the decision
     assert "speedup" not in rows["tanh-bn"]  # its twin never reached the target: no number
-    assert {key for row in rows.values() for key in row} == set(rows["relu-bn"])
+    assert {key for name, row in rows.items() if name != "decisions" for key in row} \
+        == set(rows["relu-bn"])
 
 
 def test_curves_file_is_every_history_in_long_format(evaluated, tmp_path):
@@ -295,9 +318,10 @@ def test_one_seed_study_has_no_intervals(tmp_path):
     assert m["variants"]["relu"]["test_accuracy"]["ci"] is None
     assert m["comparisons"]["relu-bn"]["judgement"] is None
     assert m["comparisons"]["relu-bn"]["text"] == (
-        "relu-bn vs relu: +5.0 points of test accuracy from 1 seed, no interval, so no conclusion"
-        + STILL_IMPROVING)
-    assert all(c["text"] + "." in m["verdict"] for c in m["comparisons"].values())
+        "relu-bn − relu: undecided, +5.0 points (1 seed); at least 2 seeds in common: one "
+        "measures no spread" + STILL_IMPROVING)
+    assert all(d["decision"] == "undecided" and d["interval"] is None for d in m["decisions"])
+    assert all(verdicts.decision_sentence(d) + "." in m["verdict"] for d in m["decisions"])
     assert "relu-bn, 90.0 % over 1 seed." in m["verdict"]
 
 
@@ -307,13 +331,16 @@ def test_pairs_the_question_asks_for_are_compared_in_the_verdict(tmp_path):
     m = study_metrics(params, "unit", read_study(params, "unit", models_dir, data_dir))
     pair = m["pair_comparisons"]["relu-bn vs tanh-bn"]
     assert (pair["vs"], pair["judgement"]) == ("tanh-bn", "better")  # 0.90-0.92 vs tanh-bn's lower
-    assert pair["text"].startswith("relu-bn is ") and " above tanh-bn " in pair["text"]
-    assert pair["text"] + "." in m["verdict"]
+    (decided,) = [d for d in m["decisions"] if d["answer"] == "relu-bn − tanh-bn"]
+    assert decided["variants"] == ["relu-bn", "tanh-bn"] and pair["decision"] == decided["decision"]
+    assert pair["text"].startswith(verdicts.decision_sentence(decided))
+    assert verdicts.decision_sentence(decided) + "." in m["verdict"]
     assert headline(m)["relu-bn-vs-tanh-bn"] == {
-        "diff": pair["difference_points"], "diff_ci": pair["ci_points"], "judgement": "better"}
+        "diff": pair["difference_points"], "diff_ci": pair["ci_points"],
+        "judgement": decided["decision"]}
     assert set(m["comparisons"]) == {"relu-bn", "tanh", "tanh-bn"}  # the baseline's stay
     page = study_section("unit", m, tmp_path / "no-plots")
-    assert "Other comparisons the question asks for" in page and html.escape(pair["text"]) in page
+    assert html.escape(decided["answer"]) in page and "<details>" in page
 
 
 def test_bn_violins_only_where_the_study_varies_batchnorm(tmp_path):
@@ -413,7 +440,7 @@ def test_convergence_flags_curves_still_rising_and_the_budget_is_stated(evaluate
     assert m["budget"] == {"train_images": 80, "epochs": [4], "seeds": 3,
                            "text": "These answers rest on 80 training images, 4 epochs and "
                                    "3 seeds per variant."}
-    assert m["verdict"].endswith(m["budget"]["text"])
+    assert m["verdict"].endswith(m["budget"]["text"]) and m["summary"].endswith(m["budget"]["text"])
 
 
 def test_converged_variants_carry_no_caveat():
