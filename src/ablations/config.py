@@ -360,15 +360,20 @@ class Study(Strict):
         """The variant `name` starts from (transfer), if any."""
         return (self.variants[name] or {}).get("init_from") or self.defaults.get("init_from")
 
-    def units(self, allocation: dict[str, list[int]] | None = None) -> list[tuple[str, int]]:
-        """(variant, seed) of every training of the study, sources of transfers first; the
-        seeds of each variant are `allocation[variant]` (a sequential study's current round),
-        else first_seeds()."""
+    def seeds_of(self, name: str, allocation: dict[str, int] | None = None) -> list[int]:
+        """The seeds variant `name` trains: 0 … allocation[name]−1 in a sequential study's
+        round (ablations.sequential), else first_seeds()."""
+        if allocation is not None and self.sequential:
+            return list(range(allocation[name]))
+        return self.first_seeds()
+
+    def units(self, allocation: dict[str, int] | None = None) -> list[tuple[str, int]]:
+        """(variant, seed) of every training of the study (seeds_of), sources of transfers
+        first."""
         names = list(self.variants)
         sources = {self.source_of(n) for n in names}
         ordered = [n for n in names if n in sources] + [n for n in names if n not in sources]
-        seeds = allocation or {}
-        return [(name, seed) for name in ordered for seed in seeds.get(name, self.first_seeds())]
+        return [(name, seed) for name in ordered for seed in self.seeds_of(name, allocation)]
 
 
 def factorial_cells(factors: dict[str, dict[str, Overrides | None]]

@@ -61,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-from ablations import convergence, decisions, effects, stats, tracking, verdicts
+from ablations import convergence, decisions, effects, sequential, stats, tracking, verdicts
 from ablations.config import Params
 from ablations.errors import DataError
 from ablations.history import curve_rows, read_history, read_steps, write_curves
@@ -389,10 +389,11 @@ def best_confusion(params: Params, study: str, units: dict[str, list[dict]], bes
 # --------------------------------------------------------------------------- stage
 
 
-def read_study(params: Params, study: str, models_dir: Path, data_dir: Path
-               ) -> dict[str, list[dict]]:
-    """{variant: [unit per seed]}; each variant's predictions are checked against the test
-    labels of the data it trained on (a transfer source trains on other data)."""
+def read_study(params: Params, study: str, models_dir: Path, data_dir: Path,
+               allocation: sequential.Allocation | None = None) -> dict[str, list[dict]]:
+    """{variant: [unit per seed]} (a sequential study: the seeds of `allocation`); each
+    variant's predictions are checked against the test labels of the data it trained on (a
+    transfer source trains on other data)."""
     spec = params.studies[study]
     labels: dict[str, np.ndarray] = {}  # per prepared dataset: variants mostly share one
     units = {}
@@ -401,18 +402,66 @@ def read_study(params: Params, study: str, models_dir: Path, data_dir: Path
         if data not in labels:
             labels[data] = read_test_labels(Path(data_dir) / data)
         units[name] = [read_unit(models_dir, study, name, seed, labels[data])
-                       for seed in spec.seeds]
+                       for seed in spec.seeds_of(name, allocation)]
     return units
 
 
-def study_budget(params: Params, study: str, train_images: int | None) -> dict[str, Any]:
-    """Training images (of the study's data), epochs and seeds every answer rests on."""
+def study_decisions(params: Params, study: str, variants: dict[str, dict],
+                    bn_speedup: dict[str, dict]) -> list[dict[str, Any]]:
+    """The study's answers decided (decisions.decide_study) at its per-look confidence
+    (sequential.look_confidence: 95 % for a list of seeds)."""
+    spec = params.studies[study]
+    return decisions.decide_study(
+        spec, accuracies(variants), sequential.look_confidence(spec, stats.CONFIDENCE),
+        speedup_ratios(bn_speedup, spec.target_val_accuracy))
+
+
+def _variants_and_speedups(params: Params, study: str, units: dict[str, list[dict]]
+                           ) -> tuple[dict[str, dict], dict[str, dict]]:
+    spec = params.studies[study]
+    variants = {name: variant_metrics(runs, spec.target_val_accuracy,
+                                      params.variant_data(study, name))
+                for name, runs in units.items()}
+    bn_speedup = {bn: {"twin": twin, **speedup(variants[bn], variants[twin])}
+                  for bn, twin in bn_twins(params, study).items()}
+    return variants, bn_speedup
+
+
+def round_decisions(params: Params, study: str, models_dir: Path, data_dir: Path,
+                    allocation: sequential.Allocation) -> list[dict[str, Any]]:
+    """A sequential study's decisions on the units of one round (the train stage calls this
+    after each round; evaluate replays the rounds with it)."""
+    units = read_study(params, study, Path(models_dir), Path(data_dir), allocation)
+    return study_decisions(params, study, *_variants_and_speedups(params, study, units))
+
+
+def replay_rounds(params: Params, study: str, models_dir: Path, data_dir: Path
+                  ) -> dict[str, Any] | None:
+    """A sequential study's rounds as the train stage ran them, from the trained units:
+    {method, looks, looks_planned, confidence_per_look, allocation}; None for a list of
+    seeds. A unit the rounds need but train did not leave is one error naming the stage."""
+    spec = params.studies[study]
+    if not spec.sequential:
+        return None
+    allocation, _, taken = sequential.run_rounds(
+        spec, lambda counts: round_decisions(params, study, models_dir, data_dir, counts))
+    return {"method": sequential.method(spec, stats.CONFIDENCE), "looks": taken,
+            "looks_planned": sequential.looks(spec),
+            "confidence_per_look": sequential.look_confidence(spec, stats.CONFIDENCE),
+            "allocation": allocation}
+
+
+def study_budget(params: Params, study: str, train_images: int | None,
+                 seeds: list[int]) -> dict[str, Any]:
+    """Training images (of the study's data), epochs and seeds (per variant: `seeds`, the
+    counts; a sequential study spends them unevenly) every answer rests on."""
     spec = params.studies[study]
     epochs = sorted({params.variant(study, name).epochs for name in spec.variants
                      if params.variant_data(study, name) == spec.data})
-    out = {"train_images": train_images, "epochs": epochs, "seeds": len(spec.seeds)}
-    out["text"] = convergence.budget_sentence(train_images, epochs, len(spec.seeds),
-                                              spec.budget_note) \
+    fewest, most = min(seeds), max(seeds)
+    count = fewest if fewest == most else f"{fewest}-{most}"
+    out = {"train_images": train_images, "epochs": epochs, "seeds": count}
+    out["text"] = convergence.budget_sentence(train_images, epochs, count, spec.budget_note) \
         if train_images is not None else ""
     return out
 
@@ -423,25 +472,26 @@ def count_train_images(data_dir: Path, data: str) -> int | None:
 
 
 def study_metrics(params: Params, study: str, units: dict[str, list[dict]],
-                  train_images: int | None = None) -> dict[str, Any]:
+                  train_images: int | None = None,
+                  rounds: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`rounds`: a sequential study's replay_rounds (None: a list of seeds)."""
     spec = params.studies[study]
-    variants = {name: variant_metrics(runs, spec.target_val_accuracy,
-                                      params.variant_data(study, name))
-                for name, runs in units.items()}
+    variants, bn_speedup = _variants_and_speedups(params, study, units)
     metrics = {
         "study": study, "question": spec.question, "data": spec.data, "baseline": spec.baseline,
-        "seeds": list(spec.seeds), "target_val_accuracy": spec.target_val_accuracy,
+        "seeds": sorted({u["seed"] for runs in units.values() for u in runs}),
+        "target_val_accuracy": spec.target_val_accuracy,
         "confidence": stats.CONFIDENCE, "variants": variants,
-        "bn_speedup": {bn: {"twin": twin, **speedup(variants[bn], variants[twin])}
-                       for bn, twin in bn_twins(params, study).items()},
+        "bn_speedup": bn_speedup, "sequential": rounds,
         "margin": spec.margin,
         "best_variant": best_variant(variants, spec.data),
         "effects": study_effects(params, study, variants),
-        "budget": study_budget(params, study, train_images),
+        "budget": study_budget(params, study, train_images, [len(runs) for runs in units.values()]),
     }
-    metrics["decisions"] = decisions.decide_study(
-        spec, accuracies(variants), stats.CONFIDENCE,
-        speedup_ratios(metrics["bn_speedup"], spec.target_val_accuracy))
+    metrics["decisions"] = study_decisions(params, study, variants, bn_speedup)
+    if rounds is not None:  # the decisions are valid under the rounds' optional stopping
+        for d in metrics["decisions"]:
+            d["method"] = f"{d['method']}; sequential: {rounds['method']}"
     metrics["decided"] = decisions.counts(metrics["decisions"])
     answered = {d["answer"]: d for d in metrics["decisions"] if d["kind"] == "pair"}
 
@@ -475,11 +525,11 @@ def _summary_metrics(metrics: dict) -> dict[str, float]:
     return flat
 
 
-def study_results(params: Params, study: str, units: dict[str, list[dict]], data_dir: Path
-                  ) -> dict[str, Any]:
+def study_results(params: Params, study: str, units: dict[str, list[dict]], data_dir: Path,
+                  rounds: dict[str, Any] | None = None) -> dict[str, Any]:
     """The results file's content: study_metrics and the best variant's confusion counts."""
     metrics = study_metrics(params, study, units,
-                            count_train_images(data_dir, params.studies[study].data))
+                            count_train_images(data_dir, params.studies[study].data), rounds)
     metrics["confusion"] = best_confusion(params, study, units, metrics["best_variant"], data_dir)
     return metrics
 
@@ -517,8 +567,9 @@ def evaluate_study(params: Params, study: str, models_dir: Path, data_dir: Path,
     """The evaluate stage: results JSON + headline metrics + curves + MLflow summary run;
     returns the results. `data_dir` holds every prepared dataset (data/prepared)."""
     models_dir, data_dir = Path(models_dir), Path(data_dir)
-    units = read_study(params, study, models_dir, data_dir)
-    metrics = study_results(params, study, units, data_dir)
+    rounds = replay_rounds(params, study, models_dir, data_dir)  # None: a list of seeds
+    units = read_study(params, study, models_dir, data_dir, rounds and rounds["allocation"])
+    metrics = study_results(params, study, units, data_dir, rounds)
     rows = headline(metrics)  # before any write: a bad row name leaves nothing half-written
     write_curves(Path(curves_path), curve_rows(study_histories(units)))
     write_headline(Path(metrics_dir), rows)
