@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(not FASHION.exists(), reason="needs Debian's dat
 
 def shrink(params: dict) -> dict:
     """Two studies of the real params.yaml, cut down: batchnorm (2 variants x 2 seeds) and
-    transfer (pretraining on one class subset, fine-tuning on another)."""
+    transfer (pretraining on one class subset, fine-tuning on another; seeds by rounds)."""
     prepared = params["data"]["prepared"]
     params["data"]["prepared"] = {name: prepared[name]
                                   for name in ("fmnist_pm1", "fmnist_source", "fmnist_target")}
@@ -47,7 +47,9 @@ def shrink(params: dict) -> dict:
     transfer["variants"] = {name: transfer["variants"][name] for name in ("source", "scratch", "finetune")}
     transfer["also_compare"] = []  # its pair names `frozen`, cut above
     transfer["variants"]["source"]["epochs"] = 1
-    transfer["seeds"] = [0]
+    # Seeds by rounds (ablations.sequential): one seed gives no interval, so round 2 trains
+    # seed 1 of the variants the undecided answer rests on, and of their source.
+    transfer["seeds"] = {"min": 1, "max": 2}
     params["polyfit"].update(max_degree=4, n=60, folds=3)
     return params
 
@@ -112,6 +114,12 @@ def test_metrics_plots_and_report(pipeline):
         "learning_curves.png", "test_accuracy.png", "confusion_matrix.png", "examples.png"}
     transfer = json.loads((repo / "results" / "transfer.json").read_text())
     assert transfer["comparisons"]["finetune"]["vs"] == "scratch"
+    rounds = transfer["sequential"]  # the rounds train ran, replayed from its units
+    assert rounds["looks"] == 2 and rounds["looks_planned"] == 2
+    assert rounds["allocation"] == {"source": 2, "scratch": 2, "finetune": 2}
+    assert rounds["method"] in transfer["decisions"][0]["method"]
+    assert sorted(p.name for p in (repo / "models" / "transfer" / "finetune").iterdir()) == \
+        ["seed0", "seed1"]
     polyfit = json.loads((repo / "results" / "polyfit.json").read_text())
     assert 1 <= polyfit["chosen_degree_1se"] <= 4
     assert metric_files(repo) == dvc_metrics(repo, env, "show", "--json")[""]["data"]
