@@ -56,6 +56,14 @@ def test_additive_model_is_the_anova_without_replication_with_tukeys_test():
     assert [e.answer for e in estimates] == [effects.effect_label(m) for m in mains]
     for e, m in zip(estimates, mains):
         assert e.difference == pytest.approx(m["difference"])
+    import pandas as pd
+    import statsmodels.formula.api as smf
+
+    frame = pd.DataFrame([(f"r{i}", f"c{j}", y[i, j]) for i in range(4) for j in range(3)],
+                         columns=["row", "col", "acc"])
+    formula = smf.ols("acc ~ C(row) + C(col)", frame).fit()  # the formula API builds the same
+    assert [e.difference for e in estimates] == pytest.approx(list(formula.params[1:]))
+    assert [e.se for e in estimates] == pytest.approx(list(formula.bse[1:]))
     residual = y - y.mean(1, keepdims=True) - y.mean(0) + y.mean()
     ms_res = (residual ** 2).sum() / 6  # df (4 − 1)(3 − 1)
     assert estimates[0].df == 6

@@ -119,7 +119,7 @@ def check(design: str, seed: int) -> None:
             "|effect| ≥ 3 shown better/worse": t["far_decided"] / t["far"],
             "|effect| < margin/2 shown equivalent": t["small_equivalent"] / t["small"]}
     print(f"\n{design}: {STUDIES} studies, {t['answers']} answers: "
-          + ", ".join(f"{k} {v:.3f}" for k, v in rate.items()))
+          + ", ".join(f"{k} {v:.4f}" for k, v in rate.items()))
     assert t["intervals"] == t["answers"]  # every design here measures a spread
     # Holm holds the chance of any wrong decision in a study at 5 %; per answer it is lower.
     assert rate["wrong decisions"] <= 0.05

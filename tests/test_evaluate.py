@@ -45,7 +45,7 @@ VARIANTS = {"relu": {}, "relu-bn": {"norm": "before"}, "tanh": {"activation": "t
             "tanh-bn": {"activation": "tanh", "norm": "before"}}
 
 
-def write_study_params(folder, seeds=(0, 1, 2), variants=VARIANTS, also_compare=()):
+def write_study_params(folder, seeds=(0, 1, 2), variants=VARIANTS, also_compare=(), factors=None):
     """folder/params.yaml with one study `unit` on prepared data `d` (as conftest.write_params,
     plus seeds, a baseline and the pairs `also_compare`)."""
     prepared = {"source": "fashion_mnist", "scaling": "zero_one"}
@@ -56,7 +56,7 @@ def write_study_params(folder, seeds=(0, 1, 2), variants=VARIANTS, also_compare=
                                    "target_val_accuracy": TARGET,
                                    "defaults": {"conv_filters": [4], "dense_units": [8],
                                                 "epochs": 4, "batch_size": 16},
-                                   "variants": variants}},
+                                   "variants": variants, **({"factors": factors} if factors else {})}},
               "polyfit": {"coefficients": [1.0, 2.0], "noise": 0.1, "n": 20, "x_range": [0, 1],
                           "max_degree": 2, "folds": 2, "seed": 0}}
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
@@ -103,9 +103,9 @@ def write_unit(models_dir, name, index, seed, y_test):
             for param in ("gamma", "beta")})
 
 
-def write_fake_study(root, seeds=(0, 1, 2), variants=VARIANTS, also_compare=()):
+def write_fake_study(root, seeds=(0, 1, 2), variants=VARIANTS, also_compare=(), factors=None):
     """(params, models/unit, data/prepared) of a study trained 'for real' on disk."""
-    params = write_study_params(root, seeds, variants, also_compare)
+    params = write_study_params(root, seeds, {} if factors else variants, also_compare, factors)
     data_dir = root / "data" / "prepared"
     y_test = {"d": np.load(write_prepared_data(data_dir / "d") / "y_test.npy"),
               "d2": np.load(write_prepared_data(data_dir / "d2", n_test=24) / "y_test.npy")}
@@ -203,12 +203,13 @@ def test_evaluate_comparisons_and_verdict(evaluated):
     c = m["comparisons"]["relu-bn"]
     assert (c["vs"], c["judgement"], c["n"]) == ("relu", "better", 3)  # its own 95% interval
     assert (c["difference_points"], c["ci_points"]) == pytest.approx((diff, half))
-    # Holm over the 4 answers with an interval (3 pairs, 1 speed-up): the smallest p is tested
-    # at 0.05 / 4, and none is decided, so every interval is at 1 − 0.05 / 4.
+    # Holm over the 3 answers (each variant vs the baseline; the speed-up is measured in whole
+    # epochs, not an answer): the smallest p is tested at 0.05 / 3, and none is decided, so
+    # every interval is at 1 − 0.05 / 3.
     decided = {d["answer"]: d for d in m["decisions"]}
     pair = decided["relu-bn − relu"]
-    assert (pair["decision"], pair["seeds"], pair["level"]) == ("undecided", 3, 1 - 0.05 / 4)
-    _, wide = stats.mean_ci([5.0, 5.0, 8.0], confidence=1 - 0.05 / 4)
+    assert (pair["decision"], pair["seeds"], pair["level"]) == ("undecided", 3, 1 - 0.05 / 3)
+    _, wide = stats.mean_ci([5.0, 5.0, 8.0], confidence=1 - 0.05 / 3)
     assert pair["interval"] == pytest.approx([diff - wide, diff + wide])
     assert c["decision"] == "undecided"
     assert c["text"] == (f"relu-bn − relu: undecided, +6.0 ± {wide:.1f} points (3 seeds); "
@@ -216,15 +217,8 @@ def test_evaluate_comparisons_and_verdict(evaluated):
     assert pair["would_decide"].startswith("about ") and "seeds to show a 6.0-point" in pair["would_decide"]
     assert "the interval covers 0, so no difference" not in m["comparisons"]["tanh"]["text"]
     assert m["comparisons"]["tanh-bn"]["judgement"] == "worse"  # unadjusted, in the detail
-    speedup = decided["relu-bn vs relu: epochs to 0.8 validation accuracy, without ÷ with BN"]
-    ratio_mean, ratio_half = stats.mean_ci([3, 2, 2], confidence=1 - 0.05 / 4)
-    assert speedup["difference"] == pytest.approx(ratio_mean)
-    assert speedup["interval"] == pytest.approx([ratio_mean - ratio_half, ratio_mean + ratio_half])
-    assert (speedup["kind"], speedup["margin"], speedup["decision"]) == ("speedup", None, "undecided")
-    unmeasured = decided["tanh-bn vs tanh: epochs to 0.8 validation accuracy, without ÷ with BN"]
-    assert (unmeasured["interval"], unmeasured["would_decide"]) == (
-        None, "a seed in which both variants reach the target")
-    assert m["decided"] == {"decided": 0, "answers": 5}
+    assert [d["kind"] for d in m["decisions"]] == ["pair"] * 3
+    assert m["decided"] == {"decided": 0, "answers": 3}
     assert m["best_variant"] == "relu-bn"
     acc_mean, acc_half = stats.mean_ci([0.90, 0.91, 0.92])
     assert m["summary"].startswith(
@@ -232,7 +226,7 @@ def test_evaluate_comparisons_and_verdict(evaluated):
         "over 3 seeds.")
     assert "Diverged: tanh (1 of 3 seeds)." in m["summary"]
     assert m["verdict"] == (
-        "0 of 5 answers decided (Holm over the study's answers at 95%). "
+        "0 of 3 answers decided (Holm over the study's answers at 95%). "
         + " ".join(verdicts.decision_sentence(d) + "." for d in m["decisions"]) + " " + m["summary"])
 
 
@@ -251,9 +245,9 @@ def test_plot_writes_figures_and_each_stage_one_run(evaluated):
         assert runs[name].data.tags["mlflow.parentRunId"] == runs["unit"].info.run_id
     assert summary.data.metrics["relu-bn.test_accuracy_mean"] == pytest.approx(0.91)
     assert summary.data.tags["mlflow.note.content"] == results["verdict"]
-    assert summary.data.metrics["answers"] == 5 and summary.data.metrics["answers_decided"] == 0
+    assert summary.data.metrics["answers"] == 3 and summary.data.metrics["answers_decided"] == 0
     study = runs["unit"].data.tags  # one tag per decision, its headline sentence
-    assert study["decisions"] == "0 of 5"
+    assert study["decisions"] == "0 of 3"
     assert {k: v for k, v in study.items() if k.startswith("decision.")} == {
         f"decision.{tracking.tag_key(d['answer'])}": verdicts.decision_sentence(d)
         for d in results["decisions"]}
@@ -271,7 +265,7 @@ def test_headline_rows_share_columns_and_equal_the_results(evaluated):
     rows = {p.stem: json.loads(p.read_text()) for p in (root / "metrics" / "unit").iterdir()}
     assert rows == headline(m)
     assert set(rows) == set(VARIANTS) | {"decisions"}
-    assert rows["decisions"] == {"decided": 0, "answers": 5}
+    assert rows["decisions"] == {"decided": 0, "answers": 3}
     accuracy = m["variants"]["relu"]["test_accuracy"]
     assert rows["relu"] == {"acc": 100 * accuracy["mean"], "acc_ci": 100 * accuracy["ci"]}
     c, speedup = m["comparisons"]["relu-bn"], m["bn_speedup"]["relu-bn"]["epochs_ratio"]
@@ -341,6 +335,47 @@ def test_pairs_the_question_asks_for_are_compared_in_the_verdict(tmp_path):
     assert set(m["comparisons"]) == {"relu-bn", "tanh", "tanh-bn"}  # the baseline's stay
     page = study_section("unit", m, tmp_path / "no-plots")
     assert html.escape(decided["answer"]) in page and "<details>" in page
+
+
+def test_factorial_study_decides_its_main_effects(tmp_path):
+    """The same four variants as a 2 x 2 design (activation x norm): the answers are the two
+    main effects and the speed-ups; the comparisons with the baseline are detail, the effects
+    within each setting and the interaction too."""
+    factors = {"activation": {"relu": {}, "tanh": {"activation": "tanh"}},
+               "norm": {"none": {}, "bn": {"norm": "before"}}}
+    params, models_dir, data_dir = write_fake_study(tmp_path, factors=factors)
+    assert set(params.studies["unit"].variants) == set(VARIANTS)
+    m = study_metrics(params, "unit", read_study(params, "unit", models_dir, data_dir))
+    assert [(d["answer"], d["kind"]) for d in m["decisions"]][:2] == [
+        ("activation tanh − relu", "main"), ("norm bn − none", "main")]
+    assert len(m["decisions"]) == 2  # the speed-ups are in whole epochs: not answers
+    norm = m["decisions"][1]
+    # Paired by seed: (relu-bn − relu + tanh-bn − tanh) / 2 per seed: (5 + 10) / 2, (5 + 10) / 2, (8 + 71) / 2
+    assert norm["difference"] == pytest.approx(np.mean([7.5, 7.5, 39.5]))
+    assert norm["method"].startswith("paired by seed, t over 3 seeds; Holm over 2 answers")
+    assert all("decision" not in c for c in m["comparisons"].values())
+    assert m["comparisons"]["relu-bn"]["text"].startswith("relu-bn is 6.0 ± ")  # its own interval
+    assert m["details"][0].startswith("activation tanh − relu, within each setting (95% "
+                                      "intervals, each on its own): norm=")
+    assert "norm=none: -34.3 ± 85.3 (not shown)" in m["details"][0]
+    assert any(d.startswith("activation tanh × norm bn (interaction)") for d in m["details"])
+    page = study_section("unit", m, tmp_path / "no-plots")
+    details = page[page.index("<details>"):page.index("</details>")]
+    assert html.escape(m["comparisons"]["relu-bn"]["text"]) in details
+    assert html.escape(m["details"][0]) in details
+
+
+def test_one_seed_factorial_decides_from_the_additive_model(tmp_path):
+    factors = {"activation": {"relu": {}, "tanh": {"activation": "tanh"}},
+               "norm": {"none": {}, "bn": {"norm": "before"}}}
+    params, models_dir, data_dir = write_fake_study(tmp_path, seeds=(0,), factors=factors)
+    m = study_metrics(params, "unit", read_study(params, "unit", models_dir, data_dir))
+    main = m["decisions"][0]
+    assert main["seeds"] == 1 and main["interval"] is not None  # df 1: the interaction
+    assert "ANOVA without replication" in main["method"]
+    assert "assumes the factors' effects add up" in main["method"]
+    assert ("Main effects from the additive model of the 4 cells (ANOVA without replication; "
+            "OLS, residual df 1): assumes the factors' effects add up.") in m["verdict"]
 
 
 def test_bn_violins_only_where_the_study_varies_batchnorm(tmp_path):
@@ -475,7 +510,9 @@ def test_steps_to_target_interpolates_between_evaluations():
 def test_bn_speedup_in_steps_with_an_interval_over_seeds():
     """Validated within epochs, BN reaches 0.75 after 12, 10, 16 steps, its twin after 30, 30,
     32: the speed-up is the mean of the per-seed ratios 2.5, 3, 2, with its t-interval."""
-    from ablations.evaluate import speedup, variant_metrics
+    from ablations.config import Study
+    from ablations.decisions import decide_study
+    from ablations.evaluate import speedup, speedup_ratios, variant_metrics
 
     def unit(seed, crossing):  # val accuracy rises linearly to 0.75 at step `crossing`
         steps = [{"step": s, "epoch": s / 8, "val_accuracy": 0.75 * s / crossing,
@@ -492,6 +529,22 @@ def test_bn_speedup_in_steps_with_an_interval_over_seeds():
     mean, half = stats.mean_ci([2.5, 3.0, 2.0])
     assert (ratio["mean"], ratio["ci"]) == pytest.approx((mean, half))
     assert speedup(bn, twin)["train_seconds_ratio"]["mean"] == pytest.approx(mean)
+    # Measured in steps, the speed-up is one of the question's answers: decided against 1.
+    ratios = speedup_ratios({"bn": {"twin": "twin", **speedup(bn, twin)}}, 0.75)
+    label = "bn vs twin: training steps to 0.75 validation accuracy, without ÷ with BN"
+    assert ratios == {label: {"variants": ["bn", "twin"],
+                              "values": pytest.approx({"seed0": 2.5, "seed1": 3.0, "seed2": 2.0})}}
+    spec = Study(question="q", data="d", baseline="twin", target_val_accuracy=0.75, defaults={},
+                 variants={"twin": {}, "bn": {}})
+    one_seed = {"twin": {"seed0": 0.8}, "bn": {"seed0": 0.8}}  # the pair: no interval, no Holm
+    (_, decided) = decide_study(spec, one_seed, ratios=ratios)
+    assert (decided["answer"], decided["decision"], decided["level"]) == (label, "better", 0.95)
+    assert decided["interval"] == pytest.approx([mean - half, mean + half])
+    assert verdicts.decision_sentence(decided) == (
+        f"{label}: better: fewer with BatchNorm, ratio 2.50 ± {half:.2f} (3 seeds)")
+    history_only = {key: value for key, value in speedup(bn, twin).items() if "steps" not in key
+                    and "train_seconds" not in key}
+    assert speedup_ratios({"bn": {"twin": "twin", **history_only}}, 0.75) == {}
 
 
 def _fake_default_study(root, params, study, rng):

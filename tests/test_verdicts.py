@@ -115,9 +115,10 @@ def random_decisions(rng: random.Random) -> list[dict]:
         seeds = rng.randint(1, 9)
         spread = rng.random() > 0.15 and seeds > 1
         names = random_names(rng, 2)
+        size = rng.choice([0.05, 1.0])  # small differences too: equivalence is reachable
         out.append(Estimate(
-            f"{names[0]} − {names[1]}", kind, names, null + scale * rng.uniform(-6, 6),
-            scale * rng.uniform(0.01, 3) if spread else None, seeds - 1 if spread else None,
+            f"{names[0]} − {names[1]}", kind, names, null + scale * size * rng.uniform(-6, 6),
+            scale * 10 ** rng.uniform(-2, 0.5) if spread else None, seeds - 1 if spread else None,
             seeds, "synthetic", null, margin))
     return decide(out, rng.choice([0.9, 0.95, 0.99]))
 

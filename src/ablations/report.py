@@ -2,8 +2,8 @@
 
 A section per study (question; the decisions, one row per question-level answer; what they
 rest on; the detail folded in a <details>: effects within each setting, interactions,
-convergence, comparisons with the baseline; mean ± 95% CI per variant, BN speed-up, figures), from the evaluate stage's results/<study>.json and the plot
-stage's plots/<study>/, and polyfit's when its results file exists (both of polyfit's paths
+convergence, comparisons with the baseline; mean ± 95% CI per variant, BN speed-up, figures),
+from the evaluate stage's results/<study>.json and the plot stage's plots/<study>/, and polyfit's when its results file exists (both of polyfit's paths
 come from the command line, as dvc.yaml gives them to the polyfit stage). Figures are
 embedded as base64 `data:` URIs and the styles are inline: the single file can be mailed,
 archived or opened from a DVC cache without a server or network, and needs no JavaScript.
@@ -34,18 +34,21 @@ th:first-child, td:first-child { text-align: left; }
 tr.baseline { background: #fff3e0; } .question { font-style: italic; }
 .verdict { background: #eef6ee; border-left: 4px solid #3a3; padding: 0.6rem 1rem; }
 tr.decision.undecided td:nth-child(2) { color: #955; } .note, .methods { font-size: 0.85rem; }
+table.decisions td:nth-child(2), table.decisions td:nth-child(5) { text-align: left; }
 details { margin: 1rem 0; } summary { cursor: pointer; font-weight: 600; }
 figure { margin: 1.5rem 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
 nav a { margin-right: 1rem; }
 """
 
 
-def _table(header: list[str], rows: list[list[str]], classes: list[str] | None = None) -> str:
+def _table(header: list[str], rows: list[list[str]], classes: list[str] | None = None,
+           table_class: str = "") -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
     body = "".join(
         f"<tr class=\"{escape(cls)}\">" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>"
         for row, cls in zip(rows, classes or [""] * len(rows)))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    attribute = f" class=\"{escape(table_class)}\"" if table_class else ""
+    return f"<table{attribute}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _figure(path: Path, caption: str) -> str:
@@ -109,7 +112,8 @@ def _effects_tables(m: dict) -> str:
                                 "yes" if r["shown"] else "no"] for r in chosen]) if chosen else ""
 
     effects, interactions = table(("main", "simple", "pairs")), table(("interaction",))
-    return ((f"<h3>Effects on test accuracy (paired by seed)</h3>{effects}" if effects else "")
+    return ((f"<h3>Effects on test accuracy (paired by seed; each 95% interval on its own, not "
+             f"adjusted for the study's other answers)</h3>{effects}" if effects else "")
             + (f"<h3>Interactions (0: the two effects add up)</h3>{interactions}"
                if interactions else ""))
 
@@ -128,7 +132,7 @@ def _decisions(m: dict) -> str:
     count = m["decided"]
     return (f"<h3>Decisions: {count['decided']} of {count['answers']} answers decided</h3>"
             + _table(["answer", "decision", "difference ± interval", "seeds",
-                      "what would decide it"], rows, classes)
+                      "what would decide it"], rows, classes, "decisions")
             + f"<p class=\"note\">better / worse: the interval excludes 0 (a speed-up ratio: "
             f"1); equivalent: it lies inside ±{m['margin']:.1f} points (the study's margin). "
             "Each interval is at the level Holm's procedure tested its answer at, so that the "
@@ -138,9 +142,11 @@ def _decisions(m: dict) -> str:
 
 def _details(m: dict) -> str:
     """Behind the decisions, folded: effects within each setting, interactions, convergence,
-    every comparison with the baseline (95% intervals, each on its own)."""
+    the comparisons with the baseline that are not answers themselves (95% intervals, each on
+    its own)."""
     details = "".join(f"<li>{escape(a)}</li>" for a in m.get("details", []))
-    comparisons = "".join(f"<li>{escape(c['text'])}</li>" for c in m["comparisons"].values())
+    comparisons = "".join(f"<li>{escape(c['text'])}</li>" for c in m["comparisons"].values()
+                          if "decision" not in c)
     return ("<details><summary>Detail: effects within each setting, interactions, convergence, "
             "comparisons with the baseline</summary>"
             + (f"<ul class=\"details\">{details}</ul>" if details else "")

@@ -34,8 +34,8 @@ except ImportError:  # Windows
 
 import mlflow
 import numpy as np
-from mlflow.entities import (DatasetInput, InputTag, LifecycleStage, LoggedModelStatus, Metric, Param,
-                             Run, RunTag)
+from mlflow.entities import (DatasetInput, InputTag, LifecycleStage, LoggedModelStatus, Metric,
+                             Param, Run, RunTag)
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
