@@ -14,7 +14,7 @@ from ablations import plots, stats, tracking, verdicts
 from ablations.config import load_params
 from ablations.errors import DataError
 from ablations.evaluate import (epochs_to_target, evaluate_study, headline, read_study,
-                                study_histories, study_metrics, study_results)
+                                replay_rounds, study_histories, study_metrics, study_results)
 from ablations.history import read_curves, write_history
 from ablations.io import write_json
 from ablations.layout import UnitFolder
@@ -558,7 +558,8 @@ def _fake_default_study(root, params, study, rng):
             folder.mkdir(parents=True, exist_ok=True)
             labels[data] = np.arange(20) % 4
             np.save(folder / "y_test.npy", labels[data])
-        for seed in spec.seeds:
+        # a range of seeds: every seed its rounds may ask for
+        for seed in spec.seeds_of(name, {name: spec.seeds.max} if spec.sequential else None):
             folder = UnitFolder.of(root / "models" / study, name, seed).path
             folder.mkdir(parents=True)
             accuracy = float(rng.uniform(0.5, 0.95))
@@ -581,8 +582,11 @@ def test_dvc_metrics_show_of_the_default_studies_fits_200_columns(tmp_path, repo
     targets = []
     for study in repo_params.studies:
         _fake_default_study(tmp_path, repo_params, study, rng)
-        units = read_study(repo_params, study, tmp_path / "models" / study, tmp_path / "data")
-        rows = headline(study_results(repo_params, study, units, tmp_path / "data"))
+        models = tmp_path / "models" / study
+        rounds = replay_rounds(repo_params, study, models, tmp_path / "data")  # as evaluate does
+        units = read_study(repo_params, study, models, tmp_path / "data",
+                           rounds and rounds["allocation"])
+        rows = headline(study_results(repo_params, study, units, tmp_path / "data", rounds))
         assert set(repo_params.studies[study].variants) <= set(rows)
         for name, numbers in rows.items():
             write_json(tmp_path / "metrics" / study / f"{name}.json", numbers)
