@@ -15,8 +15,12 @@ results/<study>.json — every "result" is {mean, ci, n, excluded, values}: the 
 seeds, the half-width of its 95% Student-t interval (null with one value), n finite values
 used, `excluded` values that were null/NaN (diverged, or target never reached) and the
 per-seed values {"seed0": …}:
-  study, question, data (the study's prepared dataset), baseline, seeds, target_val_accuracy,
-      confidence (0.95)
+  study, question, data (the study's prepared dataset), baseline, seeds (every seed trained),
+      target_val_accuracy, confidence (0.95)
+  sequential (a study whose seeds are a range; null otherwise: ablations.sequential): the
+      rounds train ran, replayed from its units — method (the procedure in words), looks,
+      looks_planned, confidence_per_look (the decisions' confidence), allocation (seeds per
+      variant); every decision's method ends with the procedure
   variants.<name>: data (what it trained and was tested on), seeds (count), diverged
       (count), test_accuracy, test_loss, fit_seconds, epochs_to_target and seconds_to_target
       (results over the seeds that reached the target, plus reached / of: how many of the
@@ -493,7 +497,7 @@ def study_metrics(params: Params, study: str, units: dict[str, list[dict]],
         "budget": study_budget(params, study, train_images, [len(runs) for runs in units.values()]),
     }
     metrics["decisions"] = study_decisions(params, study, variants, bn_speedup)
-    if rounds is not None:  # the decisions are valid under the rounds' optional stopping
+    if rounds is not None and rounds["method"]:  # valid under the rounds' optional stopping
         for d in metrics["decisions"]:
             d["method"] = f"{d['method']}; sequential: {rounds['method']}"
     metrics["decided"] = decisions.counts(metrics["decisions"])

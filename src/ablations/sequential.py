@@ -42,8 +42,8 @@ def look_confidence(study: Study, confidence: float) -> float:
 
 
 def method(study: Study, confidence: float) -> str | None:
-    """The procedure in words (None for a study with a list of seeds)."""
-    if not study.sequential:
+    """The procedure in words (None for a list of seeds, or a range of one look)."""
+    if looks(study) == 1:
         return None
     return METHOD.format(looks=looks(study), level=100 * look_confidence(study, confidence))
 
