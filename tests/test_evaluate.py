@@ -20,7 +20,7 @@ from ablations.io import write_json
 from ablations.layout import UnitFolder
 from ablations.plots import FIGURES
 from ablations.report import study_section
-from conftest import copy_store
+from conftest import REPO, copy_store
 
 TARGET = 0.8
 CLASSES = ["zero", "one", "two", "three"]
@@ -601,3 +601,17 @@ def test_dvc_metrics_show_of_the_default_studies_fits_200_columns(tmp_path, repo
     assert len(lines) == 1 + len(targets) + 1  # the header, a row per file
     width = max(len(line) for line in lines)
     assert width <= 200, f"{width} columns:\n{lines[0]}"
+
+
+def test_budget_sentence_names_a_seed_range_and_the_budgets_note(repo_params):
+    """A range-seeded study rests on a span of seeds; a budget's stand-in network is said
+    (the laptop's ResNet-8 for optimizers, none in the notebook budget)."""
+    from ablations.convergence import budget_sentence
+
+    note = repo_params.studies["optimizers"].budget_note
+    assert "ResNet-8" in note and "ResNet50" in note
+    assert budget_sentence(1600, [3], "3-5", note) == (
+        f"These answers rest on 1600 training images, 3 epochs and 3-5 seeds per variant; {note}.")
+    assert budget_sentence(500, [2, 10], 1) == (
+        "These answers rest on 500 training images, 2-10 epochs and 1 seed per variant.")
+    assert load_params(REPO / "params.yaml", budget="notebook").studies["optimizers"].budget_note is None
