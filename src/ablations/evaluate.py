@@ -364,8 +364,9 @@ def headline(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
     the question-level answers are decided (ablations.decisions); then per headlined answer
     (headline_answers) its difference in percentage points. Nested under the study's name, so
     every key is unique across the studies: `dvc exp show` heads its column `depth.deeper`
-    rather than `metrics/depth.json:deeper`. Decision words stay in the results file: `dvc
-    metrics diff` compares numbers only, and `decided` moves when a decision does. A number
+    rather than `metrics/depth.json:deeper`. Decision words stay in the results file: DVC
+    shows a string (`dvc metrics diff` its old and new, no change), but a word beside each
+    difference would double those columns, and `decided` moves when a decision does. A number
     that does not exist (no finite accuracy) is left out; DVC shows "-".
     """
     best = metrics["best_variant"]
