@@ -269,6 +269,7 @@ def test_headline_is_one_file_of_a_few_keys_equal_to_the_results(evaluated):
     assert shown == headline(m) == {"unit": {
         "best": "relu-bn", "acc": 100 * m["variants"]["relu-bn"]["test_accuracy"]["mean"],
         "decided": 0, "answers": 3}}
+    assert list(shown["unit"]) == ["best", "acc", "decided", "answers"]  # DVC's column order
     assert shown["unit"]["acc"] == pytest.approx(91.0)
     rows = list(csv.DictReader((root / "accuracy" / "unit.csv").open()))
     assert [r["variant"] for r in rows] == list(VARIANTS)

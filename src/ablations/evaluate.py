@@ -541,7 +541,7 @@ def evaluate_study(params: Params, study: str, models_dir: Path, data_dir: Path,
     keys = headline(metrics)  # before any write: a bad key leaves nothing half-written
     write_curves(Path(curves_path), curve_rows(study_histories(units)))
     write_accuracy(Path(accuracy_path), accuracy_rows(metrics))
-    write_json(Path(metrics_path), keys)
+    write_json(Path(metrics_path), keys, sort_keys=False)  # best, acc, … as columns
     write_json(Path(results_path), metrics)
     log_summary(study, metrics)
     return metrics
