@@ -118,6 +118,12 @@ def test_metrics_plots_and_report(pipeline):
     assert set(metric_files(repo)) == {"metrics/batchnorm.json", "metrics/transfer.json",
                                        "metrics/polyfit.json"}  # one headline file a study
     run(["dvc", "plots", "show", "-o", str(repo / "dvc_plots")], repo, env)
+    shown = json.loads(run(["dvc", "plots", "show", "--json"], repo, env).stdout)["data"]
+    bars = shown["accuracy/batchnorm.csv"][0]["content"]  # a bar per variant, its accuracy
+    assert bars["mark"]["type"] == "bar" and bars["encoding"]["y"]["field"] == "variant"
+    assert {(r["variant"], float(r["acc"])) for r in bars["data"]["values"]} == {
+        (name, 100 * metrics["variants"][name]["test_accuracy"]["mean"])
+        for name in ("relu", "relu-bn")}
     assert (repo / "dvc_plots" / "index.html").exists()
     report = (repo / "reports" / "index.html").read_text()
     for heading in ("batchnorm", "transfer", "polyfit", html.escape(metrics["summary"]),
