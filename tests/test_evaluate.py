@@ -290,6 +290,10 @@ def test_headline_has_the_difference_of_each_answer_it_names(tmp_path):
         "relu-bn": decided["relu-bn − relu"]["difference"],
         "tanh": decided["tanh − relu"]["difference"]}
     assert headline(m)["unit"]["relu-bn"] == pytest.approx(6.0)
+    renamed = [{**d, "variants": ["best" if v == "tanh" else v for v in d["variants"]]}
+               for d in m["decisions"]]  # a variant named like a headline key
+    with pytest.raises(DataError, match=r"studies\.unit: best is a headline key; rename"):
+        headline({**m, "decisions": renamed})
 
 
 def test_curves_file_is_every_history_in_long_format(evaluated, tmp_path):
