@@ -191,14 +191,6 @@ def speedup(with_bn: dict, without: dict) -> dict[str, Any]:
     return out
 
 
-def speedup_measure(s: dict[str, Any]) -> tuple[str, str]:
-    """(key, words) of the ratio that measures a BN speed-up: training steps where the study
-    validated within epochs, else whole epochs."""
-    if s.get("steps_ratio", {}).get("mean") is not None:
-        return "steps_ratio", "training steps"
-    return "epochs_ratio", "epochs"
-
-
 def speedup_ratios(speedups: dict[str, dict], target: float) -> dict[str, dict[str, Any]]:
     """The BN speed-up answers as decisions.decide_study takes them: per BN variant measured
     in training steps (its study validates within epochs, as batchnorm does to ask about the
@@ -352,8 +344,8 @@ def headline_answers(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
              if d["kind"] == "pair" and d["variants"][1] == metrics["baseline"]]
     if len(pairs) <= HEADLINE_PAIRS:
         out.update((d["variants"][0], d) for d in pairs)
-    for key in set(out) & set(HEADLINE):
-        raise DataError(f"studies.{metrics['study']}: {key} is a headline key; rename that "
+    if clash := sorted(set(out) & set(HEADLINE)):
+        raise DataError(f"studies.{metrics['study']}: {clash[0]} is a headline key; rename that "
                         "variant or level")
     return out
 
