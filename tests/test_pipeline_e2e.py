@@ -261,8 +261,9 @@ def exp_show(repo: Path, env) -> dict[str, dict]:
             for exp in baseline.get("experiments") or [] for rev in exp["revs"]}
 
 
-# `dvc exp show` columns that are not headline keys: Created and the dependencies' hashes (paths)
-DEPS = r"Created|.*/|results|plots|params.yaml"
+# `dvc exp show` columns that are not headline keys: when and where an experiment ran, and the
+# dependencies' hashes (their paths)
+DEPS = r"Created|State|Executor|.*/|results|plots|params.yaml"
 
 
 def headline_keys(metrics: dict[str, dict]) -> list[str]:
