@@ -20,7 +20,7 @@ import yaml
 from conftest import REPO
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-COPIED = ("src", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvc/config", ".dvc/plots",
+COPIED = ("src", "dvc.yaml", "networks", "params.yaml", "pyproject.toml", ".dvc/config", ".dvc/plots",
           ".dvcignore", ".gitignore")
 EPOCHS = 2
 

@@ -13,10 +13,11 @@ import keras
 import numpy as np
 from keras import layers
 
-from ablations.config import Variant
+from ablations.config import Network, Variant
 from ablations.errors import ConfigError, DataError
 from ablations.io import sha256_file
 from ablations.models.blocks import conv_block, dense_block, norm_activation, weight_options
+from ablations.models.network import ablate, own_network
 
 HEAD = "head"
 
@@ -222,7 +223,9 @@ BUILDERS = {"cnn": cnn, "alexnet": alexnet, "resnet50": resnet50, "xception": xc
 
 
 def build_model(cfg: Variant, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
-    model = BUILDERS[cfg.model](cfg, input_shape, num_classes)
+    if isinstance(cfg.model, Network):  # its layers (BatchNorm momentum included) are its own
+        return own_network(cfg, input_shape, num_classes)
+    model = ablate(BUILDERS[cfg.model](cfg, input_shape, num_classes), cfg)
     # One place for every BatchNorm, those inside keras.applications backbones included
     # (built with Keras' 0.99): the momentum is only read when the layer is called.
     for layer in model._flatten_layers(include_self=False):  # noqa: SLF001 (Keras' own walk)
