@@ -19,7 +19,7 @@ from ablations.evaluate import (epochs_to_target, evaluate_study, headline, read
 from ablations.history import read_curves, write_history
 from ablations.io import write_json
 from ablations.layout import UnitFolder
-from ablations.plots import FIGURES
+from ablations.layout import FIGURES
 from ablations.report import study_section
 from conftest import copy_store
 

@@ -31,7 +31,7 @@ def cmd_validate(args) -> None:
     out.unlink(missing_ok=True)  # a failed check leaves no earlier run's "valid" behind
     params = _params(args)
     from ablations.models.blocks import activation_layer, build_optimizer, weight_options
-    from ablations.models.zoo import architecture, build_model, structure_only  # Keras
+    from ablations.models.zoo import architecture, build_structure  # Keras
 
     built = set()  # architectures × image shapes built so far: building is what takes time
     for study, spec in params.studies.items():
@@ -45,7 +45,7 @@ def cmd_validate(args) -> None:
                 weight_options(cfg)
                 build_optimizer(cfg)
                 if built_as not in built:  # and each network built once, to check shapes
-                    build_model(structure_only(cfg), shape, classes)
+                    build_structure(cfg, shape, classes)
                     built.add(built_as)
             except AblationsError as error:
                 raise AblationsError(f"{where}: {error}") from None

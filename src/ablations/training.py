@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import ablations.models  # noqa: F401,I001 (first: it imports Keras without its unused extras)
 import keras
 import numpy as np
 

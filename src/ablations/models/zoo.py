@@ -214,6 +214,20 @@ def structure_only(cfg: Variant) -> Variant:
     return cfg.model_copy(update={"weights_file": None})
 
 
+def build_structure(cfg: Variant, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+    """`build_model(structure_only(cfg), …)` with every layer, output shape and parameter
+    count but no weight values (`validate`): inside a StatelessScope that does not initialize
+    them, Keras creates the variables with their shapes only and skips the random draws, most
+    of a large network's build time (ResNet50: docs/performance.md). A network that cannot
+    take the images raises the same ValueError as when its weights are drawn. Values read from
+    it are placeholders: not for training, saving or transfer. Your own network is built as
+    training builds it: its file's weights or its builder's code may read values."""
+    if isinstance(cfg.model, Network):
+        return build_model(structure_only(cfg), input_shape, num_classes)
+    with keras.StatelessScope(initialize_variables=False):
+        return build_model(structure_only(cfg), input_shape, num_classes)
+
+
 def architecture(cfg: Variant, input_shape: tuple[int, ...]) -> str:
     """A key equal for variants whose networks have the same layers on the same images."""
     return f"{input_shape} {cfg.model_dump_json(exclude=TRAINING_ONLY)}"
