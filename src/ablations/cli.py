@@ -185,7 +185,7 @@ def cmd_evaluate(args) -> None:
 
     params = _params(args)
     evaluate_study(params, args.study, Path(args.models), Path(args.data), Path(args.results),
-                   Path(args.metrics), Path(args.curves))
+                   Path(args.metrics), Path(args.curves), Path(args.accuracy))
 
 
 def cmd_plot(args) -> None:
@@ -249,7 +249,7 @@ def _parser() -> argparse.ArgumentParser:
     replay = stage("replay", cmd_replay, "study", "variant", "--out")
     replay.add_argument("--seed", type=int, help="which seed's run (default: the study's first)")
     stage("evaluate", cmd_evaluate, "study", "--models", "--data", "--results", "--metrics",
-          "--curves")
+          "--curves", "--accuracy")
     stage("plot", cmd_plot, "study", "--results", "--curves", "--models", "--data", "--out")
     stage("report", cmd_report, "--results", "--plots", "--polyfit-results", "--polyfit-plot",
           "--out")
