@@ -77,7 +77,8 @@ def shrink(params: dict) -> dict:
         data.update(max_train=400, max_val=200, max_test=200)
     for study in params["studies"].values():
         study["defaults"].update(epochs=1, batch_size=64)
-        study["seeds"] = study.get("seeds", [0])[:1]
+        seeds = study.get("seeds", [0])
+        study["seeds"] = seeds[:1] if isinstance(seeds, list) else [0]  # a range: one seed
         if "factors" in study:  # variants are the factors' cross product
             continue
         variants = study["variants"]

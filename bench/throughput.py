@@ -154,7 +154,7 @@ def run_pipeline(args, tmp: Path) -> dict:
     params, name = _params_and_variant(args)
     units = plan(params, args.study, _data_root(args, params, tmp), tmp / "out", tmp / "ckpt",
                  only=[name])
-    seed = params.studies[args.study].seeds[0]
+    seed = params.studies[args.study].first_seeds()[0]
     units = [dataclasses.replace(u, cfg=u.cfg.model_copy(update=_overrides(args)))
              for u in units if u.seed == seed]  # the variant (after its transfer source, if any)
     unit = units[-1]

@@ -100,6 +100,14 @@ CONFIG_CASES = {
     "margin not a number": (lambda p: study(p).update(margin="1pt"), ["studies.batchnorm.margin", "1pt"]),
     "margin infinite": (lambda p: study(p).update(margin=float("inf")), ["studies.batchnorm.margin"]),
     "margin NaN": (lambda p: study(p).update(margin=float("nan")), ["studies.batchnorm.margin"]),
+    "seed range max < min": (lambda p: study(p).update(seeds={"min": 4, "max": 2}),
+                             ["studies.batchnorm.seeds", "max (2) must be >= min (4)"]),
+    "seed range min 0": (lambda p: study(p).update(seeds={"min": 0, "max": 2}),
+                         ["studies.batchnorm.seeds.min", "must be >= 1"]),
+    "seed range without max": (lambda p: study(p).update(seeds={"min": 2}),
+                               ["studies.batchnorm.seeds.max: required key is missing"]),
+    "seed range unknown key": (lambda p: study(p).update(seeds={"min": 2, "max": 4, "step": 2}),
+                               ["studies.batchnorm.seeds.step: unknown key"]),
 }
 
 # Upper bounds (config.MAX_*): each message names the limit.

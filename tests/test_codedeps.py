@@ -48,14 +48,19 @@ def test_every_dvc_stage_has_a_command_and_the_walk_follows_lazy_imports():
     # cli imports training inside an `if`, training imports units, units imports config
     assert {"training.py", "units.py", "config.py", "tracking.py", "models/zoo.py",
             "data/prepare.py", "history.py", "__init__.py"} <= set(train)
-    assert "evaluate.py" not in train and "cli.py" not in train
+    # a sequential study's rounds decide on results (evaluate, sequential), never plot
+    assert {"evaluate.py", "sequential.py"} <= set(train)
+    assert "plots.py" not in train and "report.py" not in train and "cli.py" not in train
 
 
 def test_unit_fingerprint_covers_what_train_imports():
-    # All but the executor, which decides where units run, not what they compute: a change
-    # to it re-runs the stage (a dvc.yaml dep) but retrains no unit.
+    # All but the executor, which decides where units run, and a sequential study's rounds
+    # (evaluate's decisions on the units' results), which decide which units run, not what
+    # they compute: a change to them re-runs the stage (a dvc.yaml dep) but retrains no unit.
     executor = codedeps.PACKAGE_DIR / "executors.py"
-    assert set(units.TRAINING_CODE) == set(codedeps.stage_closure("train")) - {executor}
+    rounds = set(codedeps.closure("ablations.evaluate")) - set(units.TRAINING_CODE)
+    assert codedeps.PACKAGE_DIR / "sequential.py" in rounds
+    assert set(units.TRAINING_CODE) == set(codedeps.stage_closure("train")) - {executor} - rounds
 
 
 def import_graph() -> dict[str, set[str]]:

@@ -37,7 +37,12 @@ def test_repo_params_resolve_every_variant(repo_params):
 
 def test_transfer_sources_train_first_and_variant_data(repo_params):
     transfer = repo_params.studies["transfer"]
-    assert [variant for variant, _ in transfer.units()][: len(transfer.seeds)] == ["source"] * len(transfer.seeds)
+    first = len(transfer.first_seeds())  # a range's round 1: seeds 0 … min − 1
+    assert [variant for variant, _ in transfer.units()][:first] == ["source"] * first
+    more = {"source": 5, "scratch": 4, "frozen": 4, "finetune": 5}  # a later round
+    assert [(v, s) for v, s in transfer.units(more) if v == "source"] == \
+        [("source", seed) for seed in range(5)]
+    assert len(transfer.units(more)) == 18
     assert repo_params.variant_data("transfer", "source") == "fmnist_source"
     assert repo_params.variant_data("transfer", "finetune") == "fmnist_target"
     assert repo_params.input_shape("fmnist_target") == ((28, 28, 1), 5)
@@ -255,7 +260,8 @@ def test_the_smoke_overlay_shrinks_any_budget_and_keeps_its_networks(budget):
     assert smoke.polyfit.draws == 1 < full.polyfit.draws
     for study, spec in smoke.studies.items():
         whole = full.studies[study]
-        assert spec.seeds == whole.seeds[:1] and spec.baseline in spec.variants
+        seeds = spec.seeds if isinstance(spec.seeds, list) else list(range(spec.seeds.max))
+        assert seeds == [0] and spec.baseline in spec.variants
         assert set(spec.variants) <= set(whole.variants)
         assert all(len(levels) == min(2, len(whole.factors[f])) for f, levels in spec.factors.items())
         assert {n for n in whole.variants if n not in whole.levels()} <= set(spec.variants)

@@ -239,6 +239,27 @@ def test_resnet50_on_gray_32x32_with_dense_head():
     assert model.get_layer("head").activation is keras.activations.softmax
 
 
+def test_resnet_is_residual_with_projection_shortcuts_where_shapes_change():
+    """The laptop's ResNet-8: stem, then one basic block per conv_filters entry (stride 1, 2,
+    2); a block's sum is its two-conv path plus the identity, or a strided 1x1 conv where the
+    width or the map size changes; each conv block follows conv_order."""
+    cfg = Variant(model="resnet", conv_filters=[8, 8, 16], conv_order=["conv", "act"],
+                  norm="before", norm_at=["conv"], dense_units=[16], epochs=1, batch_size=8)
+    model = build_model(cfg, (28, 28, 1), 10)
+    names = [layer.name for layer in model.layers]
+    assert names[:4] == ["image", "stem_conv", "stem_bn", "stem_act"]
+    assert "res1_shortcut_conv" not in names  # 8 → 8 at stride 1: the identity
+    shapes = output_shapes(model)
+    assert shapes["res1_add"] == (28, 28, 8) and shapes["res2_add"] == (14, 14, 8)
+    assert shapes["res3_add"] == (7, 7, 16) and shapes["global_avg_pool"] == (16,)
+    assert model.get_layer("res2_shortcut_conv").strides == (2, 2)
+    assert "fc1_bn" not in names  # norm_at: conv only
+    add = model.get_layer("res1_add")  # the identity shortcut: the stem's output is an input
+    assert model.get_layer("stem_act").output in [node for node in add.input]
+    x = np.random.default_rng(0).normal(size=(4, 28, 28, 1)).astype("float32")
+    assert keras.ops.convert_to_numpy(model(x)).shape == (4, 10)
+
+
 def test_resnet50_refuses_images_under_32_pixels():
     cfg = Variant(model="resnet50", conv_filters=[1], dense_units=[16], epochs=1, batch_size=8)
     with pytest.raises(ValueError, match="32"):  # `ablations validate` names the data's size

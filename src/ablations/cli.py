@@ -132,6 +132,9 @@ def cmd_train(args) -> None:
     params = _params(args)
     if args.study not in params.studies:
         raise AblationsError(f"studies.{args.study}: no such study (have {sorted(params.studies)})")
+    if params.studies[args.study].sequential and not args.variants:
+        _train_rounds(args, params, executor)
+        return
     planned = units.plan(params, args.study, Path(args.data), Path(args.out),
                          Path(args.checkpoints), only=args.variants)
     removed = [] if args.variants else units.remove_stale(Path(args.out), planned)
@@ -142,10 +145,36 @@ def cmd_train(args) -> None:
         executors.train(executor, args.study, todo)
 
 
+def _train_rounds(args, params, executor: str) -> None:
+    """A study whose seeds are a range: round after round, the seeds undecided answers need
+    (ablations.sequential); units already current are kept, as in any study."""
+    from ablations import evaluate, executors, sequential, units
+
+    study, out, data = args.study, Path(args.out), Path(args.data)
+
+    def train(allocation: sequential.Allocation) -> None:
+        planned = units.plan(params, study, data, out, Path(args.checkpoints),
+                             allocation=allocation)
+        todo = [unit for unit in planned if not unit.is_current()]
+        print(f"train {study} round ({max(allocation.values())} seeds at most): "
+              f"{len(todo)} to train, {len(planned) - len(todo)} current", flush=True)
+        if todo:
+            executors.train(executor, study, todo)
+
+    allocation, decided, taken = sequential.run_rounds(
+        params.studies[study],
+        lambda counts: evaluate.round_decisions(params, study, out, data, counts), train)
+    final = units.plan(params, study, data, out, Path(args.checkpoints), allocation=allocation)
+    removed = units.remove_stale(out, final)
+    undecided = sum(d["decision"] == "undecided" for d in decided)
+    print(f"train {study}: {taken} round(s), {len(final)} units, {undecided} of {len(decided)} "
+          f"answers undecided, {len(removed)} removed", flush=True)
+
+
 def cmd_replay(args) -> None:
     """Complete a unit's MLflow run from its train outputs after a tracking outage."""
     params = _params(args)
-    seed = params.studies[args.study].seeds[0] if args.seed is None else args.seed
+    seed = params.studies[args.study].first_seeds()[0] if args.seed is None else args.seed
     cfg = params.variant(args.study, args.variant, seed)
     from ablations.replay import replay
 
@@ -158,7 +187,7 @@ def cmd_evaluate(args) -> None:
 
     params = _params(args)
     evaluate_study(params, args.study, Path(args.models), Path(args.data), Path(args.results),
-                   Path(args.metrics), Path(args.curves))
+                   Path(args.metrics), Path(args.curves), Path(args.accuracy))
 
 
 def cmd_plot(args) -> None:
@@ -224,7 +253,7 @@ def _parser() -> argparse.ArgumentParser:
     replay = stage("replay", cmd_replay, "study", "variant", "--out")
     replay.add_argument("--seed", type=int, help="which seed's run (default: the study's first)")
     stage("evaluate", cmd_evaluate, "study", "--models", "--data", "--results", "--metrics",
-          "--curves")
+          "--curves", "--accuracy")
     stage("plot", cmd_plot, "study", "--results", "--curves", "--models", "--data", "--out")
     stage("report", cmd_report, "--results", "--plots", "--polyfit-results", "--polyfit-plot",
           "--out")

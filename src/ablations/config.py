@@ -18,9 +18,11 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     StrictFloat,
     StrictInt,
+    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -77,6 +79,29 @@ KerasId = str | dict[str, Any]
 class Strict(BaseModel):
     # strict: no silent conversions (true is no batch size, "3" no epoch count); finite floats
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+class SeedRange(Strict):
+    """Seeds spent where answers are undecided (ablations.sequential): every variant trains
+    seeds 0 … min−1; after each round the variants an undecided answer rests on train the next
+    seed, until every answer is decided or they have `max` seeds (at most max − min + 1 looks)."""
+
+    min: Annotated[int, Field(ge=1, le=MAX_SEEDS)]  # 1: a factorial study decides from its design
+    max: Annotated[int, Field(ge=1, le=MAX_SEEDS)]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SeedRange:
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
+        return self
+
+
+# A study's `seeds`: a list (every variant trains each), or a range {min, max} (sequential).
+# Tags in <> are left out of error messages' key paths (no params key can contain "<").
+Seeds = Annotated[
+    Annotated[list[Seed], Field(min_length=1, max_length=MAX_SEEDS), Tag("<list>")]
+    | Annotated[SeedRange, Tag("<range>")],
+    Discriminator(lambda value: "<range>" if isinstance(value, dict | SeedRange) else "<list>")]
 
 
 class PreparedData(Strict):
@@ -238,7 +263,7 @@ ZOO_ONLY = {"conv_filters", "kernel_size", "conv_kernels", "conv_strides", "conv
 class Variant(Strict):
     """Everything one training can change; study defaults ⊕ variant overrides."""
 
-    model: Literal["cnn", "alexnet", "resnet50", "xception"] | Network = "cnn"
+    model: Literal["cnn", "alexnet", "resnet", "resnet50", "xception"] | Network = "cnn"
     # Ablations (generated from a study's `ablate:`, or written by hand): layers removed by
     # name or name prefix (their consumers take their input), layers replaced by a Keras layer
     # config ({class_name, config}). Any Functional or Sequential network, the zoo's included.
@@ -267,7 +292,7 @@ class Variant(Strict):
     conv_bias: bool = True
     conv_dropout: Probability = 0.0
     # Map → vector before the dense part; None: flatten (cnn, alexnet) or the backbone's own
-    # global average pooling (resnet50, xception).
+    # global average pooling (resnet, resnet50, xception).
     features: Literal["flatten", "avg", "max"] | None = None
     dense_units: Widths  # hidden dense layers, before the softmax head
     dense_bias: bool = True
@@ -409,11 +434,15 @@ class Study(Strict):
     question: str
     data: str  # a key of data.prepared
     # Every variant is trained once per seed; results are mean ± 95% confidence interval.
-    seeds: list[Seed] = Field(default=[0], min_length=1, max_length=MAX_SEEDS)
+    # Or {min, max}: seeds added round by round where answers are undecided (SeedRange).
+    seeds: Seeds = [0]
     baseline: str  # the variant every other one is compared with in the verdict
     # Further pairs [a, b] the question asks about (a − b), e.g. [before, after] in bn_placement.
     also_compare: list[Annotated[tuple[str, str], Field(strict=False)]] = []  # YAML has no tuples
     target_val_accuracy: Annotated[float, Field(gt=0.0, le=1.0)]  # for epochs-to-target
+    # What this budget changed that every answer rests on, beyond data, epochs and seeds (a
+    # stand-in network): appended to the study's budget sentence in the results and report.
+    budget_note: str | None = None
     # Points of test accuracy: a difference inside ± margin is practically none (equivalence).
     margin: Annotated[float, Field(gt=0.0, le=MAX_MARGIN)] = DEFAULT_MARGIN
     defaults: dict[str, Any]
@@ -472,7 +501,7 @@ class Study(Strict):
             if not set(pair) <= set(self.variants) or pair[0] == pair[1]:
                 raise ValueError(f"also_compare {list(pair)}: needs two different variants of "
                                  f"{sorted(self.variants)}")
-        if len(set(self.seeds)) != len(self.seeds):
+        if isinstance(self.seeds, list) and len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be distinct (got {self.seeds})")
         for name, overrides in {"defaults": self.defaults, **self.variants}.items():
             if "seed" in (overrides or {}):
@@ -487,13 +516,33 @@ class Study(Strict):
         """Variant name → {factor: level} for every cell of the factorial design ({} if none)."""
         return {name: cell for name, (cell, _) in factorial_cells(self.factors).items()}
 
-    def units(self) -> list[tuple[str, int]]:
-        """(variant, seed) of every training of the study, sources of transfers first."""
+    @property
+    def sequential(self) -> bool:
+        """Seeds given as a range: spent round by round (ablations.sequential)."""
+        return isinstance(self.seeds, SeedRange)
+
+    def first_seeds(self) -> list[int]:
+        """The seeds every variant trains: the list, or a range's first `min` (0 … min−1)."""
+        return list(range(self.seeds.min)) if self.sequential else list(self.seeds)
+
+    def source_of(self, name: str) -> str | None:
+        """The variant `name` starts from (transfer), if any."""
+        return (self.variants[name] or {}).get("init_from") or self.defaults.get("init_from")
+
+    def seeds_of(self, name: str, allocation: dict[str, int] | None = None) -> list[int]:
+        """The seeds variant `name` trains: 0 … allocation[name]−1 in a sequential study's
+        round (ablations.sequential), else first_seeds()."""
+        if allocation is not None and self.sequential:
+            return list(range(allocation[name]))
+        return self.first_seeds()
+
+    def units(self, allocation: dict[str, int] | None = None) -> list[tuple[str, int]]:
+        """(variant, seed) of every training of the study (seeds_of), sources of transfers
+        first."""
         names = list(self.variants)
-        sources = {(self.variants[n] or {}).get("init_from") or self.defaults.get("init_from")
-                   for n in names}
+        sources = {self.source_of(n) for n in names}
         ordered = [n for n in names if n in sources] + [n for n in names if n not in sources]
-        return [(name, seed) for name in ordered for seed in self.seeds]
+        return [(name, seed) for name in ordered for seed in self.seeds_of(name, allocation)]
 
 
 def factorial_cells(factors: dict[str, dict[str, Overrides | None]]
@@ -681,7 +730,8 @@ def shorten(text: str, limit: int) -> str:
 
 
 def _describe(item: dict[str, Any], prefix: str) -> str:
-    path = ".".join(str(part) for part in (prefix, *item["loc"]) if part != "")
+    loc = [part for part in item["loc"] if not str(part).startswith("<")]  # union tags (Seeds)
+    path = ".".join(str(part) for part in (prefix, *loc) if part != "")
     if item["type"] == "extra_forbidden":
         return f"{path}: unknown key"
     if item["type"] == "missing":
@@ -723,7 +773,7 @@ def resolve_variant(params: Params, study: str, name: str, seed: int | None = No
             f"studies.{study}.variants.{name}: no such variant (have {sorted(spec.variants)})"
         )
     merged = {**spec.defaults, **(spec.variants[name] or {}),
-              "seed": spec.seeds[0] if seed is None else seed}
+              "seed": spec.first_seeds()[0] if seed is None else seed}
     where = f"studies.{study}.variants.{name}"
     try:
         cfg = Variant(**merged)
@@ -875,13 +925,21 @@ def shrunk(params: Params) -> Params:
         prepared[name] = data.model_copy(update={
             cap: min(getattr(data, cap) or MAX_IMAGES, per_class * classes)
             for cap in ("max_train", "max_val", "max_test")})
-    studies = {name: _fewer_levels(study.model_copy(update={"seeds": study.seeds[:params.shrink.seeds]}),
-                                   params.shrink.levels_per_factor)
+    studies = {name: _fewer_levels(study.model_copy(update={
+                   "seeds": _first_seeds(study.seeds, params.shrink.seeds)}),
+                   params.shrink.levels_per_factor)
                for name, study in params.studies.items()}
     polyfit = params.polyfit.model_copy(  # its repeated data sets are its seeds
         update={"draws": min(params.polyfit.draws, params.shrink.seeds)})
     return params.model_copy(update={"data": params.data.model_copy(update={"prepared": prepared}),
                                      "studies": studies, "polyfit": polyfit})
+
+
+def _first_seeds(seeds, count: int):
+    """A seed list's first `count`, or a seed range that stops after `count` seeds."""
+    if isinstance(seeds, SeedRange):
+        return SeedRange(min=min(count, seeds.min), max=min(count, seeds.max))
+    return seeds[:count]
 
 
 def _fewer_levels(study: Study, count: int | None) -> Study:

@@ -56,8 +56,11 @@ def caveat(variants: list[str], flags: dict[str, dict[str, Any]]) -> str:
     return f" (may change with more epochs: {', '.join(names)} still improving at the end)"
 
 
-def budget_sentence(images: int, epochs: list[int], seeds: int) -> str:
-    """What every answer of a study rests on."""
+def budget_sentence(images: int, epochs: list[int], seeds: int | str,
+                    note: str | None = None) -> str:
+    """What every answer of a study rests on; `seeds` a count or a range's words ("2-4"),
+    `note` the budget's own words (config.Study.budget_note)."""
     span = str(epochs[0]) if len(set(epochs)) == 1 else f"{min(epochs)}-{max(epochs)}"
+    plural = "s" if seeds != 1 else ""
     return (f"These answers rest on {images} training images, {span} epochs and "
-            f"{seeds} seed{'s' if seeds != 1 else ''} per variant.")
+            f"{seeds} seed{plural} per variant" + (f"; {note}." if note else "."))

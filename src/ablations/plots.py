@@ -278,7 +278,9 @@ def study_figures(params: Params, study: str, results: dict[str, Any],
                     "row-normalized")
     figures["examples.png"] = examples(Path(data_dir) / params.studies[study].data)
     if varies_batchnorm(params, study):
-        bn = {name: read_bn_params(models_dir, name, params.studies[study].seeds)
+        allocation = (results.get("sequential") or {}).get("allocation")  # seeds per variant
+        bn = {name: read_bn_params(models_dir, name,
+                                   params.studies[study].seeds_of(name, allocation))
               for name in results["variants"]}
         bn = {name: layers for name, layers in bn.items() if layers}
         if bn:

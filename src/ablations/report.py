@@ -164,7 +164,7 @@ def study_section(study: str, m: dict, plots_dir: Path) -> str:
             + f"<p class=\"verdict\">{escape(m['summary'])}</p>"
             + _details(m)
             + _variants_table(m)
-            + f"<p>{len(m['seeds'])} seeds per variant; ± is the half-width of the 95% "
+            + f"<p>{m['budget']['seeds']} seeds per variant; ± is the half-width of the 95% "
             "Student-t interval of the mean.</p>"
             + _speedup_table(m)
             + (_figures(folder) if folder.is_dir() else "")

@@ -122,16 +122,17 @@ def weights_sha256(data_root: Path, name: str) -> str:
 
 
 def plan(params: Params, study: str, data_root: Path, out: Path, checkpoints: Path,
-         only: list[str] | None = None) -> list[Unit]:
+         only: list[str] | None = None, allocation: dict[str, int] | None = None) -> list[Unit]:
     """Every unit of the study (transfer sources first), or only those of the `only` variants
-    plus the sources they need."""
+    plus the sources they need; a sequential study's seeds per variant from `allocation`
+    (ablations.sequential; None: its first round)."""
     spec = params.studies[study]
     unknown = sorted(set(only or []) - set(spec.variants))
     if unknown:
         raise ConfigError(f"studies.{study}.variants.{unknown[0]}: no such variant "
                           f"(have {sorted(spec.variants)})")
     units: dict[tuple[str, int], Unit] = {}
-    for variant, seed in spec.units():
+    for variant, seed in spec.units(allocation):
         cfg = params.variant(study, variant, seed)
         if cfg.weights is not None:  # the file the weights stage provisioned, and its pin
             cfg = cfg.model_copy(update={

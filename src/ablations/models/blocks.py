@@ -90,6 +90,28 @@ def conv_block(x, filters: int, cfg: Variant, name: str, kernel_size: int | None
     return x
 
 
+def residual_block(x, filters: int, cfg: Variant, name: str, strides: int = 1):
+    """A basic residual block (He et al. 2016, two 3x3 convs): the first conv's block follows
+    cfg.conv_order (its pool left out, BatchNorm per cfg.norm), the second conv is followed by
+    BatchNorm only (if any), then the shortcut is added and the activation applied after the
+    sum. The shortcut is the identity, or a 1x1 conv (and BatchNorm) where the stride or the
+    width changes."""
+    shortcut = x
+    x = conv_block(x, filters, cfg, name=f"{name}a", pool=False, strides=strides)
+    x = layers.Conv2D(filters, cfg.kernel_size, padding="same", use_bias=cfg.conv_bias,
+                      name=f"{name}b_conv", **weight_options(cfg))(x)
+    with_norm = cfg.norm != "none" and "conv" in cfg.norm_at
+    if with_norm:
+        x = layers.BatchNormalization(name=f"{name}b_bn")(x)
+    if strides != 1 or shortcut.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, 1, strides=strides, use_bias=cfg.conv_bias,
+                                 name=f"{name}_shortcut_conv", **weight_options(cfg))(shortcut)
+        if with_norm:
+            shortcut = layers.BatchNormalization(name=f"{name}_shortcut_bn")(shortcut)
+    x = layers.Add(name=f"{name}_add")([x, shortcut])
+    return activation_layer(cfg.activation, name=f"{name}_act")(x)
+
+
 def dense_block(x, units: int, cfg: Variant, name: str, dropout: bool):
     """[Dropout] → Dense → norm/activation (cfg.dense_activation, else cfg.activation)."""
     if dropout and cfg.dropout:

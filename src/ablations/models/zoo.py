@@ -16,7 +16,13 @@ from keras import layers
 from ablations.config import Network, Variant
 from ablations.errors import ConfigError, DataError
 from ablations.io import sha256_file
-from ablations.models.blocks import conv_block, dense_block, norm_activation, weight_options
+from ablations.models.blocks import (
+    conv_block,
+    dense_block,
+    norm_activation,
+    residual_block,
+    weight_options,
+)
 from ablations.models.network import ablate, own_network
 
 HEAD = "head"
@@ -144,6 +150,23 @@ def resnet50(cfg: Variant, input_shape: tuple[int, ...], num_classes: int) -> ke
     return keras.Model(inputs, _classifier(x, cfg, num_classes), name=cfg.model)
 
 
+def resnet(cfg: Variant, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+    """A small residual network the laptop can train (ResNet50's design at a CPU's scale):
+    a stem conv block of conv_filters[0] (cfg.conv_order, no pooling), then one basic
+    residual block (blocks.residual_block) per conv_filters entry, at stride 1 for the
+    first and 2 for the others unless cfg.conv_strides; global average pooling unless
+    cfg.features; dense blocks and the head. conv_filters [16, 32, 64] on 28x28 is a
+    ResNet-8: 28 → 28 → 14 → 7."""
+    inputs, x = _inputs(cfg, input_shape)
+    x = conv_block(x, cfg.conv_filters[0], cfg, name="stem", pool=False)
+    strides = _per_conv(cfg, "conv_strides", [1] + [2] * (len(cfg.conv_filters) - 1))
+    for index, (filters, stride) in enumerate(zip(cfg.conv_filters, strides), start=1):
+        x = residual_block(x, filters, cfg, name=f"res{index}", strides=stride)
+        _check_size(x, input_shape, index)
+    x = _features(x, cfg, "avg")
+    return keras.Model(inputs, _classifier(x, cfg, num_classes), name=cfg.model)
+
+
 # Xception's ImageNet weights were learnt on 299x299 images and it needs at least 71x71; the
 # notebook upsamples CIFAR-10 7x (32 → 224), which is what this target size gives.
 XCEPTION_SIZE = 224
@@ -233,7 +256,8 @@ def architecture(cfg: Variant, input_shape: tuple[int, ...]) -> str:
     return f"{input_shape} {cfg.model_dump_json(exclude=TRAINING_ONLY)}"
 
 
-BUILDERS = {"cnn": cnn, "alexnet": alexnet, "resnet50": resnet50, "xception": xception}
+BUILDERS = {"cnn": cnn, "alexnet": alexnet, "resnet": resnet, "resnet50": resnet50,
+            "xception": xception}
 
 
 def build_model(cfg: Variant, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
