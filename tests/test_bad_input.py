@@ -229,6 +229,13 @@ YAML_TEXT_CASES = {
                             ["learning_rate", "finite"]),
     "learning_rate: .nan": (lambda p: study(p)["defaults"].update(learning_rate=RAW), ".nan",
                             ["learning_rate", "finite"]),
+    "optimizer_config momentum: .inf": (
+        lambda p: study(p)["defaults"].update(optimizer="sgd", optimizer_config={"momentum": RAW}),
+        ".inf", ["optimizer_config: momentum must be a finite number (got inf)"]),
+    "regularizer l2: .nan": (
+        lambda p: variant(p, "relu").update(kernel_regularizer={"class_name": "L2",
+                                                                "config": {"l2": RAW}}),
+        ".nan", ["variants.relu.kernel_regularizer: config.l2 must be a finite number (got nan)"]),
     "val_fraction: 1e+0": (lambda p: p["data"]["prepared"]["fmnist_pm1"].update(val_fraction=RAW),
                            "1e+0", ["fmnist_pm1.val_fraction", "must be < 1"]),
     "a date for a question": (lambda p: study(p).update(question=RAW), "2024-01-31",

@@ -147,7 +147,8 @@ def cmd_replay(args) -> None:
     cfg = params.variant(args.study, args.variant, seed)
     from ablations.replay import replay
 
-    replay(args.study, args.variant, cfg, Path(args.out))
+    replay(args.study, args.variant, cfg, Path(args.out),
+           Path(args.data) / params.variant_data(args.study, args.variant))
 
 
 def cmd_evaluate(args) -> None:
@@ -217,7 +218,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--executor", default="",
                        help="where units train: local (in this process) or ray (Ray tasks); "
                             "default: $ABLATIONS_EXECUTOR, else local")
-    replay = stage("replay", cmd_replay, "study", "variant", "--out")
+    replay = stage("replay", cmd_replay, "study", "variant", "--data", "--out")
     replay.add_argument("--seed", type=int, help="which seed's run (default: the study's first)")
     stage("evaluate", cmd_evaluate, "study", "--models", "--data", "--results", "--metrics",
           "--curves")

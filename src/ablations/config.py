@@ -242,6 +242,17 @@ class Variant(Strict):
     mixed_precision: bool = False  # float16 compute (GPU runs); float32 variables either way
     seed: Seed = 0  # set per run from the study's `seeds`
 
+    @field_validator("activation", "dense_activation", "initializer", "dense_initializer",
+                     "kernel_regularizer", "bias_regularizer", "optimizer_config")
+    @classmethod
+    def _finite_arguments(cls, value: Any) -> Any:
+        """Free-form Keras arguments escape the schema's finite-float rule: check them here."""
+        where = non_finite(value)
+        if where is not None:
+            path, number = where
+            raise ValueError(f"{path or 'the value'} must be a finite number (got {number})")
+        return value
+
     @model_validator(mode="after")
     def _settings_take_effect(self) -> Variant:
         if self.weights_sha256 is not None and self.weights_file is None:
@@ -249,6 +260,21 @@ class Variant(Strict):
         if self.weights is not None and self.weights_file is not None:
             raise ValueError("weights and weights_file: set one (a provisioned file or a local one)")
         return self
+
+
+def non_finite(value: Any) -> tuple[str, float] | None:
+    """(key path inside `value`, the number) of its first NaN or infinity, else None. A loop,
+    not recursion: a deeply nested value must not exhaust Python's stack."""
+    pending: list[tuple[str, Any]] = [("", value)]
+    while pending:
+        path, item = pending.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return path, item
+        if isinstance(item, dict):
+            pending.extend((f"{path}.{key}".lstrip("."), inner) for key, inner in item.items())
+        elif isinstance(item, list):
+            pending.extend((f"{path}[{i}]", inner) for i, inner in enumerate(item))
+    return None
 
 
 Overrides = dict[str, Any]
