@@ -144,7 +144,7 @@ def test_server_stopped_mid_training_then_replay(tmp_path, server, migrated_stor
 
     # A second replay changes nothing.
     again = _replay(params, out, server.uri)
-    assert "0 metric values, 0 params, model already logged" in again.stdout
+    assert "0 metric values, 0 params, 0 dataset inputs, model already logged" in again.stdout
     rerun = client.get_run(info["run_id"])
     assert rerun.info.end_time == run.info.end_time
     assert rerun.data.to_dictionary() == run.data.to_dictionary()
