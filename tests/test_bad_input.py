@@ -254,8 +254,15 @@ YAML_TEXT_CASES = {
                           ["params.yaml: malformed YAML", "constructor", "line"]),
     "tab indentation": (lambda p: study(p).update(question=RAW), "\n\t\tbad: 1",
                         ["params.yaml: malformed YAML", "line"]),
+    "100,000 nested lists": (lambda p: study(p)["defaults"].update(optimizer_config=RAW),
+                             "[" * 100_000 + "]" * 100_000,
+                             ["params.yaml: values nested more than 64 levels deep at line"]),
+    "aliases nested 100 deep": (
+        lambda p: study(p)["defaults"].update(optimizer_config=RAW),
+        "{x: &a0 [1], " + ", ".join(f"y{i}: &a{i} [*a{i - 1}]" for i in range(1, 100)) + "}",
+        ["params.yaml: values nested more than 64 levels deep once YAML aliases"]),
     "recursive alias": (lambda p: study(p)["defaults"].update(optimizer_config=RAW),
-                        "&loop [*loop]", ["params.yaml", "aliases", "100000"]),
+                        "&loop [*loop]", ["params.yaml", "once YAML aliases (*name) are expanded"]),
 }
 
 

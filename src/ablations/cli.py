@@ -21,6 +21,12 @@ def _params(args):
     return load_params(args.params, getattr(args, "budget", None))
 
 
+# Networks (architecture, image shape, classes) that built in this process: building is what
+# takes validate's time, and the same network builds the same way again (validate runs many
+# times in one process under tests/test_fuzz_params.py).
+_BUILT: set[str] = set()
+
+
 def cmd_validate(args) -> None:
     """Validate params.yaml completely, Keras names of every variant included."""
     from ablations.io import write_json
@@ -33,20 +39,19 @@ def cmd_validate(args) -> None:
     from ablations.models.blocks import activation_layer, build_optimizer, weight_options
     from ablations.models.zoo import architecture, build_model, structure_only  # Keras
 
-    built = set()  # architectures × image shapes built so far: building is what takes time
     for study, spec in params.studies.items():
         for name in spec.variants:
             cfg, where = params.variant(study, name), f"studies.{study}.variants.{name}"
             data = params.variant_data(study, name)
             shape, classes = params.input_shape(data)
-            built_as = architecture(cfg, shape)
+            built_as = f"{architecture(cfg, shape)} {classes}"
             try:  # every Keras name (activation, initializer, ...) resolved for every variant
                 activation_layer(cfg.activation, "check")
                 weight_options(cfg)
                 build_optimizer(cfg)
-                if built_as not in built:  # and each network built once, to check shapes
+                if built_as not in _BUILT:  # and each network built once, to check shapes
                     build_model(structure_only(cfg), shape, classes)
-                    built.add(built_as)
+                    _BUILT.add(built_as)
             except AblationsError as error:
                 raise AblationsError(f"{where}: {error}") from None
             except ValueError as error:

@@ -584,6 +584,9 @@ def resolve_variant(params: Params, study: str, name: str, seed: int | None = No
 # that a few lines expand to billions of values. The repository's params.yaml has ~700 values.
 MAX_YAML_VALUES = 100_000
 MAX_PARAMS_BYTES = 10 << 20  # the repository's params.yaml is ~8 KB
+# Mappings and lists inside each other; the repository's params.yaml nests 8 deep. The YAML
+# loader builds nested values recursively in C: ~50,000 levels of `[` (100 KB) crash Python.
+MAX_NESTING = 64
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -604,6 +607,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not UTF-8 text (byte 0x{data[error.start]:02x} at offset "
                           f"{error.start}); save it as UTF-8") from None
     try:
+        _check_nesting(text, path)
         loaded = parse_yaml(text, str(path))
     except YAMLFileCorruptedError as error:
         raise ConfigError(f"{path}: malformed YAML: {_yaml_problem(error.__cause__)}") from None
@@ -611,6 +615,29 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: expected a mapping at the top level")
     _check_expanded_size(loaded, path)
     return loaded
+
+
+def _check_nesting(text: str, path: Path) -> None:
+    """Refuse values nested deeper than MAX_NESTING before the loader builds them: the parser's
+    event stream (a loop over the text, nothing built) counts the levels."""
+    from dvc.utils.serialize._yaml import YAMLFileCorruptedError
+    from ruamel.yaml import YAML, YAMLError
+    from ruamel.yaml.events import CollectionEndEvent, CollectionStartEvent
+
+    depth = 0
+    try:
+        for event in YAML(typ="safe").parse(text):
+            if isinstance(event, CollectionStartEvent):
+                depth += 1
+                if depth > MAX_NESTING:
+                    mark = event.start_mark
+                    raise ConfigError(f"{path}: values nested more than {MAX_NESTING} levels "
+                                      f"deep at line {mark.line + 1}, column {mark.column + 1}; "
+                                      f"allowed: at most {MAX_NESTING}")
+            elif isinstance(event, CollectionEndEvent):
+                depth -= 1
+    except YAMLError as error:  # as parse_yaml reports it
+        raise YAMLFileCorruptedError(str(path)) from error
 
 
 def _yaml_problem(error: BaseException | None) -> str:
@@ -622,21 +649,25 @@ def _yaml_problem(error: BaseException | None) -> str:
 
 
 def _check_expanded_size(loaded: Any, path: Path) -> None:
-    """Refuse a file whose aliases expand to more than MAX_YAML_VALUES values (the loader
-    shares one object per anchor; validation and error messages would expand it)."""
-    pending, count = [loaded], 0
+    """Refuse a file whose aliases expand to more than MAX_YAML_VALUES values or MAX_NESTING
+    levels (the loader shares one object per anchor; validation and error messages would
+    expand it)."""
+    pending, count = [(loaded, 1)], 0
     while pending:
-        value = pending.pop()
+        value, depth = pending.pop()
         count += 1
         if count > MAX_YAML_VALUES:
             raise ConfigError(f"{path}: more than {MAX_YAML_VALUES} values once YAML aliases "
                               "(*name) are expanded; allowed: at most that many (write the "
                               "values out or use fewer aliases)")
+        if depth > MAX_NESTING and isinstance(value, (dict, list)):
+            raise ConfigError(f"{path}: values nested more than {MAX_NESTING} levels deep once "
+                              f"YAML aliases (*name) are expanded; allowed: at most {MAX_NESTING}")
         if isinstance(value, dict):
-            pending.extend(value.keys())
-            pending.extend(value.values())
+            pending.extend((key, depth + 1) for key in value)
+            pending.extend((inner, depth + 1) for inner in value.values())
         elif isinstance(value, list):
-            pending.extend(value)
+            pending.extend((inner, depth + 1) for inner in value)
 
 
 def budgets(conf_dir: Path) -> list[str]:
