@@ -557,7 +557,7 @@ def resolve_variant(params: Params, study: str, name: str, seed: int | None = No
               "seed": spec.seeds[0] if seed is None else seed}
     where = f"studies.{study}.variants.{name}"
     try:
-        cfg = Variant(**merged)
+        cfg = Variant.model_validate(merged)
     except ValidationError as error:
         raise ConfigError(format_errors(error, where)) from None
     if cfg.data is not None and cfg.data not in params.data.prepared:
@@ -707,7 +707,7 @@ def load_params(path: str | Path = "params.yaml", budget: str | None = None) -> 
 
 def _validated(raw: dict[str, Any], path) -> Params:
     try:
-        params = Params(**raw)
+        params = Params.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(f"{path}: {format_errors(error)}") from None
     for study, spec in params.studies.items():
