@@ -179,7 +179,7 @@ SHAPE_CASES = {
                  ["studies.batchnorm.seeds: must have at least 1 entries (got 0)"]),
     "mapping for a list": (lambda p: study(p)["defaults"].update(conv_filters={"a": 1}),
                            ["conv_filters", "must be a list"]),
-    "a number as a top-level key": (lambda p: p.update({1: "x"}), ["params.yaml: ", "1: unknown key"]),
+    "a number as a top-level key": (lambda p: p.update({1: "x"}), ["params.yaml: 1: Keys should be strings (got 1)"]),
     "null study": (lambda p: p["studies"].update(batchnorm=None),
                    ["studies.batchnorm: must be a mapping (got None)"]),
 }
