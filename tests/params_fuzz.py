@@ -33,7 +33,7 @@ BASE = yaml.safe_load((REPO / "params.yaml").read_text())
 # --------------------------------------------------------------------------- the document
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: a node may nest thousands deep
 class Node:
     """A YAML node: kind "map" (items: [key, Node] pairs, duplicates allowed), "seq" (items:
     Nodes), "scalar" (value: None, bool, int, float, str or bytes) or "alias" (value: the
