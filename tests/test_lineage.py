@@ -133,7 +133,7 @@ def test_only_the_tracking_module_imports_mlflow():
 @needs_chromium
 def test_mlflow_ui_shows_training_runs_nested_with_their_datasets(trained, tmp_path):
     """The MLflow UI (a real `mlflow ui` in headless Chromium) on the lineage store, at the
-    address the README gives: the Model training view, one row per study run with the unit
+    address docs/tracking.md gives: the Model training view, one row per study run with the unit
     runs nested under it, and each unit's prepared datasets in the Dataset column."""
     client, _, run_ids, root = trained
     experiment_id = client.get_run(run_ids[0]).info.experiment_id
