@@ -95,6 +95,11 @@ CONFIG_CASES = {
                                   ["variants.relu.init_from", "'vgg'", "tanh-bn"]),
     "classes repeated": (lambda p: p["data"]["prepared"]["fmnist_pm1"].update(classes=[1, 1]),
                          ["data.prepared.fmnist_pm1", "classes must be distinct"]),
+    "margin 0": (lambda p: study(p).update(margin=0), ["studies.batchnorm.margin", "must be > 0"]),
+    "margin negative": (lambda p: study(p).update(margin=-1.5), ["studies.batchnorm.margin", "must be > 0"]),
+    "margin not a number": (lambda p: study(p).update(margin="1pt"), ["studies.batchnorm.margin", "1pt"]),
+    "margin infinite": (lambda p: study(p).update(margin=float("inf")), ["studies.batchnorm.margin"]),
+    "margin NaN": (lambda p: study(p).update(margin=float("nan")), ["studies.batchnorm.margin"]),
 }
 
 # Upper bounds (config.MAX_*): each message names the limit.
@@ -127,6 +132,8 @@ BOUND_CASES = {
                             ["polyfit.folds", "must be <= 100"]),
     "polyfit 10**9 samples": (lambda p: p["polyfit"].update(n=10**9),
                               ["polyfit.n", "must be <= 10000000"]),
+    "margin 101 points": (lambda p: study(p).update(margin=101.0),
+                          ["studies.batchnorm.margin", "must be <= 100"]),
     "10000 factorial cells": (lambda p: study(p).update(factors={
         f"f{i}": {f"l{i}{j}": {} for j in range(10)} for i in range(4)}),
         ["studies.batchnorm", "factors: 10000 cells", "at most 1000"]),

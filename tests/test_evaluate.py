@@ -10,7 +10,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from ablations import plots, stats
+from ablations import plots, stats, tracking, verdicts
 from ablations.config import load_params
 from ablations.errors import DataError
 from ablations.evaluate import (epochs_to_target, evaluate_study, headline, read_study,
@@ -45,7 +45,7 @@ VARIANTS = {"relu": {}, "relu-bn": {"norm": "before"}, "tanh": {"activation": "t
             "tanh-bn": {"activation": "tanh", "norm": "before"}}
 
 
-def write_study_params(folder, seeds=(0, 1, 2), variants=VARIANTS, also_compare=()):
+def write_study_params(folder, seeds=(0, 1, 2), variants=VARIANTS, also_compare=(), factors=None):
     """folder/params.yaml with one study `unit` on prepared data `d` (as conftest.write_params,
     plus seeds, a baseline and the pairs `also_compare`)."""
     prepared = {"source": "fashion_mnist", "scaling": "zero_one"}
@@ -56,7 +56,7 @@ def write_study_params(folder, seeds=(0, 1, 2), variants=VARIANTS, also_compare=
                                    "target_val_accuracy": TARGET,
                                    "defaults": {"conv_filters": [4], "dense_units": [8],
                                                 "epochs": 4, "batch_size": 16},
-                                   "variants": variants}},
+                                   "variants": variants, **({"factors": factors} if factors else {})}},
               "polyfit": {"coefficients": [1.0, 2.0], "noise": 0.1, "n": 20, "x_range": [0, 1],
                           "max_degree": 2, "folds": 2, "seed": 0}}
     (folder / "params.yaml").write_text(yaml.safe_dump(params))
@@ -103,9 +103,9 @@ def write_unit(models_dir, name, index, seed, y_test):
             for param in ("gamma", "beta")})
 
 
-def write_fake_study(root, seeds=(0, 1, 2), variants=VARIANTS, also_compare=()):
+def write_fake_study(root, seeds=(0, 1, 2), variants=VARIANTS, also_compare=(), factors=None):
     """(params, models/unit, data/prepared) of a study trained 'for real' on disk."""
-    params = write_study_params(root, seeds, variants, also_compare)
+    params = write_study_params(root, seeds, {} if factors else variants, also_compare, factors)
     data_dir = root / "data" / "prepared"
     y_test = {"d": np.load(write_prepared_data(data_dir / "d") / "y_test.npy"),
               "d2": np.load(write_prepared_data(data_dir / "d2", n_test=24) / "y_test.npy")}
@@ -201,29 +201,37 @@ def test_evaluate_comparisons_and_verdict(evaluated):
     assert set(m["comparisons"]) == {"relu-bn", "tanh", "tanh-bn"}
     diff, half = stats.mean_ci([5.0, 5.0, 8.0])  # relu-bn − relu per seed, in points
     c = m["comparisons"]["relu-bn"]
-    assert (c["vs"], c["judgement"], c["n"]) == ("relu", "better", 3)
+    assert (c["vs"], c["judgement"], c["n"]) == ("relu", "better", 3)  # its own 95% interval
     assert (c["difference_points"], c["ci_points"]) == pytest.approx((diff, half))
-    assert c["text"] == (
-        f"relu-bn is 6.0 ± {half:.1f} points of test accuracy above relu (3 seeds): better"
-        + STILL_IMPROVING)
-    assert m["comparisons"]["tanh"]["text"].startswith("tanh vs relu: -34.3 ± ")  # seed 2: 0.10
-    assert "the interval covers 0, so no difference is shown (may change" in m["comparisons"]["tanh"]["text"]
-    assert m["comparisons"]["tanh-bn"]["judgement"] == "worse"
+    # Holm over the 3 answers (each variant vs the baseline; the speed-up is measured in whole
+    # epochs, not an answer): the smallest p is tested at 0.05 / 3, and none is decided, so
+    # every interval is at 1 − 0.05 / 3.
+    decided = {d["answer"]: d for d in m["decisions"]}
+    pair = decided["relu-bn − relu"]
+    assert (pair["decision"], pair["seeds"], pair["level"]) == ("undecided", 3, 1 - 0.05 / 3)
+    _, wide = stats.mean_ci([5.0, 5.0, 8.0], confidence=1 - 0.05 / 3)
+    assert pair["interval"] == pytest.approx([diff - wide, diff + wide])
+    assert c["decision"] == "undecided"
+    assert c["text"] == (f"relu-bn − relu: undecided, +6.0 ± {wide:.1f} points (3 seeds); "
+                         f"{pair['would_decide']}" + STILL_IMPROVING)
+    assert pair["would_decide"].startswith("about ") and "seeds to show a 6.0-point" in pair["would_decide"]
+    assert "the interval covers 0, so no difference" not in m["comparisons"]["tanh"]["text"]
+    assert m["comparisons"]["tanh-bn"]["judgement"] == "worse"  # unadjusted, in the detail
+    assert [d["kind"] for d in m["decisions"]] == ["pair"] * 3
+    assert m["decided"] == {"decided": 0, "answers": 3}
     assert m["best_variant"] == "relu-bn"
     acc_mean, acc_half = stats.mean_ci([0.90, 0.91, 0.92])
-    assert m["verdict"].startswith(
+    assert m["summary"].startswith(
         f"Best mean test accuracy: relu-bn, {100 * acc_mean:.1f} ± {100 * acc_half:.1f} % "
-        "over 3 seeds. "
-        + c["text"] + ".")
-    assert "Diverged: tanh (1 of 3 seeds)." in m["verdict"]
-    ratio_mean, ratio_half = stats.mean_ci([3, 2, 2])
-    assert (f"relu-bn vs relu: epochs: ratio {ratio_mean:.2f} ± {ratio_half:.2f} over 3 seeds; "
-            "the interval covers 1, so no speed-up is shown") in m["verdict"]
-    assert "tanh-bn vs tanh: not measurable" in m["verdict"]
+        "over 3 seeds.")
+    assert "Diverged: tanh (1 of 3 seeds)." in m["summary"]
+    assert m["verdict"] == (
+        "0 of 3 answers decided (Holm over the study's answers at 95%). "
+        + " ".join(verdicts.decision_sentence(d) + "." for d in m["decisions"]) + " " + m["summary"])
 
 
 def test_plot_writes_figures_and_each_stage_one_run(evaluated):
-    root, _, uri = evaluated
+    root, results, uri = evaluated
     written = sorted(p.name for p in (root / "plots" / "unit").iterdir())
     assert written == sorted(FIGURES)
     for name in written:
@@ -236,7 +244,14 @@ def test_plot_writes_figures_and_each_stage_one_run(evaluated):
     for name in ("unit-summary", "unit-figures"):  # nested under the study's run
         assert runs[name].data.tags["mlflow.parentRunId"] == runs["unit"].info.run_id
     assert summary.data.metrics["relu-bn.test_accuracy_mean"] == pytest.approx(0.91)
-    assert summary.data.tags["mlflow.note.content"].startswith("Best mean test accuracy")
+    assert summary.data.tags["mlflow.note.content"] == results["verdict"]
+    assert summary.data.metrics["answers"] == 3 and summary.data.metrics["answers_decided"] == 0
+    study = runs["unit"].data.tags  # one tag per decision, its headline sentence
+    assert study["decisions"] == "0 of 3"
+    assert {k: v for k, v in study.items() if k.startswith("decision.")} == {
+        f"decision.{tracking.tag_key(d['answer'])}": verdicts.decision_sentence(d)
+        for d in results["decisions"]}
+    assert "decision.relu-bn - relu" in study  # "−" is not allowed in a key: "-"
     assert {a.path for a in client.list_artifacts(summary.info.run_id)} == {"unit.json"}
     figures = runs["unit-figures"]
     assert figures.data.tags["dvc_stage"] == "plot@unit"
@@ -249,16 +264,18 @@ def test_headline_rows_share_columns_and_equal_the_results(evaluated):
     root, m, _ = evaluated
     rows = {p.stem: json.loads(p.read_text()) for p in (root / "metrics" / "unit").iterdir()}
     assert rows == headline(m)
-    assert set(rows) == set(VARIANTS)
+    assert set(rows) == set(VARIANTS) | {"decisions"}
+    assert rows["decisions"] == {"decided": 0, "answers": 3}
     accuracy = m["variants"]["relu"]["test_accuracy"]
     assert rows["relu"] == {"acc": 100 * accuracy["mean"], "acc_ci": 100 * accuracy["ci"]}
     c, speedup = m["comparisons"]["relu-bn"], m["bn_speedup"]["relu-bn"]["epochs_ratio"]
     assert rows["relu-bn"] == {
         "acc": pytest.approx(91.0), "acc_ci": 100 * m["variants"]["relu-bn"]["test_accuracy"]["ci"],
-        "diff": c["difference_points"], "diff_ci": c["ci_points"], "judgement": "better",
-        "speedup": speedup["mean"], "speedup_ci": speedup["ci"]}
+        "diff": c["difference_points"], "diff_ci": c["ci_points"], "judgement": "undecided",
+        "speedup": speedup["mean"], "speedup_ci": speedup["ci"]}  # judgement: the decision
     assert "speedup" not in rows["tanh-bn"]  # its twin never reached the target: no number
-    assert {key for row in rows.values() for key in row} == set(rows["relu-bn"])
+    assert {key for name, row in rows.items() if name != "decisions" for key in row} \
+        == set(rows["relu-bn"])
 
 
 def test_curves_file_is_every_history_in_long_format(evaluated, tmp_path):
@@ -295,9 +312,10 @@ def test_one_seed_study_has_no_intervals(tmp_path):
     assert m["variants"]["relu"]["test_accuracy"]["ci"] is None
     assert m["comparisons"]["relu-bn"]["judgement"] is None
     assert m["comparisons"]["relu-bn"]["text"] == (
-        "relu-bn vs relu: +5.0 points of test accuracy from 1 seed, no interval, so no conclusion"
-        + STILL_IMPROVING)
-    assert all(c["text"] + "." in m["verdict"] for c in m["comparisons"].values())
+        "relu-bn − relu: undecided, +5.0 points (1 seed); at least 2 seeds in common: one "
+        "measures no spread" + STILL_IMPROVING)
+    assert all(d["decision"] == "undecided" and d["interval"] is None for d in m["decisions"])
+    assert all(verdicts.decision_sentence(d) + "." in m["verdict"] for d in m["decisions"])
     assert "relu-bn, 90.0 % over 1 seed." in m["verdict"]
 
 
@@ -307,13 +325,57 @@ def test_pairs_the_question_asks_for_are_compared_in_the_verdict(tmp_path):
     m = study_metrics(params, "unit", read_study(params, "unit", models_dir, data_dir))
     pair = m["pair_comparisons"]["relu-bn vs tanh-bn"]
     assert (pair["vs"], pair["judgement"]) == ("tanh-bn", "better")  # 0.90-0.92 vs tanh-bn's lower
-    assert pair["text"].startswith("relu-bn is ") and " above tanh-bn " in pair["text"]
-    assert pair["text"] + "." in m["verdict"]
+    (decided,) = [d for d in m["decisions"] if d["answer"] == "relu-bn − tanh-bn"]
+    assert decided["variants"] == ["relu-bn", "tanh-bn"] and pair["decision"] == decided["decision"]
+    assert pair["text"].startswith(verdicts.decision_sentence(decided))
+    assert verdicts.decision_sentence(decided) + "." in m["verdict"]
     assert headline(m)["relu-bn-vs-tanh-bn"] == {
-        "diff": pair["difference_points"], "diff_ci": pair["ci_points"], "judgement": "better"}
+        "diff": pair["difference_points"], "diff_ci": pair["ci_points"],
+        "judgement": decided["decision"]}
     assert set(m["comparisons"]) == {"relu-bn", "tanh", "tanh-bn"}  # the baseline's stay
     page = study_section("unit", m, tmp_path / "no-plots")
-    assert "Other comparisons the question asks for" in page and html.escape(pair["text"]) in page
+    assert html.escape(decided["answer"]) in page and "<details>" in page
+
+
+def test_factorial_study_decides_its_main_effects(tmp_path):
+    """The same four variants as a 2 x 2 design (activation x norm): the answers are the two
+    main effects and the speed-ups; the comparisons with the baseline are detail, the effects
+    within each setting and the interaction too."""
+    factors = {"activation": {"relu": {}, "tanh": {"activation": "tanh"}},
+               "norm": {"none": {}, "bn": {"norm": "before"}}}
+    params, models_dir, data_dir = write_fake_study(tmp_path, factors=factors)
+    assert set(params.studies["unit"].variants) == set(VARIANTS)
+    m = study_metrics(params, "unit", read_study(params, "unit", models_dir, data_dir))
+    assert [(d["answer"], d["kind"]) for d in m["decisions"]][:2] == [
+        ("activation tanh − relu", "main"), ("norm bn − none", "main")]
+    assert len(m["decisions"]) == 2  # the speed-ups are in whole epochs: not answers
+    norm = m["decisions"][1]
+    # Paired by seed: (relu-bn − relu + tanh-bn − tanh) / 2 per seed: (5 + 10) / 2, (5 + 10) / 2, (8 + 71) / 2
+    assert norm["difference"] == pytest.approx(np.mean([7.5, 7.5, 39.5]))
+    assert norm["method"].startswith("paired by seed, t over 3 seeds; Holm over 2 answers")
+    assert all("decision" not in c for c in m["comparisons"].values())
+    assert m["comparisons"]["relu-bn"]["text"].startswith("relu-bn is 6.0 ± ")  # its own interval
+    assert m["details"][0].startswith("activation tanh − relu, within each setting (95% "
+                                      "intervals, each on its own): norm=")
+    assert "norm=none: -34.3 ± 85.3 (not shown)" in m["details"][0]
+    assert any(d.startswith("activation tanh × norm bn (interaction)") for d in m["details"])
+    page = study_section("unit", m, tmp_path / "no-plots")
+    details = page[page.index("<details>"):page.index("</details>")]
+    assert html.escape(m["comparisons"]["relu-bn"]["text"]) in details
+    assert html.escape(m["details"][0]) in details
+
+
+def test_one_seed_factorial_decides_from_the_additive_model(tmp_path):
+    factors = {"activation": {"relu": {}, "tanh": {"activation": "tanh"}},
+               "norm": {"none": {}, "bn": {"norm": "before"}}}
+    params, models_dir, data_dir = write_fake_study(tmp_path, seeds=(0,), factors=factors)
+    m = study_metrics(params, "unit", read_study(params, "unit", models_dir, data_dir))
+    main = m["decisions"][0]
+    assert main["seeds"] == 1 and main["interval"] is not None  # df 1: the interaction
+    assert "ANOVA without replication" in main["method"]
+    assert "assumes the factors' effects add up" in main["method"]
+    assert ("Main effects from the additive model of the 4 cells (ANOVA without replication; "
+            "OLS, residual df 1): assumes the factors' effects add up.") in m["verdict"]
 
 
 def test_bn_violins_only_where_the_study_varies_batchnorm(tmp_path):
@@ -413,7 +475,7 @@ def test_convergence_flags_curves_still_rising_and_the_budget_is_stated(evaluate
     assert m["budget"] == {"train_images": 80, "epochs": [4], "seeds": 3,
                            "text": "These answers rest on 80 training images, 4 epochs and "
                                    "3 seeds per variant."}
-    assert m["verdict"].endswith(m["budget"]["text"])
+    assert m["verdict"].endswith(m["budget"]["text"]) and m["summary"].endswith(m["budget"]["text"])
 
 
 def test_converged_variants_carry_no_caveat():
@@ -448,7 +510,9 @@ def test_steps_to_target_interpolates_between_evaluations():
 def test_bn_speedup_in_steps_with_an_interval_over_seeds():
     """Validated within epochs, BN reaches 0.75 after 12, 10, 16 steps, its twin after 30, 30,
     32: the speed-up is the mean of the per-seed ratios 2.5, 3, 2, with its t-interval."""
-    from ablations.evaluate import speedup, variant_metrics
+    from ablations.config import Study
+    from ablations.decisions import decide_study
+    from ablations.evaluate import speedup, speedup_ratios, variant_metrics
 
     def unit(seed, crossing):  # val accuracy rises linearly to 0.75 at step `crossing`
         steps = [{"step": s, "epoch": s / 8, "val_accuracy": 0.75 * s / crossing,
@@ -465,6 +529,22 @@ def test_bn_speedup_in_steps_with_an_interval_over_seeds():
     mean, half = stats.mean_ci([2.5, 3.0, 2.0])
     assert (ratio["mean"], ratio["ci"]) == pytest.approx((mean, half))
     assert speedup(bn, twin)["train_seconds_ratio"]["mean"] == pytest.approx(mean)
+    # Measured in steps, the speed-up is one of the question's answers: decided against 1.
+    ratios = speedup_ratios({"bn": {"twin": "twin", **speedup(bn, twin)}}, 0.75)
+    label = "bn vs twin: training steps to 0.75 validation accuracy, without ÷ with BN"
+    assert ratios == {label: {"variants": ["bn", "twin"],
+                              "values": pytest.approx({"seed0": 2.5, "seed1": 3.0, "seed2": 2.0})}}
+    spec = Study(question="q", data="d", baseline="twin", target_val_accuracy=0.75, defaults={},
+                 variants={"twin": {}, "bn": {}})
+    one_seed = {"twin": {"seed0": 0.8}, "bn": {"seed0": 0.8}}  # the pair: no interval, no Holm
+    (_, decided) = decide_study(spec, one_seed, ratios=ratios)
+    assert (decided["answer"], decided["decision"], decided["level"]) == (label, "better", 0.95)
+    assert decided["interval"] == pytest.approx([mean - half, mean + half])
+    assert verdicts.decision_sentence(decided) == (
+        f"{label}: better: fewer with BatchNorm, ratio 2.50 ± {half:.2f} (3 seeds)")
+    history_only = {key: value for key, value in speedup(bn, twin).items() if "steps" not in key
+                    and "train_seconds" not in key}
+    assert speedup_ratios({"bn": {"twin": "twin", **history_only}}, 0.75) == {}
 
 
 def _fake_default_study(root, params, study, rng):

@@ -132,8 +132,11 @@ def test_metrics_plots_and_report(pipeline):
     run(["dvc", "plots", "show", "-o", str(repo / "dvc_plots")], repo, env)
     assert (repo / "dvc_plots" / "index.html").exists()
     report = (repo / "reports" / "index.html").read_text()
-    for heading in ("batchnorm", "transfer", "polyfit", html.escape(metrics["verdict"])):
+    for heading in ("batchnorm", "transfer", "polyfit", html.escape(metrics["summary"]),
+                    f"Decisions: {metrics['decided']['decided']} of "
+                    f"{metrics['decided']['answers']} answers decided"):
         assert heading in report, heading
+    assert [d["kind"] for d in metrics["decisions"]] == ["pair", "speedup"]  # relu-bn vs relu
 
 
 def metric_files(repo: Path) -> dict[str, dict]:

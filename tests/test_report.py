@@ -17,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from test_evaluate import write_fake_study  # the fake study on disk, as the train stage writes it
 
-from ablations import plots, polyfit
+from ablations import plots, polyfit, verdicts
 from ablations.errors import DataError
 from ablations.evaluate import read_study, study_histories, study_results
 from ablations.io import write_json
@@ -103,11 +103,20 @@ def test_report_is_one_self_contained_escaped_file(report):
     assert "<script" not in html and "http://" not in html and "https://" not in html
     assert "Does BatchNorm help &lt;small&gt; CNNs &amp; why?" in html  # escaped question
     assert html.count("<section") == 2  # the study and polyfit
-    for comparison in metrics["comparisons"].values():
-        assert escape(comparison["text"]) in html
-    assert escape(metrics["verdict"]) in html
-    assert all(escape(answer) in html for answer in metrics["answers"])
-    assert "Effects on test accuracy (paired by seed)" in html
+    for comparison in metrics["comparisons"].values():  # an answer's: once, as a table row
+        assert "decision" in comparison and escape(comparison["text"]) not in html
+    # The decisions first, a row each; what they rest on once; the detail folded.
+    decisions = html.index("<h3>Decisions: 0 of 3 answers decided</h3>")
+    for d in metrics["decisions"]:
+        row = html.index(f"<tr class=\"decision {d['decision']}\"><td>{escape(d['answer'])}</td>"
+                         f"<td>{escape(verdicts.decision_words(d))}</td>"
+                         f"<td>{escape(verdicts.interval_text(d))}</td><td>{d['seeds']}</td>")
+        assert decisions < row < html.index("<details>")
+    assert html.count(escape(metrics["summary"])) == 1
+    assert escape(metrics["verdict"]) not in html  # its sentences are the table's rows
+    assert all(escape(detail) in html for detail in metrics["details"])
+    assert html.index("<details>") < html.index(escape(metrics["details"][0])) < html.index("</details>")
+    assert "Effects on test accuracy (paired by seed; each 95% interval on its own" in html
     assert "<td>relu-bn − relu</td>" in html  # a question pair of this non-factorial study
     polyfit_results = json.loads((root / "results" / "polyfit.json").read_text())
     assert escape(polyfit_results["verdict"]) in html
@@ -129,7 +138,10 @@ def test_report_renders_in_chromium(report, tmp_path):
     assert [i for i in images if not (i["complete"] and i["width"] > 0)] == []
     assert problems == []
     assert "Does BatchNorm help <small> CNNs & why?" in text  # shown as text, not as markup
-    assert "relu-bn is 6.0 ±" in text and "above relu" in text
+    first = metrics["decisions"][0]  # relu-bn − relu, a row of the headline table
+    assert f"relu-bn − relu\tundecided\t{verdicts.interval_text(first)}\t3\tabout" in text
+    assert metrics["summary"] in text
+    assert metrics["comparisons"]["tanh"]["text"] not in text  # in the folded detail
     data = screenshot.read_bytes()
     assert data.startswith(PNG) and len(data) > 10_000
 

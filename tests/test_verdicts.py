@@ -4,8 +4,9 @@ loops over synthetic effects; hypothesis is not a dependency)."""
 import random
 import re
 
-from ablations.verdicts import (difference_sentence, factorial_verdicts, interaction_sentence,
-                                shown)
+from ablations.decisions import DECISIONS, Estimate, decide
+from ablations.verdicts import (decision_sentence, decision_words, difference_sentence,
+                                interaction_sentence, shown, within_settings_sentence)
 
 DIRECTED = re.compile(r"\b(better|worse|helps?|hurts?|above|below|larger|smaller)\b")
 CASES = 2000
@@ -74,20 +75,20 @@ def test_interaction_sentence_says_no_more_than_the_interval():
             assert "do not simply add up" not in text, text
 
 
-def test_factorial_verdict_marks_each_setting_by_its_own_interval():
-    """In "Within each setting: a, b: +x ± y (better)" every mark follows that setting's own
-    interval, whatever the average says."""
+def test_within_settings_sentence_marks_each_setting_by_its_own_interval():
+    """In "a x − y, within each setting (…): b=z: +x ± y (better); …" every mark follows that
+    setting's own interval, and the sentence names the main effect, never its decision."""
     rng = random.Random(18)
     for _ in range(300):
         names = random_names(rng, 6)
         main = {"factor": names[0], "level": names[1], "reference": names[2], **random_effect(rng)}
         simple = [{"factor": names[0], "level": names[1], "reference": names[2],
                    "within": {names[3]: names[4 + i]}, **random_effect(rng)} for i in range(2)]
-        (text,) = factorial_verdicts({"main": [main], "simple": simple, "interaction": []})
-        head, _, within = text.partition(". Within each setting: ")
-        check_words(head, main)
-        for part, effect in zip(within.split("; "), simple):
-            assert part.startswith(f"{names[3]}={names[4 + simple.index(effect)]}: ")
+        text = within_settings_sentence(main, simple)
+        head, _, within = text.partition(": ")
+        assert head == f"{names[0]} {names[1]} − {names[2]}, within each setting (95% intervals, each on its own)"
+        for i, (part, effect) in enumerate(zip(within.split("; "), simple)):
+            assert part.startswith(f"{names[3]}={names[4 + i]}: ")
             mark = part.rsplit("(", 1)[1].rstrip(")")
             assert mark == (("better" if effect["difference"] > 0 else "worse")
                             if shown(effect) else "not shown"), part
@@ -103,18 +104,50 @@ def test_seeds_left_out_are_said():
         "(2 seeds left out: a run diverged)")
 
 
-def test_speedup_ratio_says_fewer_or_more_only_when_the_interval_excludes_1():
-    from ablations.verdicts import ratio_sentence
+def random_decisions(rng: random.Random) -> list[dict]:
+    """1-4 answers decided together by ablations.decisions (Holm across them): differences in
+    points or speed-up ratios, with or without a spread, decided or not."""
+    out = []
+    for _ in range(rng.randint(1, 4)):
+        kind = rng.choice(["main", "pair", "speedup"])
+        null, margin = (1.0, None) if kind == "speedup" else (0.0, rng.choice([0.5, 1.0, 2.0]))
+        scale = 0.05 if kind == "speedup" else 1.0
+        seeds = rng.randint(1, 9)
+        spread = rng.random() > 0.15 and seeds > 1
+        names = random_names(rng, 2)
+        size = rng.choice([0.05, 1.0])  # small differences too: equivalence is reachable
+        out.append(Estimate(
+            f"{names[0]} − {names[1]}", kind, names, null + scale * size * rng.uniform(-6, 6),
+            scale * 10 ** rng.uniform(-2, 0.5) if spread else None, seeds - 1 if spread else None,
+            seeds, "synthetic", null, margin))
+    return decide(out, rng.choice([0.9, 0.95, 0.99]))
 
-    rng = random.Random(19)
-    for _ in range(CASES):
-        effect = random_effect(rng)  # a difference from 1
-        mean = None if effect["difference"] is None else 1 + effect["difference"] / 40
-        ci = None if effect["ci"] is None else effect["ci"] / 40
-        text = ratio_sentence({"mean": mean, "ci": ci, "n": effect["n"]}, "steps")
-        words = set(re.findall(r"\b(fewer|more|faster|slower)\b", text))
-        if mean is None or ci is None or abs(mean - 1) <= ci:
-            assert not words, text
+
+WORDS = re.compile(r"\b(better|worse|equivalent|undecided|fewer|more|above|below|larger|smaller)\b")
+
+
+def test_decision_sentence_says_its_decision_and_no_other():
+    """The words follow the decision: its word once, no other decision's word, a direction
+    only for better / worse and on the side the decision says; the ± is the decision's."""
+    rng = random.Random(20)
+    decided = [d for _ in range(150) for d in random_decisions(rng)]
+    assert {d["decision"] for d in decided} == set(DECISIONS)  # every branch is exercised
+    for decision in decided:
+        text = decision_sentence(decision)
+        words = set(WORDS.findall(text.removeprefix(decision["answer"])))
+        word = decision["decision"]
+        assert word in words, text
+        assert not (words & set(DECISIONS)) - {word}, text
+        if decision["kind"] == "speedup" and word in ("better", "worse"):
+            assert words == {word, "fewer" if word == "better" else "more"}, text
         else:
-            assert words == ({"fewer"} if mean > 1 else {"more"}), text
-
+            assert words == {word}, text
+        assert text.startswith(f"{decision['answer']}: {decision_words(decision)}, ")
+        if decision["interval"] is not None:
+            lo, hi = decision["interval"]
+            digits = 2 if decision["kind"] == "speedup" else 1
+            assert f" ± {(hi - lo) / 2:.{digits}f}" in text, text
+        if word == "equivalent":
+            assert f"within ±{decision['margin']:.1f} points" in text
+        if word == "undecided":
+            assert text.endswith("; " + decision["would_decide"]), text

@@ -48,6 +48,12 @@ MAX_NAME_LENGTH = 100
 MAX_DEGREE = 50  # polyfit: a least-squares fit of higher degree is hopelessly ill-conditioned
 MAX_FOLDS = 100  # polyfit
 MAX_SAMPLES = 10_000_000  # polyfit.n
+# A study's equivalence margin, points of test accuracy: two variants whose difference lies
+# inside ± margin (at the study's confidence) are `equivalent` (ablations.decisions). 1 point
+# is about the seed-to-seed spread of these studies' test accuracies: a smaller difference
+# would not change which variant anyone picks.
+DEFAULT_MARGIN = 1.0
+MAX_MARGIN = 100.0  # accuracy differences span at most 100 points
 # Names of studies, variants and prepared datasets become folder names and DVC stage names.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 
@@ -290,6 +296,8 @@ class Study(Strict):
     # Further pairs [a, b] the question asks about (a − b), e.g. [before, after] in bn_placement.
     also_compare: list[Annotated[tuple[str, str], Field(strict=False)]] = []  # YAML has no tuples
     target_val_accuracy: Annotated[float, Field(gt=0.0, le=1.0)]  # for epochs-to-target
+    # Points of test accuracy: a difference inside ± margin is practically none (equivalence).
+    margin: Annotated[float, Field(gt=0.0, le=MAX_MARGIN)] = DEFAULT_MARGIN
     defaults: dict[str, Any]
     # A factorial design: factor → level → overrides. Its variants are the cross product of the
     # levels, named by their level names joined with '-' in factor order, levels named `none`
@@ -327,6 +335,10 @@ class Study(Strict):
             if "seed" in (overrides or {}):
                 raise ValueError(f"{name}.seed: not allowed, set the study's `seeds` list instead")
         return self
+
+    def data_of(self, name: str) -> str:
+        """The prepared dataset variant `name` trains and is tested on."""
+        return {**self.defaults, **(self.variants[name] or {})}.get("data") or self.data
 
     def levels(self) -> dict[str, dict[str, str]]:
         """Variant name → {factor: level} for every cell of the factorial design ({} if none)."""
@@ -481,7 +493,7 @@ class Params(Strict):
 
     def variant_data(self, study: str, name: str) -> str:
         """The prepared dataset a variant trains on."""
-        return self.variant(study, name).data or self.studies[study].data
+        return self.studies[study].data_of(name)
 
 
 _BOUNDS = (("Input should be greater than or equal to", "must be >="),

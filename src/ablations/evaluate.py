@@ -5,7 +5,8 @@ Reads what the train stage wrote for every (variant, seed) — run.json, history
 test_predictions.npy — never the models (no Keras import: this stage takes seconds). Writes
   --results  the study's full results (keys below; the report and the plot stage read them),
   --metrics  a folder of headline numbers, one small JSON per row of `dvc metrics show`
-             (`headline`: a row per variant and per pair compared), so the table stays narrow
+             (`headline`: a row per variant and per pair compared, and `decisions`: how many
+             answers are decided), so the table stays narrow
              however many variants the studies have,
   --curves   every history in long format (history.write_curves), DVC's plot data,
 and logs the headline numbers and the results to the `<study>-summary` MLflow run.
@@ -28,18 +29,27 @@ per-seed values {"seed0": …}:
       where the variants validated within epochs (steps.csv) steps_ratio and
       train_seconds_ratio (steps and seconds inside training steps, interpolated),
       bn_only_reached (seeds where only the BN variant reached it: a speed-up beyond measure)
+  margin: the study's equivalence margin (points of test accuracy)
+  decisions: one per question-level answer (ablations.decisions: answer, kind, decision —
+      better / worse / equivalent / undecided — difference, interval at its Holm level,
+      margin, seeds, method, variants, p_value, seeds_to_decide, would_decide);
+      decided: {decided, answers}, how many of them are not undecided
   comparisons.<name> (variants tested on the study's data, a transfer source is not):
       vs (the baseline), difference_points and ci_points (test accuracy, percentage
-      points, t-interval of the per-seed differences), n (seeds paired), judgement
-      (better / worse / not distinguishable / null with one seed), text (one sentence)
+      points, 95% t-interval of the per-seed differences), n (seeds paired), judgement
+      (of that interval alone: better / worse / not distinguishable / null with one seed),
+      decision (where the comparison is an answer), text (one sentence: the decision's
+      where it is an answer)
   pair_comparisons.<a vs b>: the same for each pair of the study's `also_compare` (a − b)
   effects: main, simple, interaction (factorial studies) and pairs (ablations.effects:
       difference and ci in points, n, per_seed, the variants each rests on)
   effect_rows: the effects flat (kind, label, difference, ci, n, shown) for tables and the
-      forest plot; answers: one sentence per effect asked (ablations.verdicts), flagged
-      when a variant it rests on was still improving; budget: train_images, epochs, seeds
-  best_variant (highest mean test accuracy on the study's data), verdict (the study's
-      answer, computed from the numbers above)
+      forest plot; details: the detail behind the decisions, one sentence each (effects
+      within each setting, interactions, answers resting on a variant still improving at the
+      end); budget: train_images, epochs, seeds
+  best_variant (highest mean test accuracy on the study's data), summary (what the
+      decisions rest on: best variant, diverged runs, budget), verdict (the decisions, one
+      sentence each, then the summary)
   confusion (best variant, predictions of its non-diverged seeds pooled): variant, seeds
       (how many pooled), classes (names), counts (rows: true class, columns: predicted)
 """
@@ -51,7 +61,7 @@ from typing import Any
 
 import numpy as np
 
-from ablations import convergence, effects, stats, tracking, verdicts
+from ablations import convergence, decisions, effects, stats, tracking, verdicts
 from ablations.config import Params
 from ablations.errors import DataError
 from ablations.history import curve_rows, read_history, read_steps, write_curves
@@ -180,19 +190,45 @@ def speedup(with_bn: dict, without: dict) -> dict[str, Any]:
     return out
 
 
+def speedup_measure(s: dict[str, Any]) -> tuple[str, str]:
+    """(key, words) of the ratio that measures a BN speed-up: training steps where the study
+    validated within epochs, else whole epochs."""
+    if s.get("steps_ratio", {}).get("mean") is not None:
+        return "steps_ratio", "training steps"
+    return "epochs_ratio", "epochs"
+
+
+def speedup_ratios(speedups: dict[str, dict], target: float) -> dict[str, dict[str, Any]]:
+    """The BN speed-up answers as decisions.decide_study takes them: per BN variant measured
+    in training steps (its study validates within epochs, as batchnorm does to ask about the
+    speed-up), the per-seed ratios without BN ÷ with BN. Whole epochs (2-4 in a laptop study)
+    are too coarse a unit to decide on — a ratio is 2/1 or 3/2 — so those pairs stay in the
+    speed-up table only."""
+    return {f"{bn} vs {s['twin']}: training steps to {target:g} validation accuracy, "
+            "without ÷ with BN": {"variants": [bn, s["twin"]],
+                                  "values": s["steps_ratio"]["values"]}
+            for bn, s in speedups.items() if "steps_ratio" in s}
+
+
 def accuracies(variants: dict[str, dict]) -> effects.Values:
     """{variant: {"seed0": test accuracy, …}}: what every effect is computed from."""
     return {name: v["test_accuracy"]["values"] for name, v in variants.items()}
 
 
-def comparison(name: str, baseline: str, variants: dict[str, dict]) -> dict[str, Any]:
-    """Test accuracy of `name` minus the baseline's, in percentage points, with its interval
-    (paired by seed)."""
+def comparison(name: str, baseline: str, variants: dict[str, dict],
+               decided: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Test accuracy of `name` minus the baseline's, in percentage points, with its 95%
+    interval (paired by seed). Where the comparison is one of the question's answers
+    (`decided`, ablations.decisions), its `decision` and its words are the decision's."""
     effect = effects.contrast(accuracies(variants), {name: 1.0, baseline: -1.0})
-    return {"vs": baseline, "difference_points": effect["difference"],
-            "ci_points": effect["ci"], "n": effect["n"], "judgement": effect["judgement"],
-            "text": verdicts.difference_sentence(name, baseline, effect)
-            + convergence.caveat([name, baseline], _flags(variants))}
+    text = (verdicts.decision_sentence(decided) if decided
+            else verdicts.difference_sentence(name, baseline, effect))
+    out = {"vs": baseline, "difference_points": effect["difference"],
+           "ci_points": effect["ci"], "n": effect["n"], "judgement": effect["judgement"],
+           "text": text + convergence.caveat([name, baseline], _flags(variants))}
+    if decided:
+        out["decision"] = decided["decision"]
+    return out
 
 
 def _flags(variants: dict[str, dict]) -> dict[str, dict]:
@@ -204,30 +240,31 @@ def study_effects(params: Params, study: str, variants: dict[str, dict]) -> dict
     names: each variant against the baseline where the study has no factors, and `also_compare`."""
     spec = params.studies[study]
     values = accuracies(variants)
-    levels = spec.levels()
     out: dict[str, Any] = {}
-    if levels:
-        reference = levels.get(spec.baseline) or {f: next(iter(lv)) for f, lv in spec.factors.items()}
-        out.update(effects.factorial_effects(values, levels, reference))
-        pairs = list(spec.also_compare)
-    else:
-        pairs = [(name, spec.baseline) for name in variants
-                 if name != spec.baseline and variants[name]["data"] == spec.data]
-        pairs += list(spec.also_compare)
-    out["pairs"] = effects.pair_effects(values, pairs)
+    if spec.factors:
+        out.update(effects.factorial_effects(values, spec.levels(),
+                                             decisions.reference_levels(spec)))
+    out["pairs"] = effects.pair_effects(values, decisions.question_pairs(spec))
     return out
 
 
-def study_answers(found: dict[str, Any], variants: dict[str, dict]) -> list[str]:
-    """One sentence per question: each factor level, each interaction, each pair; each flagged
-    when a variant it rests on was still improving at the end of training."""
+def study_details(found: dict[str, Any], variants: dict[str, dict],
+                  decided: list[dict[str, Any]]) -> list[str]:
+    """What lies behind the decisions, one sentence each: every factor level's effect within
+    each setting of the others, every interaction, and each answer resting on a variant that
+    was still improving at the end of training."""
     flags = _flags(variants)
-
-    def note(effect: dict[str, Any]) -> str:
-        return convergence.caveat(effect["variants"], flags)
-
-    answers = verdicts.factorial_verdicts(found, note) if "main" in found else []
-    return answers + verdicts.pair_verdicts(found["pairs"], note)
+    out = []
+    for main in found.get("main", []):
+        simple = [e for e in found["simple"]
+                  if (e["factor"], e["level"]) == (main["factor"], main["level"])]
+        if len(simple) > 1:
+            out.append(verdicts.within_settings_sentence(main, simple))
+    out += [verdicts.interaction_sentence(e) + convergence.caveat(e["variants"], flags)
+            for e in found.get("interaction", [])]
+    out += [f"{d['answer']}{caveat}" for d in decided
+            if (caveat := convergence.caveat(d["variants"], flags))]
+    return out
 
 
 def best_variant(variants: dict[str, dict], data: str) -> str | None:
@@ -244,27 +281,9 @@ def _seeds(n: int) -> str:
     return "1 seed" if n == 1 else f"{n} seeds"
 
 
-def _speedup_sentence(speedups: dict[str, dict], target: float) -> str:
-    """Per BN variant and its twin: steps (or whole epochs) and seconds to the target."""
-    parts = []
-    for name, s in speedups.items():
-        if s.get("steps_ratio", {}).get("mean") is not None:
-            measures = [(s["steps_ratio"], "training steps"),
-                        (s["train_seconds_ratio"], "seconds inside training steps")]
-        elif s["epochs_ratio"]["mean"] is not None:
-            measures = [(s["epochs_ratio"], "epochs"), (s["seconds_ratio"], "wall seconds")]
-        else:
-            parts.append(f"{name} vs {s['twin']}: not measurable (both reached the target in "
-                         f"no seed; BN alone in {s['bn_only_reached']})")
-            continue
-        parts.append(f"{name} vs {s['twin']}: "
-                     + ", ".join(verdicts.ratio_sentence(r, unit) for r, unit in measures))
-    return (f"BatchNorm speed-up to {target:g} validation accuracy (without BN ÷ with BN, "
-            f"mean of per-seed ratios ± 95% CI): " + "; ".join(parts) + ".")
-
-
-def study_verdict(metrics: dict[str, Any]) -> str:
-    """The study's answer in a few sentences, from the numbers only."""
+def study_summary(metrics: dict[str, Any]) -> str:
+    """What the decisions rest on, from the numbers only: the best variant, diverged runs, the
+    budget."""
     variants, baseline, best = metrics["variants"], metrics["baseline"], metrics["best_variant"]
     if best is None:
         return "No variant produced a finite test accuracy."
@@ -272,16 +291,31 @@ def study_verdict(metrics: dict[str, Any]) -> str:
     parts = [f"Best mean test accuracy: {best}, {pm(acc, 100)} % over {_seeds(acc['n'])}."]
     if best == baseline:
         parts.append(f"That is the baseline: no variant has a higher mean than {baseline}.")
-    parts += [answer + "." for answer in metrics["answers"]]
     diverged = [f"{n} ({v['diverged']} of {_seeds(v['seeds'])})" for n, v in variants.items()
                 if v["diverged"]]
     if diverged:
         parts.append("Diverged: " + ", ".join(diverged) + ".")
-    if metrics["bn_speedup"]:
-        parts.append(_speedup_sentence(metrics["bn_speedup"], metrics["target_val_accuracy"]))
     if metrics["budget"]["text"]:
         parts.append(metrics["budget"]["text"])
     return " ".join(parts)
+
+
+def decisions_sentence(decided: list[dict[str, Any]]) -> str:
+    """"2 of 3 answers decided (Holm …). a: better, …. b: …." ("" without answers)."""
+    if not decided:
+        return ""
+    count = decisions.counts(decided)
+    models = dict.fromkeys(d["method"].partition("; Holm")[0] for d in decided
+                           if "additivity" in d or "additive model" in d["method"])
+    return (f"{count['decided']} of {count['answers']} answers decided "
+            f"({decisions.HOLM} over the study's answers at {stats.CONFIDENCE:.0%}). "
+            + " ".join(verdicts.decision_sentence(d) + "." for d in decided)
+            + "".join(f" Main effects from the {model}." for model in models))
+
+
+def study_verdict(metrics: dict[str, Any]) -> str:
+    """The study's answer: the decisions, then what they rest on."""
+    return " ".join(filter(None, [decisions_sentence(metrics["decisions"]), metrics["summary"]]))
 
 
 # --------------------------------------------------------------------------- headline
@@ -292,17 +326,32 @@ def _percent(value: float | None) -> float | None:
 
 
 def _comparison_columns(c: dict[str, Any]) -> dict[str, Any]:
-    return {"diff": c["difference_points"], "diff_ci": c["ci_points"], "judgement": c["judgement"]}
+    """diff ± diff_ci (95%, points) and judgement: the decision where the pair is one of the
+    question's answers (ablations.decisions), else the word of its own 95% interval."""
+    return {"diff": c["difference_points"], "diff_ci": c["ci_points"],
+            "judgement": c.get("decision") or c["judgement"]}
+
+
+DECISIONS_ROW = "decisions"  # the headline row counting the study's decided answers
+
+
+def _own_row(name: str, rows: dict[str, Any], study: str) -> str:
+    if name in rows:
+        raise DataError(f"studies.{study}: the headline row {name} has a variant's name; "
+                        "rename that variant")
+    return name
 
 
 def headline(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """{row: columns}: the study's headline numbers, one `dvc metrics show` row each.
 
     Rows are variants (acc: mean test accuracy in %, acc_ci: half-width of its 95% interval;
-    against the baseline: diff ± diff_ci in percentage points and the judgement; BN variants:
+    against the baseline: diff ± diff_ci in percentage points and the judgement — the
+    decision where that comparison is one of the question's answers; BN variants:
     speedup, the mean per-seed ratio of training steps to the target, or of epochs where the
     study validates once per epoch, ± speedup_ci) and `<a>-vs-<b>` pairs of `also_compare`
-    (a − b, the comparison columns). Every row shares these few column names (DVC's table has
+    (a − b, the comparison columns), and `decisions`: decided (answers decided) of answers
+    (ablations.decisions). Every row shares these few column names (DVC's table has
     one column per distinct name, separators included), so it is as wide for 50 variants as
     for 2. A number that does not exist (one seed: no interval) is left out; DVC shows "-".
     Other numbers of a study add rows here, or columns shared by their rows.
@@ -313,15 +362,12 @@ def headline(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for name, c in metrics["comparisons"].items():
         rows[name].update(_comparison_columns(c))
     for name, s in metrics["bn_speedup"].items():  # in steps where measured within epochs
-        ratio = s["steps_ratio"] if s.get("steps_ratio", {}).get("mean") is not None \
-            else s["epochs_ratio"]
+        ratio = s[speedup_measure(s)[0]]
         rows[name].update(speedup=ratio["mean"], speedup_ci=ratio["ci"])
     for pair, c in metrics["pair_comparisons"].items():
-        name = pair.replace(" vs ", "-vs-")
-        if name in rows:
-            raise DataError(f"studies.{metrics['study']}: the pair row {name} has a variant's "
-                            "name; rename that variant")
-        rows[name] = _comparison_columns(c)
+        rows[_own_row(pair.replace(" vs ", "-vs-"), rows, metrics["study"])] = \
+            _comparison_columns(c)
+    rows[_own_row(DECISIONS_ROW, rows, metrics["study"])] = dict(metrics["decided"])
     return {name: {key: value for key, value in columns.items() if value is not None}
             for name, columns in rows.items()}
 
@@ -391,16 +437,27 @@ def study_metrics(params: Params, study: str, units: dict[str, list[dict]],
         "confidence": stats.CONFIDENCE, "variants": variants,
         "bn_speedup": {bn: {"twin": twin, **speedup(variants[bn], variants[twin])}
                        for bn, twin in bn_twins(params, study).items()},
-        # Only variants tested on the study's data are compared (a transfer source is not).
-        "comparisons": {name: comparison(name, spec.baseline, variants) for name in variants
-                        if name != spec.baseline and variants[name]["data"] == spec.data},
-        "pair_comparisons": {f"{a} vs {b}": comparison(a, b, variants) for a, b in spec.also_compare},
+        "margin": spec.margin,
         "best_variant": best_variant(variants, spec.data),
         "effects": study_effects(params, study, variants),
         "budget": study_budget(params, study, train_images),
     }
-    metrics["answers"] = study_answers(metrics["effects"], variants)
+    metrics["decisions"] = decisions.decide_study(
+        spec, accuracies(variants), stats.CONFIDENCE,
+        speedup_ratios(metrics["bn_speedup"], spec.target_val_accuracy))
+    metrics["decided"] = decisions.counts(metrics["decisions"])
+    answered = {d["answer"]: d for d in metrics["decisions"] if d["kind"] == "pair"}
+
+    def compare(a: str, b: str) -> dict[str, Any]:
+        return comparison(a, b, variants, answered.get(f"{a} − {b}"))
+
+    # Only variants tested on the study's data are compared (a transfer source is not).
+    metrics["comparisons"] = {name: compare(name, spec.baseline) for name in variants
+                              if name != spec.baseline and variants[name]["data"] == spec.data}
+    metrics["pair_comparisons"] = {f"{a} vs {b}": compare(a, b) for a, b in spec.also_compare}
+    metrics["details"] = study_details(metrics["effects"], variants, metrics["decisions"])
     metrics["effect_rows"] = verdicts.effect_rows(metrics["effects"])  # tables, forest plot
+    metrics["summary"] = study_summary(metrics)
     metrics["verdict"] = study_verdict(metrics)
     return metrics
 
@@ -416,6 +473,8 @@ def _summary_metrics(metrics: dict) -> dict[str, float]:
         for key in ("epochs_ratio", "seconds_ratio", "steps_ratio", "train_seconds_ratio"):
             if s.get(key, {}).get("mean") is not None:
                 flat[f"{name}.bn_speedup_{key}"] = s[key]["mean"]
+    flat["answers"], flat["answers_decided"] = (metrics["decided"]["answers"],
+                                                metrics["decided"]["decided"])
     return flat
 
 
@@ -434,12 +493,16 @@ def study_histories(units: dict[str, list[dict]]) -> dict[str, dict[int, list[di
 
 
 def log_summary(study: str, metrics: dict) -> str:
-    """One `<study>-summary` run: headline metrics, the results file, the verdict as the run's
-    description (the plot stage logs the figures in its own run)."""
+    """One `<study>-summary` run: headline metrics (answers and answers_decided among
+    them), the results file, the verdict as the run's description (the plot stage logs the
+    figures in its own run); the study's run gets one tag per decision."""
     tags = tracking.run_tags(study, "summary", kind="summary", dvc_stage=f"evaluate@{study}")
     tags["mlflow.note.content"] = metrics["verdict"]  # shown as the run's description in the UI
-    with tracking.run(study, f"{study}-summary", tags,
-                      parent_id=tracking.study_run_id(study)) as run_id:
+    study_run = tracking.study_run_id(study)
+    tracking.tag_decisions(study_run, {d["answer"]: verdicts.decision_sentence(d)
+                                       for d in metrics["decisions"]},
+                           f"{metrics['decided']['decided']} of {metrics['decided']['answers']}")
+    with tracking.run(study, f"{study}-summary", tags, parent_id=study_run) as run_id:
         tracking.log_metrics(run_id, _summary_metrics(metrics))
         tracking.log_dict(run_id, metrics, f"{study}.json")
         return run_id

@@ -1,8 +1,9 @@
 """report stage: one static, offline HTML page that answers every study's question.
 
-A section per study (question, mean ± 95% CI per variant, comparisons with the baseline, BN
-speed-up, verdict, figures), from the evaluate stage's results/<study>.json and the plot
-stage's plots/<study>/, and polyfit's when its results file exists (both of polyfit's paths
+A section per study (question; the decisions, one row per question-level answer; what they
+rest on; the detail folded in a <details>: effects within each setting, interactions,
+convergence, comparisons with the baseline; mean ± 95% CI per variant, BN speed-up, figures),
+from the evaluate stage's results/<study>.json and the plot stage's plots/<study>/, and polyfit's when its results file exists (both of polyfit's paths
 come from the command line, as dvc.yaml gives them to the polyfit stage). Figures are
 embedded as base64 `data:` URIs and the styles are inline: the single file can be mailed,
 archived or opened from a DVC cache without a server or network, and needs no JavaScript.
@@ -16,7 +17,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from ablations import tracking
+from ablations import tracking, verdicts
 from ablations.config import Params
 from ablations.errors import DataError
 from ablations.io import atomic_file, read_json
@@ -32,17 +33,22 @@ th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 tr.baseline { background: #fff3e0; } .question { font-style: italic; }
 .verdict { background: #eef6ee; border-left: 4px solid #3a3; padding: 0.6rem 1rem; }
+tr.decision.undecided td:nth-child(2) { color: #955; } .note, .methods { font-size: 0.85rem; }
+table.decisions td:nth-child(2), table.decisions td:nth-child(5) { text-align: left; }
+details { margin: 1rem 0; } summary { cursor: pointer; font-weight: 600; }
 figure { margin: 1.5rem 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
 nav a { margin-right: 1rem; }
 """
 
 
-def _table(header: list[str], rows: list[list[str]], classes: list[str] | None = None) -> str:
+def _table(header: list[str], rows: list[list[str]], classes: list[str] | None = None,
+           table_class: str = "") -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
     body = "".join(
         f"<tr class=\"{escape(cls)}\">" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>"
         for row, cls in zip(rows, classes or [""] * len(rows)))
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    attribute = f" class=\"{escape(table_class)}\"" if table_class else ""
+    return f"<table{attribute}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def _figure(path: Path, caption: str) -> str:
@@ -106,30 +112,60 @@ def _effects_tables(m: dict) -> str:
                                 "yes" if r["shown"] else "no"] for r in chosen]) if chosen else ""
 
     effects, interactions = table(("main", "simple", "pairs")), table(("interaction",))
-    return ((f"<h3>Effects on test accuracy (paired by seed)</h3>{effects}" if effects else "")
+    return ((f"<h3>Effects on test accuracy (paired by seed; each 95% interval on its own, not "
+             f"adjusted for the study's other answers)</h3>{effects}" if effects else "")
             + (f"<h3>Interactions (0: the two effects add up)</h3>{interactions}"
                if interactions else ""))
 
 
-def _answers(m: dict) -> str:
-    answers = "".join(f"<li>{escape(a)}</li>" for a in m.get("answers", []))
-    return f"<h3>Answers</h3><ul class=\"answers\">{answers}</ul>" if answers else ""
+def _decisions(m: dict) -> str:
+    """The headline: one row per question-level answer (decision, difference ± interval,
+    seeds, what would decide it), and how the intervals were made."""
+    decided = m.get("decisions", [])
+    if not decided:
+        return ""
+    rows = [[d["answer"], verdicts.decision_words(d), verdicts.interval_text(d), str(d["seeds"]),
+             d["would_decide"]] for d in decided]
+    classes = [f"decision {d['decision']}" for d in decided]
+    methods = "".join(f"<li>{escape(method)}</li>" for method in
+                      dict.fromkeys(d["method"] for d in decided))
+    count = m["decided"]
+    return (f"<h3>Decisions: {count['decided']} of {count['answers']} answers decided</h3>"
+            + _table(["answer", "decision", "difference ± interval", "seeds",
+                      "what would decide it"], rows, classes, "decisions")
+            + f"<p class=\"note\">better / worse: the interval excludes 0 (a speed-up ratio: "
+            f"1); equivalent: it lies inside ±{m['margin']:.1f} points (the study's margin). "
+            "Each interval is at the level Holm's procedure tested its answer at, so that the "
+            f"chance of any wrong decision in the study stays below {1 - m['confidence']:.0%}."
+            f"</p><ul class=\"methods\">{methods}</ul>")
+
+
+def _details(m: dict) -> str:
+    """Behind the decisions, folded: effects within each setting, interactions, convergence,
+    the comparisons with the baseline that are not answers themselves (95% intervals, each on
+    its own)."""
+    details = "".join(f"<li>{escape(a)}</li>" for a in m.get("details", []))
+    comparisons = "".join(f"<li>{escape(c['text'])}</li>" for c in m["comparisons"].values()
+                          if "decision" not in c)
+    return ("<details><summary>Detail: effects within each setting, interactions, convergence, "
+            "comparisons with the baseline</summary>"
+            + (f"<ul class=\"details\">{details}</ul>" if details else "")
+            + _effects_tables(m)
+            + (f"<h3>Compared with the baseline {escape(m['baseline'])}</h3><ul>{comparisons}</ul>"
+               if comparisons else "")
+            + "</details>")
 
 
 def study_section(study: str, m: dict, plots_dir: Path) -> str:
-    comparisons = "".join(f"<li>{escape(c['text'])}</li>" for c in m["comparisons"].values())
-    pairs = "".join(f"<li>{escape(c['text'])}</li>" for c in m["pair_comparisons"].values())
     folder = plots_dir / study
     return (f"<section id=\"{escape(study)}\"><h2>{escape(study)}</h2>"
             f"<p class=\"question\">{escape(m['question'])}</p>"
-            f"<p class=\"verdict\">{escape(m['verdict'])}</p>"
-            f"<p>{len(m['seeds'])} seeds per variant; ± is the half-width of the 95% Student-t "
-            "interval of the mean (differences: t-interval of the per-seed differences).</p>"
-            + _answers(m)
+            + _decisions(m)
+            + f"<p class=\"verdict\">{escape(m['summary'])}</p>"
+            + _details(m)
             + _variants_table(m)
-            + _effects_tables(m)
-            + f"<h3>Compared with the baseline {escape(m['baseline'])}</h3><ul>{comparisons}</ul>"
-            + (f"<h3>Other comparisons the question asks for</h3><ul>{pairs}</ul>" if pairs else "")
+            + f"<p>{len(m['seeds'])} seeds per variant; ± is the half-width of the 95% "
+            "Student-t interval of the mean.</p>"
             + _speedup_table(m)
             + (_figures(folder) if folder.is_dir() else "")
             + "</section>")

@@ -34,7 +34,8 @@ except ImportError:  # Windows
 
 import mlflow
 import numpy as np
-from mlflow.entities import DatasetInput, InputTag, LifecycleStage, LoggedModelStatus, Metric, Param, Run
+from mlflow.entities import (DatasetInput, InputTag, LifecycleStage, LoggedModelStatus, Metric,
+                             Param, Run, RunTag)
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
@@ -374,6 +375,21 @@ def log_params(run_id: str, params: dict[str, Any]) -> None:
 
 def set_tag(run_id: str, key: str, value: str) -> None:
     MlflowClient().set_tag(run_id, key, value)
+
+
+def tag_key(text: str) -> str:
+    """`text` as an MLflow tag key: characters outside the allowed set (letters, digits, _ - .
+    space / :) replaced by "_" ("−" by "-"), at most 250 characters (MLflow's limit)."""
+    return re.sub(r"[^\w\-. /:]", "_", text.replace("−", "-"), flags=re.ASCII)[:250]
+
+
+def tag_decisions(run_id: str, sentences: dict[str, str], decided: str) -> None:
+    """A study run's decisions (ablations.decisions): tag `decision.<answer>` = its headline
+    sentence per answer, and `decisions` = "k of n" decided."""
+    tags = [RunTag(f"decision.{tag_key(answer)}", sentence) for answer, sentence in sentences.items()]
+    tags.append(RunTag("decisions", decided))
+    for start in range(0, len(tags), 100):  # MLflow takes at most 100 tags a batch
+        MlflowClient().log_batch(run_id, tags=tags[start:start + 100])
 
 
 def log_artifacts(run_id: str, folder: Path) -> None:

@@ -7,12 +7,13 @@ Rules, checked by property tests (tests/test_verdicts.py):
 - one seed (no interval) or an interval covering 0: the number is given, the conclusion is
   that none is shown;
 - a sentence names only the variants, levels or factors of the effect it describes;
-- a speed-up ratio says "fewer"/"more" only when its interval excludes 1.
+- a decision's sentence (ablations.decisions) carries its decision word and no other: "better"
+  / "worse" / "fewer" / "more" only for that decision and side, "equivalent" only for
+  equivalent, "undecided" with what would decide it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from ablations.effects import effect_label
@@ -78,12 +79,9 @@ def interaction_sentence(effect: dict[str, Any]) -> str:
             f"with {f2} {l2} than with {r2} ({_seeds(effect['n'])}): they do not simply add up")
 
 
-def main_effect_sentence(main: dict[str, Any], simple: list[dict[str, Any]]) -> str:
-    """A factor level's main effect, then its effect within every setting of the others."""
-    head = difference_sentence(f"{main['factor']} {main['level']} (averaged over the other "
-                               "factors)", main["reference"], main)
-    if not simple:
-        return head
+def settings_text(simple: list[dict[str, Any]]) -> str:
+    """Effects within each setting of the other factors: "a=x: +2.1 ± 0.9 (better); a=y: …",
+    each mark following that setting's own interval."""
     parts = []
     for effect in simple:
         where = ", ".join(f"{factor}={level}" for factor, level in effect["within"].items())
@@ -91,28 +89,7 @@ def main_effect_sentence(main: dict[str, Any], simple: list[dict[str, Any]]) -> 
         number = "—" if d is None else f"{d:+.1f}" + ("" if h is None else f" ± {h:.1f}")
         mark = ("better" if d > 0 else "worse") if shown(effect) else "not shown"
         parts.append(f"{where}: {number} ({mark})")
-    return head + ". Within each setting: " + "; ".join(parts)
-
-
-def _no_note(effect: dict[str, Any]) -> str:
-    return ""
-
-
-def factorial_verdicts(effects: dict[str, list[dict[str, Any]]],
-                       note: Callable[[dict], str] = _no_note) -> list[str]:
-    """One sentence per factor level (main + simple effects) and per interaction; `note(effect)`
-    is appended to each (e.g. a convergence caveat)."""
-    out = []
-    for main in effects["main"]:
-        simple = [s for s in effects["simple"]
-                  if (s["factor"], s["level"]) == (main["factor"], main["level"])]
-        out.append(main_effect_sentence(main, simple if len(simple) > 1 else []) + note(main))
-    out += [interaction_sentence(effect) + note(effect) for effect in effects["interaction"]]
-    return out
-
-
-def pair_verdicts(pairs: list[dict[str, Any]], note: Callable[[dict], str] = _no_note) -> list[str]:
-    return [difference_sentence(p["variant"], p["vs"], p) + note(p) for p in pairs]
+    return "; ".join(parts)
 
 
 def effect_rows(effects: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -122,17 +99,47 @@ def effect_rows(effects: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]
             for kind in ("main", "simple", "interaction", "pairs") for e in effects.get(kind, [])]
 
 
-def ratio_sentence(ratio: dict[str, Any], unit: str) -> str:
-    """A speed-up factor (without BN ÷ with BN, mean of per-seed ratios ± 95% interval) in
-    words: "fewer"/"more" only when the interval excludes 1."""
-    r, h, n = ratio["mean"], ratio["ci"], ratio["n"]
-    if r is None:
-        return f"{unit}: not measurable"
-    number = f"{r:.2f}" + ("" if h is None else f" ± {h:.2f}")
-    if h is None:
-        return f"{unit}: ratio {number} from {_seeds(n)}, no interval, so no conclusion"
-    if abs(r - 1) <= h:
-        return f"{unit}: ratio {number} over {_seeds(n)}; the interval covers 1, so no speed-up is shown"
-    word = "fewer" if r > 1 else "more"
-    return f"{unit}: ratio {number} over {_seeds(n)}, {word} with BatchNorm"
+# --------------------------------------------------------------------------- decisions
 
+
+def interval_text(decision: dict[str, Any]) -> str:
+    """"+3.1 ± 1.9 points" (a ratio: "ratio 1.45 ± 0.30"); the ± is the half-width of the
+    decision's interval (symmetric: a t-interval), "—" without a finite value."""
+    d, interval = decision["difference"], decision["interval"]
+    if d is None:
+        return "—"
+    half = None if interval is None else (interval[1] - interval[0]) / 2
+    if decision["kind"] == "speedup":
+        return f"ratio {d:.2f}" + ("" if half is None else f" ± {half:.2f}")
+    return f"{d:+.1f}" + ("" if half is None else f" ± {half:.1f}") + " points"
+
+
+def decision_words(decision: dict[str, Any]) -> str:
+    """The decision in words: "better", "better, by less than the ±1.0-point margin",
+    "equivalent within ±1.0 points", "undecided"; a speed-up (steps without ÷ with BN):
+    "better: fewer with BatchNorm"."""
+    word = decision["decision"]
+    if decision["kind"] == "speedup" and word in ("better", "worse"):
+        return word + (": fewer" if word == "better" else ": more") + " with BatchNorm"
+    if word in ("better", "worse") and decision["inside_margin"]:
+        return f"{word}, by less than the ±{decision['margin']:.1f}-point margin"
+    if word == "equivalent":
+        return f"equivalent within ±{decision['margin']:.1f} points"
+    return word
+
+
+def decision_sentence(decision: dict[str, Any]) -> str:
+    """One headline line: "norm bn − none: better, +3.1 ± 1.9 points (3 seeds)"; undecided
+    adds what would decide it."""
+    text = (f"{decision['answer']}: {decision_words(decision)}, {interval_text(decision)} "
+            f"({_seeds(decision['seeds'])})")
+    if decision["decision"] == "undecided" and decision.get("would_decide"):
+        text += f"; {decision['would_decide']}"
+    return text
+
+
+def within_settings_sentence(main: dict[str, Any], simple: list[dict[str, Any]]) -> str:
+    """A main effect's detail: its effect within every setting of the other factors, each with
+    its own 95% interval (not adjusted for the study's other effects)."""
+    return (f"{effect_label(main)}, within each setting (95% intervals, each on its own): "
+            + settings_text(simple))
