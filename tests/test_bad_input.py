@@ -187,6 +187,11 @@ SHAPE_CASES = {
     "mapping for a list": (lambda p: study(p)["defaults"].update(conv_filters={"a": 1}),
                            ["conv_filters", "must be a list"]),
     "a number as a top-level key": (lambda p: p.update({1: "x"}), ["params.yaml: 1: Keys should be strings (got 1)"]),
+    # found by bench/fuzz_params.py: tracebacks, or an error on two lines
+    "a level named 1": (lambda p: study(p)["factors"]["dropout"].update({1: {"dropout": 0.2}}),
+                        ["factors.dropout: factor and level names must be text (got 1)"]),
+    "a key with a newline": (lambda p: study(p)["factors"]["dropout"]["none"].update({"a\nb": 1}),
+                             ["factors.dropout.none.'a\\nb': unknown or not allowed key"]),
     "null study": (lambda p: p["studies"].update(batchnorm=None),
                    ["studies.batchnorm: must be a mapping (got None)"]),
 }
@@ -240,6 +245,10 @@ YAML_TEXT_CASES = {
     "optimizer_config momentum: .inf": (
         lambda p: study(p)["defaults"].update(optimizer="sgd", optimizer_config={"momentum": RAW}),
         ".inf", ["optimizer_config: momentum must be a finite number (got inf)"]),
+    "!!binary momentum": (
+        lambda p: study(p)["defaults"].update(optimizer="sgd", optimizer_config={"momentum": RAW}),
+        '!!binary "gAE="', ["optimizer_config: momentum must be a number, text, true/false, null, "
+                            "a list or a mapping (got bytes)"]),
     "regularizer l2: .nan": (
         lambda p: variant(p, "relu").update(kernel_regularizer={"class_name": "L2",
                                                                 "config": {"l2": RAW}}),

@@ -243,9 +243,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except AblationsError as error:
-        # A safety net: messages quote short excerpts, but no line may flood a terminal.
-        lines = [line if len(line) <= 990 else line[:989] + "…" for line in str(error).splitlines()]
-        print("error: " + "\n".join(lines), file=sys.stderr)
+        # A safety net: messages quote short excerpts, but the error is one line, and no line
+        # may flood a terminal.
+        message = " ".join(line.strip() for line in str(error).splitlines())
+        print("error: " + (message if len(message) <= 990 else message[:989] + "…"),
+              file=sys.stderr)
         return 2
     return 0
 

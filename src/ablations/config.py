@@ -252,11 +252,15 @@ class Variant(Strict):
                      "kernel_regularizer", "bias_regularizer", "optimizer_config")
     @classmethod
     def _finite_arguments(cls, value: Any) -> Any:
-        """Free-form Keras arguments escape the schema's finite-float rule: check them here."""
+        """Free-form Keras arguments escape the schema's types: a NaN, an infinity or a
+        `!!binary` value would reach Keras (and the fingerprint's JSON): refuse them here."""
         where = non_finite(value)
         if where is not None:
             path, number = where
-            raise ValueError(f"{path or 'the value'} must be a finite number (got {number})")
+            if isinstance(number, float):
+                raise ValueError(f"{path or 'the value'} must be a finite number (got {number})")
+            raise ValueError(f"{path or 'the value'} must be a number, text, true/false, null, "
+                             f"a list or a mapping (got {type(number).__name__})")
         return value
 
     @model_validator(mode="after")
@@ -268,16 +272,18 @@ class Variant(Strict):
         return self
 
 
-def non_finite(value: Any) -> tuple[str, float] | None:
-    """(key path inside `value`, the number) of its first NaN or infinity, else None. A loop,
-    not recursion: a deeply nested value must not exhaust Python's stack."""
+def non_finite(value: Any) -> tuple[str, Any] | None:
+    """(key path inside `value`, the value) of its first NaN, infinity or bytes (YAML's
+    `!!binary`), else None. A loop, not recursion: a deeply nested value must not exhaust
+    Python's stack."""
     pending: list[tuple[str, Any]] = [("", value)]
     while pending:
         path, item = pending.pop()
-        if isinstance(item, float) and not math.isfinite(item):
+        if (isinstance(item, float) and not math.isfinite(item)) or isinstance(item, bytes):
             return path, item
         if isinstance(item, dict):
-            pending.extend((f"{path}.{key}".lstrip("."), inner) for key, inner in item.items())
+            pending.extend((f"{path}.{key_text(key)}".lstrip("."), inner)
+                           for key, inner in item.items())
         elif isinstance(item, list):
             pending.extend((f"{path}[{i}]", inner) for i, inner in enumerate(item))
     return None
@@ -362,6 +368,11 @@ def factorial_cells(factors: dict[str, dict[str, Overrides | None]]
     if not factors:
         return {}  # the product of no factors would be one empty cell
     for factor, levels in factors.items():
+        names = [factor, *levels] if isinstance(levels, dict) else [factor]
+        odd = [name for name in names if not isinstance(name, str)]
+        if odd:  # names become variant names: text only (YAML reads `1:` or `null:` otherwise)
+            raise ValueError(f"factors.{key_text(factor)}: factor and level names must be text "
+                             f"(got {odd[0]!r})")
         if not isinstance(levels, dict) or not levels:
             raise ValueError(f"factors.{factor}: needs a mapping of at least one level name to "
                              "its overrides")
@@ -370,7 +381,8 @@ def factorial_cells(factors: dict[str, dict[str, Overrides | None]]
                 raise ValueError(f"factors.{factor}.{level}: must be a mapping of overrides")
             unknown = set(overrides or {}) - set(Variant.model_fields) | ({"seed"} & set(overrides or {}))
             if unknown:
-                raise ValueError(f"factors.{factor}.{level}.{sorted(unknown)[0]}: unknown or "
+                first = key_text(sorted(unknown, key=str)[0])
+                raise ValueError(f"factors.{factor}.{level}.{first}: unknown or "
                                  f"not allowed key (a variant has {sorted(set(Variant.model_fields) - {'seed'})})")
     owner: dict[str, str] = {}
     for factor, levels in factors.items():
@@ -523,8 +535,17 @@ def shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def key_text(key: Any) -> str:
+    """A key as an error message names it: as written when it is plain printable text, else
+    quoted (an empty key, a key with a newline or spaces around it, a number)."""
+    if isinstance(key, str) and key and key.isprintable() and key.strip() == key:
+        return key
+    return repr(key)
+
+
 def _describe(item: dict[str, Any], prefix: str) -> str:
-    path = ".".join(str(part) for part in (prefix, *item["loc"]) if part != "")
+    path = ".".join([prefix] * bool(prefix)
+                    + [str(part) if isinstance(part, int) else key_text(part) for part in item["loc"]])
     if item["type"] == "extra_forbidden":
         return f"{path}: unknown key"
     if item["type"] == "missing":
