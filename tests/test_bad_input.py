@@ -249,6 +249,9 @@ YAML_TEXT_CASES = {
         lambda p: study(p)["defaults"].update(optimizer="sgd", optimizer_config={"momentum": RAW}),
         '!!binary "gAE="', ["optimizer_config: momentum must be a number, text, true/false, null, "
                             "a list or a mapping (got bytes)"]),
+    "activation config: null": (
+        lambda p: variant(p, "relu").update(activation={"class_name": "LeakyReLU", "config": RAW}),
+        "null", ["activation: must be a Keras name or {class_name: <name>, config: {<arguments>}}"]),
     "regularizer l2: .nan": (
         lambda p: variant(p, "relu").update(kernel_regularizer={"class_name": "L2",
                                                                 "config": {"l2": RAW}}),

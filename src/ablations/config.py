@@ -263,6 +263,18 @@ class Variant(Strict):
                              f"a list or a mapping (got {type(number).__name__})")
         return value
 
+    @field_validator("activation", "dense_activation", "initializer", "dense_initializer",
+                     "kernel_regularizer", "bias_regularizer")
+    @classmethod
+    def _keras_object(cls, value: Any) -> Any:
+        """A serialized Keras object is {class_name: text, config: a mapping} (config optional),
+        what Keras' `get` and `deserialize` read."""
+        if isinstance(value, dict) and (not isinstance(value.get("class_name"), str)
+                                        or not isinstance(value.get("config", {}), dict)):
+            raise ValueError("must be a Keras name or {class_name: <name>, config: {<arguments>}} "
+                             f"(got {excerpt(value)})")
+        return value
+
     @model_validator(mode="after")
     def _settings_take_effect(self) -> Variant:
         if self.weights_sha256 is not None and self.weights_file is None:
