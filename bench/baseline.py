@@ -15,6 +15,10 @@ pair and as medians over pairs: wall ÷ wall, Σ fit ÷ Σ fit (fit seconds as e
 its own `model.fit`), and peak RSS of each mode's largest process. All times in seconds, RSS in
 MiB. Figures go to stdout (and --json), never into assertions: on a shared 2-core machine a
 single pair varies by ±15 %.
+
+--all (issue 26): every default study, polyfit and a figure per study in one bare process
+against the whole default `dvc repro` from raw data, wall and CPU ratios and where the extra
+seconds go per stage kind (bench/whole_run.py; with --shrink as a smoke test).
 """
 
 from __future__ import annotations
@@ -29,18 +33,24 @@ import tempfile
 import time
 from pathlib import Path
 
+import whole_run
 from _project import copy_project, environment, sh, shrink
 from tax import fit_seconds, reuse_raw
 
-# Runs a command and prints the peak RSS (KiB on Linux) of its largest descendant.
+# Runs a command and prints the peak RSS (KiB on Linux) of its largest descendant and the CPU
+# seconds (user + system) of all its descendants.
 RSS_WRAPPER = ("import resource, subprocess, sys; rc = subprocess.call(sys.argv[1:]); "
-               "print('maxrss', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, "
-               "file=sys.stderr); sys.exit(rc)")
+               "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
+               "print('rusage', u.ru_maxrss, u.ru_utime + u.ru_stime, file=sys.stderr); "
+               "sys.exit(rc)")
 
 
 def _args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", default="batchnorm")
+    parser.add_argument("--all", action="store_true",
+                        help="every default study, polyfit and figures against the whole "
+                             "default `dvc repro` from raw data (bench/whole_run.py)")
     parser.add_argument("--repeat", type=int, default=3, help="bare/pipeline pairs")
     parser.add_argument("--shrink", action="store_true", help="a few hundred images, 1 epoch")
     parser.add_argument("--project", type=Path, help="build the copy here and keep it")
@@ -51,7 +61,7 @@ def _args(argv=None):
     parser.add_argument("--bare-without-tensorflow", action="store_true",
                         help="bare loop with Keras told TensorFlow is unavailable, as the "
                              "pipeline's train process does (Keras imports it when installed)")
-    parser.add_argument("--mode", choices=("bare",), help=argparse.SUPPRESS)
+    parser.add_argument("--mode", choices=("bare", "bare-all"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)  # bare: where models go
     return parser.parse_args(argv)
 
@@ -80,8 +90,10 @@ def step_validation(x_val, y_val, steps_per_epoch: int, per_epoch: int):
     return StepAccuracy()
 
 
-def bare_loop(study: str, out: Path, epoch_validation_only: bool, without_tf: bool) -> float:
-    """The notebook loop over every unit of `study`; returns Σ seconds inside `model.fit`."""
+def bare_loop(study: str, out: Path, epoch_validation_only: bool, without_tf: bool,
+              data_root: Path = Path("data/prepared"), histories: dict | None = None) -> float:
+    """The notebook loop over every unit of `study` on the arrays under `data_root`; returns
+    Σ seconds inside `model.fit`. `histories`, if given, collects {variant: [History.history]}."""
     import ablations  # noqa: F401 (first: it picks the Keras backend the pipeline runs on)
     import keras
     import numpy as np
@@ -98,7 +110,7 @@ def bare_loop(study: str, out: Path, epoch_validation_only: bool, without_tf: bo
     print(f"bare loop on Keras' {keras.backend.backend()} backend", file=sys.stderr)
     for variant, seed in spec.units():
         cfg = params.variant(study, variant, seed)
-        folder = Path("data/prepared") / (cfg.data or spec.data)
+        folder = data_root / (cfg.data or spec.data)
         x, y = np.load(folder / "x_train.npy"), np.load(folder / "y_train.npy")
         val = (np.load(folder / "x_val.npy"), np.load(folder / "y_val.npy"))
         x_test = np.load(folder / "x_test.npy")
@@ -120,31 +132,33 @@ def bare_loop(study: str, out: Path, epoch_validation_only: bool, without_tf: bo
         if cfg.early_stopping is not None:
             callbacks.append(keras.callbacks.EarlyStopping(**cfg.early_stopping.model_dump()))
         started = time.perf_counter()
-        model.fit(x, y, batch_size=cfg.batch_size, epochs=cfg.epochs, validation_data=val,
-                  shuffle=True, callbacks=callbacks, verbose=0)
+        fitted = model.fit(x, y, batch_size=cfg.batch_size, epochs=cfg.epochs,
+                           validation_data=val, shuffle=True, callbacks=callbacks, verbose=0)
         total += time.perf_counter() - started
+        if histories is not None:
+            histories.setdefault(variant, []).append(fitted.history)
         model.predict(x_test, batch_size=max(cfg.batch_size, 512), verbose=0)
         (out / variant).mkdir(parents=True, exist_ok=True)
         model.save(out / variant / f"seed{seed}.keras")
     return total
 
 
-def timed(cmd: list[str], repo: Path) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS MiB, stdout) of `cmd` run in `repo`."""
+def timed(cmd: list[str], repo: Path) -> tuple[float, float, str, float]:
+    """(wall seconds, peak RSS MiB, stdout, CPU seconds) of `cmd` run in `repo`."""
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", RSS_WRAPPER, *cmd], cwd=repo,
                           env=environment(), capture_output=True, text=True)
     wall = time.perf_counter() - started
     if done.returncode:
         sys.exit(f"{' '.join(cmd)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
-    kib = int(done.stderr.rsplit("maxrss", 1)[1].split()[0])
-    return wall, kib / 1024, done.stdout
+    kib, cpu = done.stderr.rsplit("rusage", 1)[1].split()[:2]
+    return wall, int(kib) / 1024, done.stdout, float(cpu)
 
 
 def run_bare(repo: Path, study: str, flags: list[str]) -> dict:
     out = repo / "bare-models"
     shutil.rmtree(out, ignore_errors=True)
-    wall, rss, stdout = timed([sys.executable, str(Path(__file__).resolve()), "--mode", "bare",
+    wall, rss, stdout, _ = timed([sys.executable, str(Path(__file__).resolve()), "--mode", "bare",
                                "--study", study, "--out", str(out), *flags], repo)
     return {"wall": wall, "fit": float(stdout.strip().splitlines()[-1]), "rss": rss}
 
@@ -152,7 +166,7 @@ def run_bare(repo: Path, study: str, flags: list[str]) -> dict:
 def run_pipeline(repo: Path, study: str) -> dict:
     for leftover in (repo / "models" / study, repo / "checkpoints" / study):
         shutil.rmtree(leftover, ignore_errors=True)
-    wall, rss, _ = timed(["dvc", "repro", f"train@{study}", f"evaluate@{study}"], repo)
+    wall, rss, _, _ = timed(["dvc", "repro", f"train@{study}", f"evaluate@{study}"], repo)
     return {"wall": wall, "fit": fit_seconds(repo / "models" / study)[0], "rss": rss}
 
 
@@ -205,17 +219,82 @@ def summary(rows: list[dict]) -> dict:
     return result
 
 
+def run_bare_all(repo: Path, flags: list[str]) -> dict:
+    wall, rss, stdout, cpu = timed([sys.executable, str(Path(__file__).resolve()), "--mode",
+                                    "bare-all", "--out", str(repo / "bare"), *flags], repo)
+    result = {"wall": wall, "rss": rss, "cpu": cpu, **whole_run.bare_result(stdout)}
+    result["phases"]["other"] = wall - sum(result["phases"].values())  # Python's start, imports
+    return result
+
+
+def prepare_all(repo: Path, shrunk: bool) -> None:
+    """Project copy with the raw data in place (download stages committed) and the MLflow
+    store created, untimed; everything else is made inside each timed run."""
+    copy_project(repo, shrink if shrunk else None)
+    reuse_raw(repo)
+    sh([sys.executable, "-c", "from ablations import tracking; tracking.use_experiment('polyfit')"],
+       repo)
+
+
+def pairs_all(repo: Path, repeat: int, bare_flags: list[str], tmp: Path) -> list[dict]:
+    rows = []
+    for index in range(repeat):
+        order = ("bare", "pipeline") if index % 2 == 0 else ("pipeline", "bare")
+        row = {}
+        for mode in order:
+            row[mode] = (run_bare_all(repo, bare_flags) if mode == "bare"
+                         else whole_run.run_pipeline_all(repo, RSS_WRAPPER, tmp))
+        for key in ("wall", "cpu"):
+            row[f"{key}_ratio"] = row["pipeline"][key] / row["bare"][key]
+        print(whole_run.pair_line(index + 1, row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def report_all(rows: list[dict]) -> dict:
+    def median(key, mode=None):
+        return statistics.median(row[mode][key] if mode else row[key] for row in rows)
+
+    result = {"pairs": len(rows), "wall_ratio": median("wall_ratio"), "cpu_ratio": median("cpu_ratio"),
+              "wall_ratio_range": [min(r["wall_ratio"] for r in rows), max(r["wall_ratio"] for r in rows)],
+              "pipeline_wall": median("wall", "pipeline"), "bare_wall": median("wall", "bare"),
+              "pipeline_cpu": median("cpu", "pipeline"), "bare_cpu": median("cpu", "bare")}
+    print(f"median of {result['pairs']} pairs: whole run wall ratio {result['wall_ratio']:.3f} "
+          f"({result['wall_ratio_range'][0]:.3f}–{result['wall_ratio_range'][1]:.3f}; goal ≤ 1.10), "
+          f"CPU ratio {result['cpu_ratio']:.3f}; medians: pipeline {result['pipeline_wall']:.1f} s "
+          f"wall / {result['pipeline_cpu']:.1f} s CPU, bare {result['bare_wall']:.1f} s wall / "
+          f"{result['bare_cpu']:.1f} s CPU")
+    print(whole_run.kind_table(rows))
+    return result
+
+
+def main_all(args, bare_flags: list[str]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = args.project or Path(tmp) / "project"
+        prepare_all(repo, args.shrink)
+        result = report_all(pairs_all(repo, args.repeat, bare_flags, Path(tmp)))
+        if args.json:
+            print(json.dumps(result))
+
+
 def main() -> None:
     args = _args()
     if args.mode == "bare":
         print(bare_loop(args.study, args.out, args.bare_epoch_validation_only,
                         args.bare_without_tensorflow))
         return
+    if args.mode == "bare-all":
+        flags = {"epoch_validation_only": args.bare_epoch_validation_only,
+                 "without_tf": args.bare_without_tensorflow}
+        print(json.dumps(whole_run.bare_all(args.out, bare_loop, flags)))
+        return
+    bare_flags = [flag for flag, on in (("--bare-epoch-validation-only", args.bare_epoch_validation_only),
+                                        ("--bare-without-tensorflow", args.bare_without_tensorflow)) if on]
+    if args.all:
+        return main_all(args, bare_flags)
     with tempfile.TemporaryDirectory() as tmp:
         repo = args.project or Path(tmp) / "project"
         prepare(repo, args.study, args.shrink)
-        bare_flags = [flag for flag, on in (("--bare-epoch-validation-only", args.bare_epoch_validation_only),
-                                            ("--bare-without-tensorflow", args.bare_without_tensorflow)) if on]
         result = summary(pairs(repo, args.study, args.repeat, bare_flags))
         print(f"median of {result['pairs']} pairs: wall ratio {result['wall_ratio']:.3f} "
               f"({result['wall_ratio_range'][0]:.3f}–{result['wall_ratio_range'][1]:.3f}; goal "

@@ -75,8 +75,9 @@ def stage_commands(study: str, data: str, source: str, params: Path) -> dict[str
                   "--checkpoints", f"{PATHS['checkpoints']}/{study}"],
         "evaluate": [*cli, "evaluate", study, "--models", models, "--data", prepared,
                      "--results", f"{PATHS['results']}/{study}.json",
-                     "--metrics", f"{PATHS['metrics']}/{study}",
-                     "--curves", f"{PATHS['curves']}/{study}.csv"],
+                     "--metrics", f"{PATHS['metrics']}/{study}.json",
+                     "--curves", f"{PATHS['curves']}/{study}.csv",
+                     "--accuracy", f"{PATHS['accuracy']}/{study}.csv"],
     }
 
 

@@ -127,7 +127,7 @@ def committed_repo(tmp_path_factory):
     """A git+DVC copy of the repo whose train stages are recorded in dvc.lock without training:
     stand-in outputs and data, `dvc commit` (what `dvc status` compares with is the lock)."""
     repo = tmp_path_factory.mktemp("status")
-    for name in ("src", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore"):
+    for name in ("src", "dvc.yaml", "networks", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore"):
         source, target = REPO / name, repo / name
         target.parent.mkdir(parents=True, exist_ok=True)
         if source.is_dir():

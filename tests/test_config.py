@@ -213,7 +213,7 @@ def test_dvc_exp_run_switches_the_budget(tmp_path):
     import shutil
     import subprocess
 
-    for name in ("conf", "params.yaml", "dvc.yaml", ".dvcignore", ".dvc/config"):
+    for name in ("conf", "params.yaml", "dvc.yaml", "networks", ".dvcignore", ".dvc/config"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy
         copy(REPO / name, tmp_path / name)

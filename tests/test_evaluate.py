@@ -1,6 +1,7 @@
 """evaluate stage on a study written to disk the way the train stage writes one: run.json,
 history.csv, test_predictions.npy and bn_params.npz for 4 variants × 3 seeds (no training)."""
 
+import csv
 import html
 import json
 import math
@@ -18,7 +19,7 @@ from ablations.evaluate import (epochs_to_target, evaluate_study, headline, read
 from ablations.history import read_curves, write_history
 from ablations.io import write_json
 from ablations.layout import UnitFolder
-from ablations.plots import FIGURES
+from ablations.layout import FIGURES
 from ablations.report import study_section
 from conftest import copy_store
 
@@ -119,7 +120,8 @@ def write_fake_study(root, seeds=(0, 1, 2), variants=VARIANTS, also_compare=(), 
 def evaluate(root, params, models_dir, data_dir):
     """The evaluate stage's function, with dvc.yaml's layout under `root`."""
     return evaluate_study(params, "unit", models_dir, data_dir, root / "results" / "unit.json",
-                          root / "metrics" / "unit", root / "curves" / "unit.csv")
+                          root / "metrics" / "unit.json", root / "curves" / "unit.csv",
+                          root / "accuracy" / "unit.csv")
 
 
 def plot(root, params, models_dir, data_dir):
@@ -258,24 +260,40 @@ def test_plot_writes_figures_and_each_stage_one_run(evaluated):
     assert {a.path for a in client.list_artifacts(figures.info.run_id)} == set(FIGURES)
 
 
-def test_headline_rows_share_columns_and_equal_the_results(evaluated):
-    """metrics/unit/: one small JSON per variant (DVC's table row), the same column names in
-    every row, the numbers equal to those of the results file."""
+def test_headline_is_one_file_of_a_few_keys_equal_to_the_results(evaluated):
+    """metrics/unit.json: the study's headline nested under its name; its numbers are those of
+    the results file. Three comparisons with the baseline (> HEADLINE_PAIRS): no differences,
+    they stay in the results."""
     root, m, _ = evaluated
-    rows = {p.stem: json.loads(p.read_text()) for p in (root / "metrics" / "unit").iterdir()}
-    assert rows == headline(m)
-    assert set(rows) == set(VARIANTS) | {"decisions"}
-    assert rows["decisions"] == {"decided": 0, "answers": 3}
-    accuracy = m["variants"]["relu"]["test_accuracy"]
-    assert rows["relu"] == {"acc": 100 * accuracy["mean"], "acc_ci": 100 * accuracy["ci"]}
-    c, speedup = m["comparisons"]["relu-bn"], m["bn_speedup"]["relu-bn"]["epochs_ratio"]
-    assert rows["relu-bn"] == {
-        "acc": pytest.approx(91.0), "acc_ci": 100 * m["variants"]["relu-bn"]["test_accuracy"]["ci"],
-        "diff": c["difference_points"], "diff_ci": c["ci_points"], "judgement": "undecided",
-        "speedup": speedup["mean"], "speedup_ci": speedup["ci"]}  # judgement: the decision
-    assert "speedup" not in rows["tanh-bn"]  # its twin never reached the target: no number
-    assert {key for name, row in rows.items() if name != "decisions" for key in row} \
-        == set(rows["relu-bn"])
+    shown = json.loads((root / "metrics" / "unit.json").read_text())
+    assert shown == headline(m) == {"unit": {
+        "best": "relu-bn", "acc": 100 * m["variants"]["relu-bn"]["test_accuracy"]["mean"],
+        "decided": 0, "answers": 3}}
+    assert list(shown["unit"]) == ["best", "acc", "decided", "answers"]  # DVC's column order
+    assert shown["unit"]["acc"] == pytest.approx(91.0)
+    rows = list(csv.DictReader((root / "accuracy" / "unit.csv").open()))
+    assert [r["variant"] for r in rows] == list(VARIANTS)
+    tanh = m["variants"]["tanh"]["test_accuracy"]
+    assert rows[2] == {"variant": "tanh", "acc": str(100 * tanh["mean"]),
+                       "acc_ci": str(100 * tanh["ci"]), "n": str(tanh["n"])}
+
+
+def test_headline_has_the_difference_of_each_answer_it_names(tmp_path):
+    """Two comparisons with the baseline: each one's difference in points, keyed by the
+    variant, equal to its decision's."""
+    variants = {name: VARIANTS[name] for name in ("relu", "relu-bn", "tanh")}
+    params, models_dir, data_dir = write_fake_study(tmp_path, variants=variants)
+    m = study_metrics(params, "unit", read_study(params, "unit", models_dir, data_dir))
+    decided = {d["answer"]: d for d in m["decisions"]}
+    assert headline(m)["unit"] == {
+        "best": "relu-bn", "acc": pytest.approx(91.0), **m["decided"],
+        "relu-bn": decided["relu-bn − relu"]["difference"],
+        "tanh": decided["tanh − relu"]["difference"]}
+    assert headline(m)["unit"]["relu-bn"] == pytest.approx(6.0)
+    renamed = [{**d, "variants": ["best" if v == "tanh" else v for v in d["variants"]]}
+               for d in m["decisions"]]  # a variant named like a headline key
+    with pytest.raises(DataError, match=r"studies\.unit: best is a headline key; rename"):
+        headline({**m, "decisions": renamed})
 
 
 def test_curves_file_is_every_history_in_long_format(evaluated, tmp_path):
@@ -329,9 +347,7 @@ def test_pairs_the_question_asks_for_are_compared_in_the_verdict(tmp_path):
     assert decided["variants"] == ["relu-bn", "tanh-bn"] and pair["decision"] == decided["decision"]
     assert pair["text"].startswith(verdicts.decision_sentence(decided))
     assert verdicts.decision_sentence(decided) + "." in m["verdict"]
-    assert headline(m)["relu-bn-vs-tanh-bn"] == {
-        "diff": pair["difference_points"], "diff_ci": pair["ci_points"],
-        "judgement": decided["decision"]}
+    assert "relu-bn-vs-tanh-bn" not in headline(m)["unit"]  # also_compare: in the results
     assert set(m["comparisons"]) == {"relu-bn", "tanh", "tanh-bn"}  # the baseline's stay
     page = study_section("unit", m, tmp_path / "no-plots")
     assert html.escape(decided["answer"]) in page and "<details>" in page
@@ -349,6 +365,10 @@ def test_factorial_study_decides_its_main_effects(tmp_path):
     assert [(d["answer"], d["kind"]) for d in m["decisions"]][:2] == [
         ("activation tanh − relu", "main"), ("norm bn − none", "main")]
     assert len(m["decisions"]) == 2  # the speed-ups are in whole epochs: not answers
+    # Two two-level factors: each main effect is a headline key, named after its level.
+    assert headline(m)["unit"] == {"best": "relu-bn", "acc": pytest.approx(91.0), **m["decided"],
+                                   "tanh": m["decisions"][0]["difference"],
+                                   "bn": m["decisions"][1]["difference"]}
     norm = m["decisions"][1]
     # Paired by seed: (relu-bn − relu + tanh-bn − tanh) / 2 per seed: (5 + 10) / 2, (5 + 10) / 2, (8 + 71) / 2
     assert norm["difference"] == pytest.approx(np.mean([7.5, 7.5, 39.5]))
@@ -408,7 +428,7 @@ def test_missing_training_names_file_and_stage(tmp_path):
     (UnitFolder.of(models_dir, "tanh", 1).path / "run.json").unlink()
     with pytest.raises(DataError, match=r"tanh/seed1/run.json: missing; .*dvc repro train@unit"):
         evaluate(tmp_path, params, models_dir, data_dir)
-    assert not any((tmp_path / name).exists() for name in ("results", "metrics", "curves"))
+    assert not any((tmp_path / name).exists() for name in ("results", "metrics", "curves", "accuracy"))
     with pytest.raises(DataError, match=r"results/unit.json: missing; .*dvc repro evaluate@unit"):
         plot(tmp_path, params, models_dir, data_dir)
     assert not (tmp_path / "plots").exists()
@@ -424,7 +444,7 @@ def test_predictions_of_another_dataset_are_rejected(tmp_path):
 def test_results_and_metrics_files_have_no_nan(evaluated):
     """DVC and browsers read strict JSON: a diverged run's NaN must be written as null."""
     root, _, _ = evaluated
-    for path in [root / "results" / "unit.json", *(root / "metrics" / "unit").iterdir()]:
+    for path in (root / "results" / "unit.json", root / "metrics" / "unit.json"):
         text = path.read_text()
         json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in {path}"))
         assert not any(isinstance(v, float) and math.isnan(v) for v in _leaves(json.loads(text)))
@@ -569,31 +589,33 @@ def _fake_default_study(root, params, study, rng):
             np.save(folder / "test_predictions.npy", labels[data])
 
 
-def test_dvc_metrics_show_of_the_default_studies_fits_200_columns(tmp_path, repo_params):
-    """The real `dvc metrics show` over the headline rows of every study of params.yaml (50+
-    variants) and polyfit's: one row per variant or pair, so the table stays ≤ 200 wide."""
+def test_default_studies_headline_is_at_most_40_dvc_columns(tmp_path, repo_params, capsys):
+    """The real `dvc metrics show --json` over the headline of every study of params.yaml and
+    polyfit's: ≤ 40 keys in all (a `dvc exp show` column each), every study's decided count
+    among them, no key in two files (DVC would head its column with the file's path)."""
     import subprocess
     import sys
 
     from ablations import polyfit
+    from dvc.utils.flatten import flatten
 
     rng = np.random.default_rng(0)
-    targets = []
     for study in repo_params.studies:
         _fake_default_study(tmp_path, repo_params, study, rng)
         units = read_study(repo_params, study, tmp_path / "models" / study, tmp_path / "data")
-        rows = headline(study_results(repo_params, study, units, tmp_path / "data"))
-        assert set(repo_params.studies[study].variants) <= set(rows)
-        for name, numbers in rows.items():
-            write_json(tmp_path / "metrics" / study / f"{name}.json", numbers)
-            targets.append(f"metrics/{study}/{name}.json")
+        write_json(tmp_path / "metrics" / f"{study}.json",
+                   headline(study_results(repo_params, study, units, tmp_path / "data")))
     write_json(tmp_path / "metrics" / "polyfit.json",
                polyfit.headline({"chosen_degree_min": 15, "chosen_degree_1se": 3}))
     dvc = [sys.executable, "-m", "dvc"]
     subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
-    shown = subprocess.run([*dvc, "metrics", "show", *targets, "metrics/polyfit.json"],
-                           cwd=tmp_path, capture_output=True, text=True, check=True).stdout
-    lines = shown.splitlines()
-    assert len(lines) == 1 + len(targets) + 1  # the header, a row per file
-    width = max(len(line) for line in lines)
-    assert width <= 200, f"{width} columns:\n{lines[0]}"
+    targets = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "metrics").iterdir())
+    shown = json.loads(subprocess.run([*dvc, "metrics", "show", "--json", *targets],
+                                      cwd=tmp_path, capture_output=True, text=True,
+                                      check=True).stdout)[""]["data"]
+    keys = [key for path in targets for key in flatten(shown[path]["data"])]
+    with capsys.disabled():
+        print(f"\n{len(keys)} headline keys: {' '.join(keys)}")
+    assert len(keys) <= 40 and len(set(keys)) == len(keys)
+    assert {f"{study}.decided" for study in repo_params.studies} <= set(keys)
+    assert {"batchnorm.bn", "depth.deeper", "transfer.finetune"} <= set(keys)

@@ -11,7 +11,7 @@ from keras.src.legacy.saving import legacy_h5_format  # writes the ImageNet file
 from ablations.config import Variant
 from ablations.errors import ConfigError, DataError
 from ablations.models.blocks import build_optimizer
-from ablations.models.zoo import build_model, transfer_weights, verified_weights
+from ablations.models.zoo import build_model, build_structure, transfer_weights, verified_weights
 
 BASE = dict(conv_filters=[4, 8], dense_units=[16], epochs=1, batch_size=8)
 
@@ -185,6 +185,30 @@ def test_alexnet_needs_five_conv_layers():
 def test_alexnet_too_small_images_fail_at_build():
     with pytest.raises(ValueError):  # `ablations validate` reports it with the data's size
         build_model(Variant(**ALEX, padding="valid"), (32, 32, 1), 10)
+
+
+def _structure(model):
+    return [(layer.name, type(layer).__name__, tuple(layer.output.shape), layer.count_params())
+            for layer in model.layers]
+
+
+@pytest.mark.parametrize("overrides", [{}, {"norm": "before", "dropout": 0.5}])
+def test_validate_structure_is_the_built_network_without_weight_values(overrides):
+    """What `ablations validate` builds: the same layers, output shapes and parameter counts as
+    build_model, and no weight drawn (the variables have shapes only)."""
+    cfg = Variant(**ALEX, **overrides)
+    structure = build_structure(cfg, (32, 32, 1), 10)
+    assert _structure(structure) == _structure(build_model(cfg, (32, 32, 1), 10))
+    assert structure.weights and all(weight._value is None for weight in structure.weights)  # noqa: SLF001
+
+
+def test_validate_structure_rejects_images_too_small_as_the_build_does():
+    cfg = Variant(**ALEX, padding="valid")
+    with pytest.raises(ValueError) as built:
+        build_model(cfg, (32, 32, 1), 10)
+    with pytest.raises(ValueError, match="output size would be zero") as structured:
+        build_structure(cfg, (32, 32, 1), 10)
+    assert str(structured.value) == str(built.value)
 
 
 @pytest.mark.parametrize("initializer", ["zeros", "ones"])

@@ -21,7 +21,7 @@ import yaml
 from conftest import REPO
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-COPIED = ("src", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvc/config", ".dvc/plots",
+COPIED = ("src", "dvc.yaml", "networks", "params.yaml", "pyproject.toml", ".dvc/config", ".dvc/plots",
           ".dvcignore", ".gitignore")
 EPOCHS = 2
 
@@ -126,10 +126,15 @@ def test_metrics_plots_and_report(pipeline):
     polyfit = json.loads((repo / "results" / "polyfit.json").read_text())
     assert 1 <= polyfit["chosen_degree_1se"] <= 4
     assert metric_files(repo) == dvc_metrics(repo, env, "show", "--json")[""]["data"]
-    table = run(["dvc", "metrics", "show"], repo, env).stdout.splitlines()
-    assert len(table) == 1 + len(metric_files(repo))  # header, one row per headline file
-    assert max(len(line) for line in table) <= 200, table[0]
+    assert set(metric_files(repo)) == {"metrics/batchnorm.json", "metrics/transfer.json",
+                                       "metrics/polyfit.json"}  # one headline file a study
     run(["dvc", "plots", "show", "-o", str(repo / "dvc_plots")], repo, env)
+    shown = json.loads(run(["dvc", "plots", "show", "--json"], repo, env).stdout)["data"]
+    bars = shown["accuracy/batchnorm.csv"][0]["content"]  # a bar per variant, its accuracy
+    assert bars["mark"]["type"] == "bar" and bars["encoding"]["y"]["field"] == "variant"
+    assert {(r["variant"], float(r["acc"])) for r in bars["data"]["values"]} == {
+        (name, 100 * metrics["variants"][name]["test_accuracy"]["mean"])
+        for name in ("relu", "relu-bn")}
     assert (repo / "dvc_plots" / "index.html").exists()
     report = (repo / "reports" / "index.html").read_text()
     for heading in ("batchnorm", "transfer", "polyfit", html.escape(metrics["summary"]),
@@ -267,24 +272,48 @@ def exp_show(repo: Path, env) -> dict[str, dict]:
             for exp in baseline.get("experiments") or [] for rev in exp["revs"]}
 
 
+# `dvc exp show` columns that are not headline keys: when and where an experiment ran, and the
+# dependencies' hashes (their paths)
+DEPS = r"Created|State|Executor|.*/|results|plots|params.yaml"
+
+
+def headline_keys(metrics: dict[str, dict]) -> list[str]:
+    """Every key of `dvc metrics show --json`'s files, flattened as `dvc exp show` heads its
+    columns."""
+    from dvc.utils.flatten import flatten
+
+    return [key for shown in metrics.values() for key in flatten(shown["data"])]
+
+
 def check_experiments_carry_their_results(repo: Path, env, names: list[str]) -> None:
     """Each queued experiment's commit holds its outputs' hashes (dvc.lock) and DVC's cache
     their content: `dvc exp show`, `dvc metrics diff` and `dvc plots diff` read them back."""
     shown = exp_show(repo, env)
     for name in names:
         errors = {path: m["error"] for path, m in shown[name].items() if "error" in m}
-        assert not errors and "metrics/batchnorm/relu.json" in shown[name], (name, errors)
-        assert {"acc", "acc_ci"} <= set(shown[name]["metrics/batchnorm/relu.json"]["data"])
+        assert not errors and "metrics/batchnorm.json" in shown[name], (name, errors)
+        assert {"best", "acc", "decided", "answers"} <= set(
+            shown[name]["metrics/batchnorm.json"]["data"]["batchnorm"])
     exp = names[0]
-    diff = dvc_metrics(repo, env, "diff", "HEAD", exp, "--json")
-    relu = shown[exp]["metrics/batchnorm/relu.json"]["data"]
-    assert diff["metrics/batchnorm/relu.json"]["acc"]["new"] == relu["acc"]
+    # The baseline and the experiment differ as answers: each study's keys named after them.
+    diff = dvc_metrics(repo, env, "diff", "HEAD", exp, "--all", "--json")
+    batchnorm = shown[exp]["metrics/batchnorm.json"]["data"]["batchnorm"]
+    assert set(diff["metrics/batchnorm.json"]) == {f"batchnorm.{key}" for key in batchnorm}
+    assert diff["metrics/batchnorm.json"]["batchnorm.relu-bn"]["new"] == batchnorm["relu-bn"]
+    assert set(diff["metrics/transfer.json"]) >= {"transfer.decided", "transfer.finetune"}
     overlaid = curve_plots(repo, env, "diff", "HEAD", exp)["curves/batchnorm.csv"]
     assert {row["rev"] for row in overlaid["data"]["values"]} == {"HEAD", exp}
+    # In a 120-column terminal the headline columns that changed show whole, no "…" (less the
+    # columns of the changed dependencies' hashes and the params, as the README's recipe).
+    table = run(["dvc", "exp", "show", "--only-changed", "--no-pager", "--drop", DEPS,
+                 "--drop", r"studies\."], repo, {**env, "COLUMNS": "120"}).stdout
+    assert "…" not in table and "batchnorm.acc" in table, table
     # The experiment's own files, as `dvc exp apply` puts them in the workspace.
     run(["dvc", "exp", "apply", exp], repo, env)
     try:
         assert metric_files(repo) == shown[exp]
+        keys = headline_keys(dvc_metrics(repo, env, "show", "--json")[""]["data"])
+        assert len(keys) <= 40 and {"batchnorm.decided", "transfer.decided"} <= set(keys)
     finally:
         run(["git", "checkout", "--", "."], repo, env)
         run(["dvc", "checkout", "--force"], repo, env)

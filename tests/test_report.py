@@ -21,6 +21,7 @@ from ablations import plots, polyfit, verdicts
 from ablations.errors import DataError
 from ablations.evaluate import read_study, study_histories, study_results
 from ablations.io import write_json
+from ablations.layout import FIGURES
 from ablations.report import build_report
 from conftest import copy_store
 
@@ -99,7 +100,7 @@ def test_report_is_one_self_contained_escaped_file(report):
     root, metrics, html_path, _ = report
     html = html_path.read_text()
     pngs = list((root / "plots").rglob("*.png"))
-    assert html.count('src="data:image/png;base64,') == len(pngs) == len(plots.FIGURES) + 1
+    assert html.count('src="data:image/png;base64,') == len(pngs) == len(FIGURES) + 1
     assert "<script" not in html and "http://" not in html and "https://" not in html
     assert "Does BatchNorm help &lt;small&gt; CNNs &amp; why?" in html  # escaped question
     assert html.count("<section") == 2  # the study and polyfit
@@ -134,7 +135,7 @@ def test_report_renders_in_chromium(report, tmp_path):
         text = page.inner_text("body")
         screenshot = tmp_path / "report.png"
         page.screenshot(path=str(screenshot), full_page=True)
-    assert len(images) == len(plots.FIGURES) + 1
+    assert len(images) == len(FIGURES) + 1
     assert [i for i in images if not (i["complete"] and i["width"] > 0)] == []
     assert problems == []
     assert "Does BatchNorm help <small> CNNs & why?" in text  # shown as text, not as markup

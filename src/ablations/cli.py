@@ -37,7 +37,7 @@ def cmd_validate(args) -> None:
     out.unlink(missing_ok=True)  # a failed check leaves no earlier run's "valid" behind
     params = _params(args)
     from ablations.models.blocks import activation_layer, build_optimizer, weight_options
-    from ablations.models.zoo import architecture, build_model, structure_only  # Keras
+    from ablations.models.zoo import architecture, build_structure  # Keras
 
     for study, spec in params.studies.items():
         for name in spec.variants:
@@ -50,7 +50,7 @@ def cmd_validate(args) -> None:
                 weight_options(cfg)
                 build_optimizer(cfg)
                 if built_as not in _BUILT:  # and each network built once, to check shapes
-                    build_model(structure_only(cfg), shape, classes)
+                    build_structure(cfg, shape, classes)
                     _BUILT.add(built_as)
             except AblationsError as error:
                 raise AblationsError(f"{where}: {error}") from None
@@ -162,7 +162,7 @@ def cmd_evaluate(args) -> None:
 
     params = _params(args)
     evaluate_study(params, args.study, Path(args.models), Path(args.data), Path(args.results),
-                   Path(args.metrics), Path(args.curves))
+                   Path(args.metrics), Path(args.curves), Path(args.accuracy))
 
 
 def cmd_plot(args) -> None:
@@ -226,7 +226,7 @@ def _parser() -> argparse.ArgumentParser:
     replay = stage("replay", cmd_replay, "study", "variant", "--data", "--out")
     replay.add_argument("--seed", type=int, help="which seed's run (default: the study's first)")
     stage("evaluate", cmd_evaluate, "study", "--models", "--data", "--results", "--metrics",
-          "--curves")
+          "--curves", "--accuracy")
     stage("plot", cmd_plot, "study", "--results", "--curves", "--models", "--data", "--out")
     stage("report", cmd_report, "--results", "--plots", "--polyfit-results", "--polyfit-plot",
           "--out")

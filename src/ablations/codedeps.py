@@ -17,19 +17,20 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGE = PACKAGE_DIR.name  # "ablations"
 
 
-def module_file(module: str) -> Path | None:
-    """The source file of `ablations.x.y` (module or package), None for other packages."""
+def module_file(module: str, package_dir: Path = PACKAGE_DIR) -> Path | None:
+    """The source file of `ablations.x.y` (module or package), None for other packages; with
+    `package_dir`, of that package's modules instead (a user's `networks.x`)."""
     parts = module.split(".")
-    if parts[0] != PACKAGE:
+    if parts[0] != package_dir.name:
         return None
-    base = PACKAGE_DIR.joinpath(*parts[1:])
+    base = package_dir.joinpath(*parts[1:])
     for candidate in (base.with_suffix(".py"), base / "__init__.py"):
         if candidate.is_file():
             return candidate
     return None
 
 
-def imported_modules(tree: ast.AST) -> set[str]:
+def imported_modules(tree: ast.AST, package_dir: Path = PACKAGE_DIR) -> set[str]:
     """Absolute names of the package's modules imported anywhere in `tree`."""
     found = set()
     for node in ast.walk(tree):
@@ -39,7 +40,7 @@ def imported_modules(tree: ast.AST) -> set[str]:
             found.add(node.module)
             # `from ablations import tracking` imports the submodule ablations.tracking
             found |= {f"{node.module}.{alias.name}" for alias in node.names}
-    return {name for name in found if module_file(name) is not None}
+    return {name for name in found if module_file(name, package_dir) is not None}
 
 
 def _with_parents(module: str) -> list[str]:
@@ -50,20 +51,22 @@ def _with_parents(module: str) -> list[str]:
 
 
 @cache
-def _imports_of(path: Path) -> frozenset[str]:
-    return frozenset(imported_modules(ast.parse(path.read_text(), filename=str(path))))
+def _imports_of(path: Path, package_dir: Path) -> frozenset[str]:
+    return frozenset(imported_modules(ast.parse(path.read_text(), filename=str(path)), package_dir))
 
 
-def closure(*modules: str) -> tuple[Path, ...]:
-    """Every source file of the package that importing `modules` may run, sorted."""
+def closure(*modules: str, package_dir: Path = PACKAGE_DIR) -> tuple[Path, ...]:
+    """Every source file of the package that importing `modules` may run, sorted; with
+    `package_dir`, of that package (a builder's modules in the user's `networks` folder)."""
     todo = [parent for module in modules for parent in _with_parents(module)]
     files: set[Path] = set()
     while todo:
-        path = module_file(todo.pop())
+        path = module_file(todo.pop(), package_dir)
         if path is None or path in files:
             continue
         files.add(path)
-        todo += [parent for module in _imports_of(path) for parent in _with_parents(module)]
+        todo += [parent for module in _imports_of(path, package_dir)
+                 for parent in _with_parents(module)]
     return tuple(sorted(files))
 
 

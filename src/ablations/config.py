@@ -165,10 +165,86 @@ class EarlyStopping(Strict):
     restore_best_weights: bool = True  # the model kept is the best epoch's, not the last's
 
 
+# Your own networks live in this folder (a .keras file, or the `networks` package of builder
+# modules): dvc.yaml's train and validate stages depend on it. DVC cannot template an
+# optional per-study dependency, so one folder is tracked for every study; the unit
+# fingerprint (units.py) hashes only the network a unit uses, so only its units retrain.
+NETWORKS_DIR = "networks"
+BUILDER_PATTERN = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+LayerName = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH)]
+
+
+class Network(Strict):
+    """A network from outside the zoo: `file` (a saved .keras model under networks/) or
+    `builder` ("networks.module:function", called as function(input_shape, num_classes, cfg)).
+    Its layers are the network's own; the study's settings (optimizer, epochs, data, seeds)
+    train it."""
+
+    file: str | None = None
+    builder: str | None = None
+    # fresh: initialized anew from the architecture (per seed); keep: the file's weights
+    # (layers that an ablation replaces start fresh).
+    weights: Literal["fresh", "keep"] = "fresh"
+    # Keras' safe_mode: a file or config holding a Lambda layer (arbitrary code) is refused
+    # unless this is false; only for files you trust.
+    safe_mode: bool = True
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Network:
+        if (self.file is None) == (self.builder is None):
+            raise ValueError("model: set exactly one of file (a .keras model) or builder "
+                             "(\"networks.module:function\")")
+        if self.file is not None:
+            path = Path(self.file)
+            if path.is_absolute() or ".." in path.parts or path.parts[0] != NETWORKS_DIR:
+                raise ValueError(f"model.file: {excerpt(self.file)} must be a path inside "
+                                 f"{NETWORKS_DIR}/ (the folder DVC tracks for your networks)")
+            if path.suffix != ".keras":
+                raise ValueError(f"model.file: {excerpt(self.file)} is not a .keras file "
+                                 "(keras.Model.save writes one)")
+        if self.builder is not None:
+            if not BUILDER_PATTERN.fullmatch(self.builder):
+                raise ValueError(f"model.builder: {excerpt(self.builder)} is not "
+                                 "\"package.module:function\"")
+            if self.builder.split(".")[0].split(":")[0] != NETWORKS_DIR:
+                raise ValueError(f"model.builder: {excerpt(self.builder)} must be a module of "
+                                 f"the {NETWORKS_DIR} package ({NETWORKS_DIR}/…py, the folder "
+                                 "DVC tracks for your networks)")
+            if self.weights == "keep":
+                raise ValueError("model.weights: keep needs a file (a builder makes new weights)")
+        return self
+
+    def module_path(self) -> Path | None:
+        """The builder's source file (networks/x/y.py or networks/x/y/__init__.py)."""
+        if self.builder is None:
+            return None
+        base = Path(*self.builder.split(":")[0].split("."))
+        package = base / "__init__.py"
+        return package if package.is_file() else base.with_suffix(".py")
+
+
+ABLATION_KEYS = ("remove_layers", "remove_prefixes", "replace_layers")  # of Variant
+
+# Keys that shape the zoo's networks: a network of your own has its own layers, so setting
+# one of these with it would silently do nothing.
+ZOO_ONLY = {"conv_filters", "kernel_size", "conv_kernels", "conv_strides", "conv_pooled",
+            "conv_names", "padding", "conv_order", "pooling", "pool_padding", "conv_bias",
+            "conv_dropout", "features", "dense_units", "dense_bias", "activation",
+            "dense_activation", "norm", "norm_at", "input_norm", "bn_momentum", "input_dropout",
+            "dropout", "dropout_at", "initializer", "dense_initializer", "init_biases",
+            "kernel_regularizer", "bias_regularizer", "weights_file", "weights_sha256", "weights"}
+
+
 class Variant(Strict):
     """Everything one training can change; study defaults ⊕ variant overrides."""
 
-    model: Literal["cnn", "alexnet", "resnet50", "xception"] = "cnn"
+    model: Literal["cnn", "alexnet", "resnet50", "xception"] | Network = "cnn"
+    # Ablations (generated from a study's `ablate:`, or written by hand): layers removed by
+    # name or name prefix (their consumers take their input), layers replaced by a Keras layer
+    # config ({class_name, config}). Any Functional or Sequential network, the zoo's included.
+    remove_layers: list[LayerName] = []
+    remove_prefixes: list[LayerName] = []
+    replace_layers: dict[LayerName, dict[str, Any]] = {}
     data: str | None = None  # a key of data.prepared; None = the study's data
     conv_filters: Widths  # one conv block per entry
     kernel_size: Kernel = 3
@@ -275,8 +351,27 @@ class Variant(Strict):
                              f"(got {excerpt(value)})")
         return value
 
+    def is_own_or_ablated(self) -> bool:
+        """A network of your own, or any network with layers removed or replaced."""
+        return isinstance(self.model, Network) or any(getattr(self, k) for k in ABLATION_KEYS)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _own_network_has_no_zoo_widths(cls, data: Any) -> Any:
+        """conv_filters and dense_units are required for the zoo, not for your own network."""
+        if isinstance(data, dict) and isinstance(data.get("model"), dict):
+            return {"conv_filters": [], "dense_units": [], **data}
+        return data
+
     @model_validator(mode="after")
     def _settings_take_effect(self) -> Variant:
+        if isinstance(self.model, Network):
+            given = sorted(ZOO_ONLY & self.model_fields_set
+                           - {k for k in ("conv_filters", "dense_units") if not getattr(self, k)})
+            if given:
+                raise ValueError(f"{given[0]}: shapes the zoo's networks only; your own network "
+                                 "(model.file/builder) keeps its layers: change them with "
+                                 "ablate.replace, or in the network itself")
         if self.weights_sha256 is not None and self.weights_file is None:
             raise ValueError("weights_sha256 is set but weights_file is not")
         if self.weights is not None and self.weights_file is not None:
@@ -305,6 +400,55 @@ Overrides = dict[str, Any]
 NO_LEVEL = "none"  # a factor level left out of variant names (relu-bn, not relu-bn-none)
 
 
+FULL = "full"  # the unablated network: an ablation study's variant and default baseline
+
+
+class LayerPrefix(Strict):
+    prefix: LayerName
+
+
+class Ablate(Strict):
+    """A study's `ablate:` block: the components of its network, each left out in turn.
+    Variant names come from the components: no-<layer>, no-<group>, <layer>-<new kind>."""
+
+    layers: list[LayerName] = []  # one variant per layer removed
+    groups: dict[str, list[LayerName] | LayerPrefix] = {}  # several removed together
+    # layer → a Keras layer config, e.g. {class_name: Activation, config: {activation: tanh}}
+    replace: dict[LayerName, dict[str, Any]] = {}
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Ablate:
+        if not (self.layers or self.groups or self.replace):
+            raise ValueError("lists no component: give layers, groups or replace")
+        if len(set(self.layers)) != len(self.layers):
+            raise ValueError(f"layers: names must be distinct (got {self.layers})")
+        for layer, spec in self.replace.items():
+            if not isinstance(spec.get("class_name"), str) or set(spec) - {"class_name", "config"}:
+                raise ValueError(f"replace.{layer}: must be {{class_name: <Keras layer>, "
+                                 f"config: {{…}}}} (got {excerpt(spec)})")
+        return self
+
+    def variants(self) -> dict[str, Overrides]:
+        """Variant name → overrides: the full network first, then each component."""
+        out: dict[str, Overrides] = {FULL: {}}
+
+        def add(name: str, overrides: Overrides) -> None:
+            if name in out:
+                raise ValueError(f"two components both make a variant named {name!r}")
+            out[name] = overrides
+
+        for layer in self.layers:
+            add(f"no-{layer}", {"remove_layers": [layer]})
+        for label, group in self.groups.items():
+            add(f"no-{label}", {"remove_prefixes": [group.prefix]} if isinstance(group, LayerPrefix)
+                else {"remove_layers": list(group)})
+        for layer, spec in self.replace.items():
+            kind = (spec.get("config") or {}).get("activation")
+            kind = kind if isinstance(kind, str) else spec["class_name"]
+            add(f"{layer}-{kind}", {"replace_layers": {layer: spec}})
+        return out
+
+
 class Study(Strict):
     question: str
     data: str  # a key of data.prepared
@@ -322,7 +466,32 @@ class Study(Strict):
     # left out (the all-`none` cell is named `none`). They are merged into `variants` when the
     # study is read; an explicit variant of the same name adds its overrides to that cell.
     factors: dict[str, dict[str, Overrides | None]] = {}
+    # Leave-one-component-out: the full network (variant `full`, the default baseline) and one
+    # variant per component removed or replaced (see Ablate); merged into `variants` like
+    # factors, an explicit variant of the same name adds its overrides.
+    ablate: Ablate | None = None
     variants: dict[str, Overrides | None] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_ablate(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not isinstance(data.get("ablate"), dict):
+            return data
+        try:
+            ablate = Ablate.model_validate(data["ablate"])
+        except ValidationError as error:
+            raise ValueError(format_errors(error, "ablate")) from None
+        explicit = data.get("variants") or {}
+        if not isinstance(explicit, dict):
+            return data
+        generated = ablate.variants()
+        clash = sorted(set(generated) & set(factorial_cells(data.get("factors") or {})))
+        if clash:
+            raise ValueError(f"ablate: variant {clash[0]!r} is also a factorial cell; rename a level")
+        merged = {name: {**overrides, **(explicit.get(name) or {})}
+                  for name, overrides in generated.items()}
+        return {**data, "baseline": data.get("baseline", FULL),
+                "variants": {**merged, **{n: v for n, v in explicit.items() if n not in merged}}}
 
     @model_validator(mode="before")
     @classmethod

@@ -4,11 +4,11 @@ and one MLflow summary run. Numbers only: the plot stage (plots.py) draws the fi
 Reads what the train stage wrote for every (variant, seed) — run.json, history.csv,
 test_predictions.npy — never the models (no Keras import: this stage takes seconds). Writes
   --results  the study's full results (keys below; the report and the plot stage read them),
-  --metrics  a folder of headline numbers, one small JSON per row of `dvc metrics show`
-             (`headline`: a row per variant and per pair compared, and `decisions`: how many
-             answers are decided), so the table stays narrow
-             however many variants the studies have,
+  --metrics  the study's headline, its DVC metrics file (`headline`: the best variant and
+             its accuracy, how many answers are decided of how many, a few answers'
+             differences): a handful of `dvc exp show` columns however many variants it has,
   --curves   every history in long format (history.write_curves), DVC's plot data,
+  --accuracy per variant: mean test accuracy ± 95% half-width (DVC's plot data, bars),
 and logs the headline numbers and the results to the `<study>-summary` MLflow run.
 
 results/<study>.json — every "result" is {mean, ci, n, excluded, values}: the mean over
@@ -56,6 +56,7 @@ per-seed values {"seed0": …}:
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,7 @@ from ablations import convergence, decisions, effects, stats, tracking, verdicts
 from ablations.config import Params
 from ablations.errors import DataError
 from ablations.history import curve_rows, read_history, read_steps, write_curves
-from ablations.io import atomic_dir, read_json, write_json
+from ablations.io import atomic_file, read_json, write_json
 from ablations.layout import DatasetFolder, UnitFolder
 from ablations.stats import format_result as pm
 
@@ -188,14 +189,6 @@ def speedup(with_bn: dict, without: dict) -> dict[str, Any]:
     out["bn_only_reached"] = sum(v is not None and twin_epochs.get(s) is None
                                  for s, v in bn_epochs.items())
     return out
-
-
-def speedup_measure(s: dict[str, Any]) -> tuple[str, str]:
-    """(key, words) of the ratio that measures a BN speed-up: training steps where the study
-    validated within epochs, else whole epochs."""
-    if s.get("steps_ratio", {}).get("mean") is not None:
-        return "steps_ratio", "training steps"
-    return "epochs_ratio", "epochs"
 
 
 def speedup_ratios(speedups: dict[str, dict], target: float) -> dict[str, dict[str, Any]]:
@@ -325,51 +318,63 @@ def _percent(value: float | None) -> float | None:
     return None if value is None else 100 * value
 
 
-def _comparison_columns(c: dict[str, Any]) -> dict[str, Any]:
-    """diff ± diff_ci (95%, points) and judgement: the decision where the pair is one of the
-    question's answers (ablations.decisions), else the word of its own 95% interval."""
-    return {"diff": c["difference_points"], "diff_ci": c["ci_points"],
-            "judgement": c.get("decision") or c["judgement"]}
+HEADLINE = ("best", "acc", "decided", "answers")  # every study's headline keys, in this order
+# A study headlines the difference of each comparison with its baseline only when it makes at
+# most this many (bn_placement, depth, transfer): with optimizers' 3 and init_reg's 10 the
+# default studies would pass 40 DVC columns. Those stay in the results file, as do the
+# `also_compare` pairs (where both sides are headlined, their difference is the difference of
+# the two columns: means of per-seed differences subtract) and the speed-up ratios.
+HEADLINE_PAIRS = 2
 
 
-DECISIONS_ROW = "decisions"  # the headline row counting the study's decided answers
-
-
-def _own_row(name: str, rows: dict[str, Any], study: str) -> str:
-    if name in rows:
-        raise DataError(f"studies.{study}: the headline row {name} has a variant's name; "
-                        "rename that variant")
-    return name
+def headline_answers(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{short key: decision} of the answers a study headlines: the main effect of every
+    two-level factor (key: its level, or factor-level where two factors share a level's name)
+    and, in a study comparing at most HEADLINE_PAIRS variants with its baseline, each of those
+    comparisons (key: the variant)."""
+    by_answer = {d["answer"]: d for d in metrics["decisions"]}
+    mains = metrics["effects"].get("main", [])
+    factors = [m["factor"] for m in mains]
+    two_level = [m for m in mains if factors.count(m["factor"]) == 1]
+    levels = [m["level"] for m in two_level]
+    out = {(m["level"] if levels.count(m["level"]) == 1 else f"{m['factor']}-{m['level']}"):
+           by_answer[effects.effect_label(m)] for m in two_level
+           if effects.effect_label(m) in by_answer}
+    pairs = [d for d in metrics["decisions"]
+             if d["kind"] == "pair" and d["variants"][1] == metrics["baseline"]]
+    if len(pairs) <= HEADLINE_PAIRS:
+        out.update((d["variants"][0], d) for d in pairs)
+    if clash := sorted(set(out) & set(HEADLINE)):
+        raise DataError(f"studies.{metrics['study']}: {clash[0]} is a headline key; rename that "
+                        "variant or level")
+    return out
 
 
 def headline(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """{row: columns}: the study's headline numbers, one `dvc metrics show` row each.
-
-    Rows are variants (acc: mean test accuracy in %, acc_ci: half-width of its 95% interval;
-    against the baseline: diff ± diff_ci in percentage points and the judgement — the
-    decision where that comparison is one of the question's answers; BN variants:
-    speedup, the mean per-seed ratio of training steps to the target, or of epochs where the
-    study validates once per epoch, ± speedup_ci) and `<a>-vs-<b>` pairs of `also_compare`
-    (a − b, the comparison columns), and `decisions`: decided (answers decided) of answers
-    (ablations.decisions). Every row shares these few column names (DVC's table has
-    one column per distinct name, separators included), so it is as wide for 50 variants as
-    for 2. A number that does not exist (one seed: no interval) is left out; DVC shows "-".
-    Other numbers of a study add rows here, or columns shared by their rows.
+    """{study: keys}: the study's headline, its DVC metrics file. `best`: the variant of the
+    highest mean test accuracy, `acc`: that accuracy in %; `decided` of `answers`: how many of
+    the question-level answers are decided (ablations.decisions); then per headlined answer
+    (headline_answers) its difference in percentage points. Nested under the study's name, so
+    every key is unique across the studies: `dvc exp show` heads its column `depth.deeper`
+    rather than `metrics/depth.json:deeper`. Decision words stay in the results file: DVC
+    shows a string (`dvc metrics diff` its old and new, no change), but a word beside each
+    difference would double those columns, and `decided` moves when a decision does. A number
+    that does not exist (no finite accuracy) is left out; DVC shows "-".
     """
-    rows = {name: {"acc": _percent(v["test_accuracy"]["mean"]),
-                   "acc_ci": _percent(v["test_accuracy"]["ci"])}
-            for name, v in metrics["variants"].items()}
-    for name, c in metrics["comparisons"].items():
-        rows[name].update(_comparison_columns(c))
-    for name, s in metrics["bn_speedup"].items():  # in steps where measured within epochs
-        ratio = s[speedup_measure(s)[0]]
-        rows[name].update(speedup=ratio["mean"], speedup_ci=ratio["ci"])
-    for pair, c in metrics["pair_comparisons"].items():
-        rows[_own_row(pair.replace(" vs ", "-vs-"), rows, metrics["study"])] = \
-            _comparison_columns(c)
-    rows[_own_row(DECISIONS_ROW, rows, metrics["study"])] = dict(metrics["decided"])
-    return {name: {key: value for key, value in columns.items() if value is not None}
-            for name, columns in rows.items()}
+    best = metrics["best_variant"]
+    keys = {"best": best,
+            "acc": _percent(metrics["variants"][best]["test_accuracy"]["mean"]) if best else None,
+            **metrics["decided"]}
+    keys.update((key, d["difference"]) for key, d in headline_answers(metrics).items())
+    return {metrics["study"]: {key: value for key, value in keys.items() if value is not None}}
+
+
+def accuracy_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per variant: mean test accuracy ± its 95% half-width in % over n seeds (DVC plot data:
+    a bar per variant)."""
+    return [{"variant": name, "acc": _percent(v["test_accuracy"]["mean"]),
+             "acc_ci": _percent(v["test_accuracy"]["ci"]), "n": v["test_accuracy"]["n"]}
+            for name, v in metrics["variants"].items()]
 
 
 def best_confusion(params: Params, study: str, units: dict[str, list[dict]], best: str | None,
@@ -508,23 +513,27 @@ def log_summary(study: str, metrics: dict) -> str:
         return run_id
 
 
-def write_headline(folder: Path, rows: dict[str, dict[str, Any]]) -> None:
-    """One `<row>.json` per headline row, the folder replaced at once."""
-    with atomic_dir(Path(folder)) as tmp:
-        for name, numbers in rows.items():
-            write_json(tmp / f"{name}.json", numbers)
+def write_accuracy(path: Path, rows: list[dict[str, Any]]) -> None:
+    """The per-variant accuracy CSV (accuracy_rows); a missing number is an empty cell."""
+    with atomic_file(Path(path)) as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["variant"])
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def evaluate_study(params: Params, study: str, models_dir: Path, data_dir: Path,
-                   results_path: Path, metrics_dir: Path, curves_path: Path) -> dict[str, Any]:
-    """The evaluate stage: results JSON + headline metrics + curves + MLflow summary run;
-    returns the results. `data_dir` holds every prepared dataset (data/prepared)."""
+                   results_path: Path, metrics_path: Path, curves_path: Path,
+                   accuracy_path: Path) -> dict[str, Any]:
+    """The evaluate stage: results JSON + headline metrics + curves + per-variant accuracy +
+    MLflow summary run; returns the results. `data_dir` holds every prepared dataset
+    (data/prepared)."""
     models_dir, data_dir = Path(models_dir), Path(data_dir)
     units = read_study(params, study, models_dir, data_dir)
     metrics = study_results(params, study, units, data_dir)
-    rows = headline(metrics)  # before any write: a bad row name leaves nothing half-written
+    keys = headline(metrics)  # before any write: a bad key leaves nothing half-written
     write_curves(Path(curves_path), curve_rows(study_histories(units)))
-    write_headline(Path(metrics_dir), rows)
+    write_accuracy(Path(accuracy_path), accuracy_rows(metrics))
+    write_json(Path(metrics_path), keys, sort_keys=False)  # best, acc, … as columns
     write_json(Path(results_path), metrics)
     log_summary(study, metrics)
     return metrics

@@ -78,9 +78,10 @@ def atomic_file(target: Path, mode: str = "w") -> Iterator[Any]:
             os.unlink(tmp)
 
 
-def write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any, sort_keys: bool = True) -> None:
+    """sort_keys=False keeps the dict's order (a DVC metrics file: the order of its columns)."""
     with atomic_file(path) as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
+        json.dump(data, handle, indent=2, sort_keys=sort_keys)
         handle.write("\n")
 
 

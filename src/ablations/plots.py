@@ -1,7 +1,7 @@
 """plot stage: the figures of one study (PNG, DVC plots), drawn from the evaluate stage's
 results and curves; matplotlib is imported here only.
 
-Files (FIGURES): effects_forest.png (every effect ± its 95% interval, a zero line),
+Files (layout.FIGURES): effects_forest.png (every effect ± its 95% interval, a zero line),
 learning_curves.png (mean over seeds, band = min..max over seeds),
 test_accuracy.png (mean ± 95% CI), bn_speedup.png (when the study has BN twins),
 confusion_matrix.png (best variant, its non-diverged seeds' predictions pooled, as counted
@@ -34,8 +34,6 @@ from ablations.history import read_curves  # noqa: E402
 from ablations.io import atomic_dir, read_json  # noqa: E402
 from ablations.layout import DatasetFolder, UnitFolder  # noqa: E402
 
-FIGURES = ("effects_forest.png", "learning_curves.png", "test_accuracy.png", "bn_speedup.png",
-           "confusion_matrix.png", "examples.png", "bn_params.png")
 CURVES = (("loss", "train loss"), ("val_loss", "validation loss"),
           ("accuracy", "train accuracy"), ("val_accuracy", "validation accuracy"))
 EXAMPLES_PER_CLASS = 6

@@ -28,8 +28,12 @@ answer.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -183,16 +187,36 @@ class Draws:
     chosen_1se: tuple[int, ...]
 
 
-def repeat_selection(cfg: PolyfitConfig) -> tuple[list[DegreeScore], Draws]:
-    """(the first draw's scores, all draws): data and folds of draw i seeded with seed + i."""
-    degrees = range(1, cfg.max_degree + 1)
-    first, rows, chosen = None, [], []
-    for seed in range(cfg.seed, cfg.seed + cfg.draws):
+def draw_scores(cfg: PolyfitConfig, seed: int) -> list[DegreeScore]:
+    """One draw: its data and folds seeded with `seed`, every degree scored."""
+    import sklearn
+
+    # scikit-learn's checks of finite inputs and of parameters, off: the data are made here
+    # (finite), the parameters written here. They were a quarter of polyfit's CPU time; the
+    # fits and their bits are the same (docs/performance.md).
+    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
         x, y = make_data(cfg.coefficients, cfg.noise, cfg.n, cfg.x_range, seed)
-        scores = cv_errors(x, y, degrees, cfg.folds, seed)
-        first = first or scores
-        rows.append([s.mse_mean for s in scores])
-        chosen.append(choose_degree(scores))
+        return cv_errors(x, y, range(1, cfg.max_degree + 1), cfg.folds, seed)
+
+
+def in_parallel(function: Callable, items: Sequence) -> list:
+    """[function(item) for item in items], spread over this process's CPUs by forked worker
+    processes (they inherit the imports: no start-up cost); in order, so the same list."""
+    workers = min(len(items), len(os.sched_getaffinity(0)))
+    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return [function(item) for item in items]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        return list(pool.map(function, items, chunksize=math.ceil(len(items) / workers)))
+
+
+def repeat_selection(cfg: PolyfitConfig) -> tuple[list[DegreeScore], Draws]:
+    """(the first draw's scores, all draws): data and folds of draw i seeded with seed + i.
+    The draws are independent: they run in parallel (in_parallel)."""
+    degrees = range(1, cfg.max_degree + 1)
+    every = in_parallel(partial(draw_scores, cfg), range(cfg.seed, cfg.seed + cfg.draws))
+    first = every[0]
+    rows = [[s.mse_mean for s in scores] for scores in every]
+    chosen = [choose_degree(scores) for scores in every]
     return first, Draws(seeds=tuple(range(cfg.seed, cfg.seed + cfg.draws)),
                         degrees=tuple(degrees), mse=np.array(rows),
                         chosen_min=tuple(c[0] for c in chosen),

@@ -21,7 +21,7 @@ from ablations import tracking, verdicts
 from ablations.config import Params
 from ablations.errors import DataError
 from ablations.io import atomic_file, read_json
-from ablations.plots import FIGURES
+from ablations.layout import FIGURES
 from ablations.stats import format_result as pm
 
 STYLE = """

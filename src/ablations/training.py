@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+import ablations.models  # noqa: F401,I001 (first: it imports Keras without its unused extras)
 import keras
 import numpy as np
 
@@ -352,6 +353,12 @@ def bn_parameters(model: keras.Model) -> dict[str, np.ndarray]:
     return found
 
 
+def layer_list(model: keras.Model) -> dict[str, list[dict]]:
+    """The network a unit trains, layer by layer (an ablation's variant, in MLflow)."""
+    return {"layers": [{"name": layer.name, "class": type(layer).__name__,
+                        "params": layer.count_params()} for layer in model.layers]}
+
+
 def _num_classes(data_dir: Path, arrays) -> int:
     return len(DatasetFolder(data_dir).class_names(int(np.max(arrays["y_train"])) + 1))
 
@@ -377,6 +384,8 @@ def train_unit(study: str, unit: Unit, arrays: dict[str, np.ndarray], parent_id:
         guard("before training", tracking.log_datasets, run_id, unit.data_dir)
         if copied:
             guard("before training", tracking.log_transfer, run_id, copied, cfg.init_from)
+        if cfg.is_own_or_ablated():
+            guard("before training", tracking.log_dict, run_id, layer_list(model), "layers.json")
         fit_seconds, stopped = _fit(model, cfg, arrays, checkpoint, run_id, guard, backup_seconds)
         history = read_history(UnitFolder(checkpoint).history)
         # Fewer epochs than `epochs` without early stopping: TerminateOnNaN ended the training.

@@ -20,10 +20,10 @@ from importlib.metadata import version
 from pathlib import Path
 
 from ablations.codedeps import closure
-from ablations.config import Params, Variant
+from ablations.config import ABLATION_KEYS, NETWORKS_DIR, Network, Params, Variant
 from ablations.data.formats import PRETRAINED_FILES, WEIGHTS_DIR
 from ablations.errors import ConfigError
-from ablations.io import read_json, sha256_files
+from ablations.io import read_json, sha256_file, sha256_files
 from ablations.layout import DatasetFolder, UnitFolder
 
 # Code whose change makes every unit retrain: every module training imports, found from the
@@ -62,17 +62,42 @@ def code_digest() -> str:
     return sha256_files(list(TRAINING_CODE))
 
 
+def network_digest(cfg: Variant) -> str | None:
+    """Content hash of a unit's own network: its .keras file, or its builder's module and the
+    modules of the networks package that it imports (the walk of codedeps, as for our code).
+    Paths are relative to the working directory, the repository root under DVC."""
+    network = cfg.model
+    if not isinstance(network, Network):
+        return None
+    if network.file is not None:
+        if not Path(network.file).is_file():
+            raise ConfigError(f"model.file {network.file}: not found")
+        return sha256_file(Path(network.file))
+    module = network.builder.split(":")[0]
+    files = closure(module, package_dir=Path.cwd() / NETWORKS_DIR)
+    if not files:
+        raise ConfigError(f"model.builder {network.builder}: no file {network.module_path()}")
+    return sha256_files(list(files))
+
+
 def fingerprint(cfg: Variant, data_dir: Path, source_fingerprint: str | None) -> str:
     """Everything a unit's result depends on: config (seed included), data, training code,
-    Keras and its backend, and the unit it starts from."""
+    Keras and its backend, its own network's files, and the unit it starts from."""
+    config = cfg.model_dump(mode="json")
+    for key in ABLATION_KEYS:  # unset: left out, a zoo unit's config hashes as before they existed
+        if not config[key]:
+            del config[key]
     inputs = {
-        "config": cfg.model_dump(mode="json"),
+        "config": config,
         "data": data_digest(Path(data_dir)),
         "code": code_digest(),
         "keras": version("keras"),
         "backend": os.environ["KERAS_BACKEND"],  # set by `import ablations`
         "source": source_fingerprint,
     }
+    network = network_digest(cfg)
+    if network is not None:  # absent for the zoo: their units' fingerprints stay as they were
+        inputs["network"] = network
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 

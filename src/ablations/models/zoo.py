@@ -13,10 +13,11 @@ import keras
 import numpy as np
 from keras import layers
 
-from ablations.config import Variant
+from ablations.config import Network, Variant
 from ablations.errors import ConfigError, DataError
 from ablations.io import sha256_file
 from ablations.models.blocks import conv_block, dense_block, norm_activation, weight_options
+from ablations.models.network import ablate, own_network
 
 HEAD = "head"
 
@@ -213,6 +214,20 @@ def structure_only(cfg: Variant) -> Variant:
     return cfg.model_copy(update={"weights_file": None})
 
 
+def build_structure(cfg: Variant, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+    """`build_model(structure_only(cfg), …)` with every layer, output shape and parameter
+    count but no weight values (`validate`): inside a StatelessScope that does not initialize
+    them, Keras creates the variables with their shapes only and skips the random draws, most
+    of a large network's build time (ResNet50: docs/performance.md). A network that cannot
+    take the images raises the same ValueError as when its weights are drawn. Values read from
+    it are placeholders: not for training, saving or transfer. Your own network is built as
+    training builds it: its file's weights or its builder's code may read values."""
+    if isinstance(cfg.model, Network):
+        return build_model(structure_only(cfg), input_shape, num_classes)
+    with keras.StatelessScope(initialize_variables=False):
+        return build_model(structure_only(cfg), input_shape, num_classes)
+
+
 def architecture(cfg: Variant, input_shape: tuple[int, ...]) -> str:
     """A key equal for variants whose networks have the same layers on the same images."""
     return f"{input_shape} {cfg.model_dump_json(exclude=TRAINING_ONLY)}"
@@ -222,7 +237,9 @@ BUILDERS = {"cnn": cnn, "alexnet": alexnet, "resnet50": resnet50, "xception": xc
 
 
 def build_model(cfg: Variant, input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
-    model = BUILDERS[cfg.model](cfg, input_shape, num_classes)
+    if isinstance(cfg.model, Network):  # its layers (BatchNorm momentum included) are its own
+        return own_network(cfg, input_shape, num_classes)
+    model = ablate(BUILDERS[cfg.model](cfg, input_shape, num_classes), cfg)
     # One place for every BatchNorm, those inside keras.applications backbones included
     # (built with Keras' 0.99): the momentum is only read when the layer is called.
     for layer in model._flatten_layers(include_self=False):  # noqa: SLF001 (Keras' own walk)
