@@ -194,6 +194,12 @@ SHAPE_CASES = {
                  ["studies.batchnorm.seeds: must have at least 1 entries (got 0)"]),
     "mapping for a list": (lambda p: study(p)["defaults"].update(conv_filters={"a": 1}),
                            ["conv_filters", "must be a list"]),
+    "a number as a top-level key": (lambda p: p.update({1: "x"}), ["params.yaml: 1: Keys should be strings (got 1)"]),
+    # found by bench/fuzz_params.py: tracebacks, or an error on two lines
+    "a level named 1": (lambda p: study(p)["factors"]["dropout"].update({1: {"dropout": 0.2}}),
+                        ["factors.dropout: factor and level names must be text (got 1)"]),
+    "a key with a newline": (lambda p: study(p)["factors"]["dropout"]["none"].update({"a\nb": 1}),
+                             ["factors.dropout.none.'a\\nb': unknown or not allowed key"]),
     "null study": (lambda p: p["studies"].update(batchnorm=None),
                    ["studies.batchnorm: must be a mapping (got None)"]),
 }
@@ -244,6 +250,20 @@ YAML_TEXT_CASES = {
                             ["learning_rate", "finite"]),
     "learning_rate: .nan": (lambda p: study(p)["defaults"].update(learning_rate=RAW), ".nan",
                             ["learning_rate", "finite"]),
+    "optimizer_config momentum: .inf": (
+        lambda p: study(p)["defaults"].update(optimizer="sgd", optimizer_config={"momentum": RAW}),
+        ".inf", ["optimizer_config: momentum must be a finite number (got inf)"]),
+    "!!binary momentum": (
+        lambda p: study(p)["defaults"].update(optimizer="sgd", optimizer_config={"momentum": RAW}),
+        '!!binary "gAE="', ["optimizer_config: momentum must be a number, text, true/false, null, "
+                            "a list or a mapping (got bytes)"]),
+    "activation config: null": (
+        lambda p: variant(p, "relu").update(activation={"class_name": "LeakyReLU", "config": RAW}),
+        "null", ["activation: must be a Keras name or {class_name: <name>, config: {<arguments>}}"]),
+    "regularizer l2: .nan": (
+        lambda p: variant(p, "relu").update(kernel_regularizer={"class_name": "L2",
+                                                                "config": {"l2": RAW}}),
+        ".nan", ["variants.relu.kernel_regularizer: config.l2 must be a finite number (got nan)"]),
     "val_fraction: 1e+0": (lambda p: p["data"]["prepared"]["fmnist_pm1"].update(val_fraction=RAW),
                            "1e+0", ["fmnist_pm1.val_fraction", "must be < 1"]),
     "a date for a question": (lambda p: study(p).update(question=RAW), "2024-01-31",
@@ -262,8 +282,15 @@ YAML_TEXT_CASES = {
                           ["params.yaml: malformed YAML", "constructor", "line"]),
     "tab indentation": (lambda p: study(p).update(question=RAW), "\n\t\tbad: 1",
                         ["params.yaml: malformed YAML", "line"]),
+    "100,000 nested lists": (lambda p: study(p)["defaults"].update(optimizer_config=RAW),
+                             "[" * 100_000 + "]" * 100_000,
+                             ["params.yaml: values nested more than 64 levels deep at line"]),
+    "aliases nested 100 deep": (
+        lambda p: study(p)["defaults"].update(optimizer_config=RAW),
+        "{x: &a0 [1], " + ", ".join(f"y{i}: &a{i} [*a{i - 1}]" for i in range(1, 100)) + "}",
+        ["params.yaml: values nested more than 64 levels deep once YAML aliases"]),
     "recursive alias": (lambda p: study(p)["defaults"].update(optimizer_config=RAW),
-                        "&loop [*loop]", ["params.yaml", "aliases", "100000"]),
+                        "&loop [*loop]", ["params.yaml", "once YAML aliases (*name) are expanded"]),
 }
 
 

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 
 import mlflow
 import pytest
@@ -70,6 +71,12 @@ def test_units_nest_under_one_study_run_per_dvc_experiment(trained, monkeypatch)
     write_params(tmp_path, ["a", "b", "c"], epochs=1)
     [added] = _train(tmp_path, "c")
     assert client.get_run(added).data.tags["mlflow.parentRunId"] == study.info.run_id
+    # The study's run spans its units, the one added later included (MLflow's UI shows
+    # end_time - start_time as a run's duration).
+    spanned = client.get_run(study.info.run_id).info
+    assert spanned.start_time <= min(run.info.start_time for run in units)
+    assert spanned.end_time == client.get_run(added).info.end_time > spanned.start_time
+    assert spanned.status == "FINISHED"
     monkeypatch.setenv("DVC_EXP_NAME", "other-exp")
     write_params(tmp_path, ["a", "b", "c", "d"], epochs=1)
     [other] = _train(tmp_path, "d")
@@ -96,6 +103,19 @@ def test_prepared_datasets_are_run_inputs(trained):
     assert {i.dataset.digest for i in other} == {d.digest for d in by_context.values()}
 
 
+def test_logging_datasets_warns_nothing(tmp_path, tracking_store):
+    """Given a plain path, MLflow warns "can be interpreted in multiple ways" on every dataset
+    (two local sources are registered): the source is given with its type instead."""
+    data = write_prepared(tmp_path / "data" / "d")
+    run_id = tracking.start_run("unit", "a/seed0", {})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tracking.log_datasets(run_id, data)
+    assert [f"{w.category.__name__}: {w.message}" for w in caught] == []
+    inputs = mlflow.MlflowClient(tracking_store).get_run(run_id).inputs.dataset_inputs
+    assert {item.dataset.source_type for item in inputs} == {"local"}
+
+
 def test_only_the_tracking_module_imports_mlflow():
     importers = set()
     for path in (REPO / "src" / "ablations").rglob("*.py"):
@@ -113,7 +133,7 @@ def test_only_the_tracking_module_imports_mlflow():
 @needs_chromium
 def test_mlflow_ui_shows_training_runs_nested_with_their_datasets(trained, tmp_path):
     """The MLflow UI (a real `mlflow ui` in headless Chromium) on the lineage store, at the
-    address the README gives: the Model training view, one row per study run with the unit
+    address docs/tracking.md gives: the Model training view, one row per study run with the unit
     runs nested under it, and each unit's prepared datasets in the Dataset column."""
     client, _, run_ids, root = trained
     experiment_id = client.get_run(run_ids[0]).info.experiment_id

@@ -1,5 +1,6 @@
 """Packaging: ranges in pyproject.toml, the tested versions in constraints.txt (what
-scripts/setup.sh installs with), a Keras backend per extra, `ablations --version`, LICENSE."""
+scripts/setup.sh and `mlflow run`'s python_env.yaml install with), a Keras backend per extra,
+`ablations --version`, LICENSE."""
 
 import subprocess
 import sys
@@ -8,13 +9,17 @@ from importlib.metadata import version
 
 from packaging.requirements import Requirement
 
+import yaml
+from mlflow.utils.environment import _PythonEnv
+from mlflow.utils.requirements_utils import _parse_requirements
+
 import ablations
 from conftest import REPO
 
 PROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 
 
-def tested_versions() -> dict[str, str]:
+def constraints_pins() -> dict[str, str]:
     """constraints.txt as {normalized name: version}."""
     pins = {}
     for line in (REPO / "constraints.txt").read_text().splitlines():
@@ -28,7 +33,7 @@ def tested_versions() -> dict[str, str]:
 
 
 def test_every_requirement_is_a_range_its_tested_version_satisfies():
-    pins = tested_versions()
+    pins = constraints_pins()
     requirements = [*PROJECT["dependencies"],
                     *(r for extra in PROJECT["optional-dependencies"].values() for r in extra)]
     for line in requirements:
@@ -60,3 +65,21 @@ def test_version_option_and_license():
     assert version("ablations") == ablations.__version__  # the installed metadata agrees
     assert (REPO / "LICENSE").read_text().startswith("MIT License")
     assert PROJECT["license"] == "MIT"
+
+
+def test_mlflow_run_installs_the_tested_versions():
+    """python_env.yaml read as `mlflow run .` reads it: MLflow's parser follows its `-c` to
+    constraints.txt, so every pin applies to the project's install."""
+    python_env = _PythonEnv.from_yaml(REPO / "python_env.yaml")
+    requirements = list(_parse_requirements(python_env.dependencies, is_constraint=False,
+                                            base_dir=str(REPO)))
+    constraints = {}
+    for requirement in requirements:
+        if requirement.is_constraint:
+            parsed = Requirement(requirement.req_str)
+            constraints[parsed.name.lower().replace("_", "-")] = str(parsed.specifier)
+    assert constraints == {name: f"=={pin}" for name, pin in constraints_pins().items()}
+    installs = [r.req_str for r in requirements if not r.is_constraint]
+    assert installs == [f"-e .[{ablations.DEFAULT_BACKEND}]"]  # the project, default backend
+    assert python_env.python == f"{sys.version_info.major}.{sys.version_info.minor}"  # as tested
+    assert yaml.safe_load((REPO / "MLproject").read_text())["python_env"] == "python_env.yaml"

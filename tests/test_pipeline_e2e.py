@@ -8,6 +8,7 @@ dataset-fashion-mnist (installed by .ci/run).
 import html
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -99,6 +100,16 @@ def test_stages_ran_and_lock_records_them(pipeline):
     assert not list((repo / "checkpoints").rglob("*.csv"))  # cleaned after success
     labels = json.loads((repo / "data" / "prepared" / "fmnist_target" / "classes.json").read_text())
     assert labels == ["Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+def test_repro_prints_no_python_or_mlflow_warning(pipeline):
+    """Every stage's output as the user sees it: no Python warning (`…Warning: …`, such as
+    MLflow's "dataset source can be interpreted in multiple ways") and no MLflow WARNING line."""
+    _, _, first = pipeline
+    lines = (first.stdout + first.stderr).splitlines()
+    warnings = [line for line in lines if re.search(r"\b\w*Warning: ", line)
+                or ("WARNING" in line and "mlflow" in line.lower())]
+    assert not warnings, "\n".join(warnings[:20])
 
 
 def test_metrics_plots_and_report(pipeline):

@@ -87,8 +87,8 @@ def _steps(client, run_id, key):
 
 
 def _replay(params, out, uri):
-    command = [sys.executable, "-m", "ablations.cli", "--params", str(params),
-               "replay", "unit", "v", "--seed", "7", "--out", str(out)]
+    command = [sys.executable, "-m", "ablations.cli", "--params", str(params), "replay", "unit",
+               "v", "--seed", "7", "--data", str(params.parent / "data"), "--out", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, env=_env(uri), timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -100,7 +100,7 @@ def _wait_for(condition, process, seconds=90):
         time.sleep(0.1)
 
 
-def test_server_stopped_mid_training_then_replay(tmp_path, server):
+def test_server_stopped_mid_training_then_replay(tmp_path, server, migrated_store):
     write_prepared(tmp_path / "data" / "d", n=1024, size=16)
     params = write_params(tmp_path, epochs=EPOCHS, batch_size=8)
     out, checkpoint = tmp_path / "out" / "v" / "seed7", tmp_path / "ckpt" / "v" / "seed7"
@@ -121,7 +121,8 @@ def test_server_stopped_mid_training_then_replay(tmp_path, server):
     # The training finished and kept everything; one warning says how to complete the run.
     warnings = [line for line in stderr.read_text().splitlines() if "ablations: warning" in line]
     assert len(warnings) == 1, stderr.read_text()[-3000:]
-    assert f"ablations replay unit v --seed 7 --out {out}" in warnings[0]
+    assert (f"ablations replay unit v --seed 7 --data {tmp_path / 'data'} --out {out}"
+            in warnings[0])
     assert {p.name for p in out.iterdir()} == {
         "model.keras", "history.csv", "run.json", "test_predictions.npy"}
     assert [row["epoch"] for row in read_history(out / "history.csv")] == list(range(1, EPOCHS + 1))
@@ -143,13 +144,25 @@ def test_server_stopped_mid_training_then_replay(tmp_path, server):
 
     # A second replay changes nothing.
     again = _replay(params, out, server.uri)
-    assert "0 metric values, 0 params, model already logged" in again.stdout
+    assert "0 metric values, 0 params, 0 dataset inputs, model already logged" in again.stdout
     rerun = client.get_run(info["run_id"])
     assert rerun.info.end_time == run.info.end_time
     assert rerun.data.to_dictionary() == run.data.to_dictionary()
     assert len(client.search_logged_models([run.info.experiment_id])) == 1
     for key in FIELDS[1:]:
         assert _steps(client, run.info.run_id, key) == list(range(1, EPOCHS + 1)), key
+
+    # Into a store that lacks the run: a new run receives everything, its dataset inputs too.
+    fresh = copy_store(migrated_store, tmp_path)
+    created = _replay(params, out, fresh)
+    assert "3 dataset inputs" in created.stdout
+    new = MlflowClient(fresh).get_run(read_json(out / "run.json")["run_id"])
+    assert sorted((given.dataset.name, given.tags[0].value)
+                  for given in new.inputs.dataset_inputs) == [
+        ("d/test", "test"), ("d/train", "training"), ("d/val", "validation")]
+    assert {given.dataset.source_type for given in new.inputs.dataset_inputs} == {"local"}
+    assert {given.dataset.digest for given in new.inputs.dataset_inputs} == {
+        given.dataset.digest for given in run.inputs.dataset_inputs}
 
 
 def test_replay_with_the_server_down_is_a_one_line_error(tmp_path):
@@ -158,8 +171,9 @@ def test_replay_with_the_server_down_is_a_one_line_error(tmp_path):
     for name in ("model.keras", "history.csv"):
         (tmp_path / "out" / name).write_text("")
     (tmp_path / "out" / "run.json").write_text('{"run_id": "0123"}')
+    (tmp_path / "d").mkdir()  # the unit's prepared data: replay checks it before MLflow
     command = [sys.executable, "-m", "ablations.cli", "--params", str(params),
-               "replay", "unit", "v", "--out", str(tmp_path / "out")]
+               "replay", "unit", "v", "--data", str(tmp_path), "--out", str(tmp_path / "out")]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120,
                           env=_env(f"http://127.0.0.1:{_free_port()}"))
     assert done.returncode == 2
@@ -188,6 +202,9 @@ def test_concurrent_trainings_share_one_sqlite_store(tmp_path):
     [study] = [run for run in runs if run.data.tags.get("kind") == "study"]  # one, found by all four
     runs = [run for run in runs if run is not study]
     assert {run.data.tags["mlflow.parentRunId"] for run in runs} == {study.info.run_id}
+    # The study's run spans its units (MLflow's UI shows end_time - start_time as its duration).
+    assert study.info.start_time <= min(run.info.start_time for run in runs)
+    assert study.info.end_time == max(run.info.end_time for run in runs)
     assert sorted(run.data.tags["variant"] for run in runs) == names
     for run in runs:
         assert run.info.status == "FINISHED"

@@ -21,6 +21,12 @@ def _params(args):
     return load_params(args.params, getattr(args, "budget", None))
 
 
+# Networks (architecture, image shape, classes) that built in this process: building is what
+# takes validate's time, and the same network builds the same way again (validate runs many
+# times in one process under tests/test_fuzz_params.py).
+_BUILT: set[str] = set()
+
+
 def cmd_validate(args) -> None:
     """Validate params.yaml completely, Keras names of every variant included."""
     from ablations.io import write_json
@@ -33,20 +39,19 @@ def cmd_validate(args) -> None:
     from ablations.models.blocks import activation_layer, build_optimizer, weight_options
     from ablations.models.zoo import architecture, build_structure  # Keras
 
-    built = set()  # architectures × image shapes built so far: building is what takes time
     for study, spec in params.studies.items():
         for name in spec.variants:
             cfg, where = params.variant(study, name), f"studies.{study}.variants.{name}"
             data = params.variant_data(study, name)
             shape, classes = params.input_shape(data)
-            built_as = architecture(cfg, shape)
+            built_as = f"{architecture(cfg, shape)} {classes}"
             try:  # every Keras name (activation, initializer, ...) resolved for every variant
                 activation_layer(cfg.activation, "check")
                 weight_options(cfg)
                 build_optimizer(cfg)
-                if built_as not in built:  # and each network built once, to check shapes
+                if built_as not in _BUILT:  # and each network built once, to check shapes
                     build_structure(cfg, shape, classes)
-                    built.add(built_as)
+                    _BUILT.add(built_as)
             except AblationsError as error:
                 raise AblationsError(f"{where}: {error}") from None
             except ValueError as error:
@@ -178,7 +183,8 @@ def cmd_replay(args) -> None:
     cfg = params.variant(args.study, args.variant, seed)
     from ablations.replay import replay
 
-    replay(args.study, args.variant, cfg, Path(args.out))
+    replay(args.study, args.variant, cfg, Path(args.out),
+           Path(args.data) / params.variant_data(args.study, args.variant))
 
 
 def cmd_evaluate(args) -> None:
@@ -250,7 +256,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--executor", default="",
                        help="where units train: local (in this process) or ray (Ray tasks); "
                             "default: $ABLATIONS_EXECUTOR, else local")
-    replay = stage("replay", cmd_replay, "study", "variant", "--out")
+    replay = stage("replay", cmd_replay, "study", "variant", "--data", "--out")
     replay.add_argument("--seed", type=int, help="which seed's run (default: the study's first)")
     stage("evaluate", cmd_evaluate, "study", "--models", "--data", "--results", "--metrics",
           "--curves", "--accuracy")
@@ -270,9 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except AblationsError as error:
-        # A safety net: messages quote short excerpts, but no line may flood a terminal.
-        lines = [line if len(line) <= 990 else line[:989] + "…" for line in str(error).splitlines()]
-        print("error: " + "\n".join(lines), file=sys.stderr)
+        # A safety net: messages quote short excerpts, but the error is one line, and no line
+        # may flood a terminal.
+        message = " ".join(line.strip() for line in str(error).splitlines())
+        print("error: " + (message if len(message) <= 990 else message[:989] + "…"),
+              file=sys.stderr)
         return 2
     return 0
 

@@ -349,6 +349,33 @@ class Variant(Strict):
     mixed_precision: bool = False  # float16 compute (GPU runs); float32 variables either way
     seed: Seed = 0  # set per run from the study's `seeds`
 
+    @field_validator("activation", "dense_activation", "initializer", "dense_initializer",
+                     "kernel_regularizer", "bias_regularizer", "optimizer_config")
+    @classmethod
+    def _finite_arguments(cls, value: Any) -> Any:
+        """Free-form Keras arguments escape the schema's types: a NaN, an infinity or a
+        `!!binary` value would reach Keras (and the fingerprint's JSON): refuse them here."""
+        where = non_finite(value)
+        if where is not None:
+            path, number = where
+            if isinstance(number, float):
+                raise ValueError(f"{path or 'the value'} must be a finite number (got {number})")
+            raise ValueError(f"{path or 'the value'} must be a number, text, true/false, null, "
+                             f"a list or a mapping (got {type(number).__name__})")
+        return value
+
+    @field_validator("activation", "dense_activation", "initializer", "dense_initializer",
+                     "kernel_regularizer", "bias_regularizer")
+    @classmethod
+    def _keras_object(cls, value: Any) -> Any:
+        """A serialized Keras object is {class_name: text, config: a mapping} (config optional),
+        what Keras' `get` and `deserialize` read."""
+        if isinstance(value, dict) and (not isinstance(value.get("class_name"), str)
+                                        or not isinstance(value.get("config", {}), dict)):
+            raise ValueError("must be a Keras name or {class_name: <name>, config: {<arguments>}} "
+                             f"(got {excerpt(value)})")
+        return value
+
     def is_own_or_ablated(self) -> bool:
         """A network of your own, or any network with layers removed or replaced."""
         return isinstance(self.model, Network) or any(getattr(self, k) for k in ABLATION_KEYS)
@@ -375,6 +402,23 @@ class Variant(Strict):
         if self.weights is not None and self.weights_file is not None:
             raise ValueError("weights and weights_file: set one (a provisioned file or a local one)")
         return self
+
+
+def non_finite(value: Any) -> tuple[str, Any] | None:
+    """(key path inside `value`, the value) of its first NaN, infinity or bytes (YAML's
+    `!!binary`), else None. A loop, not recursion: a deeply nested value must not exhaust
+    Python's stack."""
+    pending: list[tuple[str, Any]] = [("", value)]
+    while pending:
+        path, item = pending.pop()
+        if (isinstance(item, float) and not math.isfinite(item)) or isinstance(item, bytes):
+            return path, item
+        if isinstance(item, dict):
+            pending.extend((f"{path}.{key_text(key)}".lstrip("."), inner)
+                           for key, inner in item.items())
+        elif isinstance(item, list):
+            pending.extend((f"{path}[{i}]", inner) for i, inner in enumerate(item))
+    return None
 
 
 Overrides = dict[str, Any]
@@ -554,6 +598,11 @@ def factorial_cells(factors: dict[str, dict[str, Overrides | None]]
     if not factors:
         return {}  # the product of no factors would be one empty cell
     for factor, levels in factors.items():
+        names = [factor, *levels] if isinstance(levels, dict) else [factor]
+        odd = [name for name in names if not isinstance(name, str)]
+        if odd:  # names become variant names: text only (YAML reads `1:` or `null:` otherwise)
+            raise ValueError(f"factors.{key_text(factor)}: factor and level names must be text "
+                             f"(got {odd[0]!r})")
         if not isinstance(levels, dict) or not levels:
             raise ValueError(f"factors.{factor}: needs a mapping of at least one level name to "
                              "its overrides")
@@ -562,7 +611,8 @@ def factorial_cells(factors: dict[str, dict[str, Overrides | None]]
                 raise ValueError(f"factors.{factor}.{level}: must be a mapping of overrides")
             unknown = set(overrides or {}) - set(Variant.model_fields) | ({"seed"} & set(overrides or {}))
             if unknown:
-                raise ValueError(f"factors.{factor}.{level}.{sorted(unknown)[0]}: unknown or "
+                first = key_text(sorted(unknown, key=str)[0])
+                raise ValueError(f"factors.{factor}.{level}.{first}: unknown or "
                                  f"not allowed key (a variant has {sorted(set(Variant.model_fields) - {'seed'})})")
     owner: dict[str, str] = {}
     for factor, levels in factors.items():
@@ -729,9 +779,18 @@ def shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def key_text(key: Any) -> str:
+    """A key as an error message names it: as written when it is plain printable text, else
+    quoted (an empty key, a key with a newline or spaces around it, a number)."""
+    if isinstance(key, str) and key and key.isprintable() and key.strip() == key:
+        return key
+    return repr(key)
+
+
 def _describe(item: dict[str, Any], prefix: str) -> str:
     loc = [part for part in item["loc"] if not str(part).startswith("<")]  # union tags (Seeds)
-    path = ".".join(str(part) for part in (prefix, *loc) if part != "")
+    path = ".".join([prefix] * bool(prefix)
+                    + [str(part) if isinstance(part, int) else key_text(part) for part in loc])
     if item["type"] == "extra_forbidden":
         return f"{path}: unknown key"
     if item["type"] == "missing":
@@ -776,7 +835,7 @@ def resolve_variant(params: Params, study: str, name: str, seed: int | None = No
               "seed": spec.first_seeds()[0] if seed is None else seed}
     where = f"studies.{study}.variants.{name}"
     try:
-        cfg = Variant(**merged)
+        cfg = Variant.model_validate(merged)
     except ValidationError as error:
         raise ConfigError(format_errors(error, where)) from None
     if params.shrink is not None and cfg.epochs > params.shrink.epochs:
@@ -805,6 +864,9 @@ def resolve_variant(params: Params, study: str, name: str, seed: int | None = No
 # that a few lines expand to billions of values. The repository's params.yaml has ~700 values.
 MAX_YAML_VALUES = 100_000
 MAX_PARAMS_BYTES = 10 << 20  # the repository's params.yaml is ~8 KB
+# Mappings and lists inside each other; the repository's params.yaml nests 8 deep. The YAML
+# loader builds nested values recursively in C: ~50,000 levels of `[` (100 KB) crash Python.
+MAX_NESTING = 64
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -825,6 +887,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not UTF-8 text (byte 0x{data[error.start]:02x} at offset "
                           f"{error.start}); save it as UTF-8") from None
     try:
+        _check_nesting(text, path)
         loaded = parse_yaml(text, str(path))
     except YAMLFileCorruptedError as error:
         raise ConfigError(f"{path}: malformed YAML: {_yaml_problem(error.__cause__)}") from None
@@ -832,6 +895,29 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: expected a mapping at the top level")
     _check_expanded_size(loaded, path)
     return loaded
+
+
+def _check_nesting(text: str, path: Path) -> None:
+    """Refuse values nested deeper than MAX_NESTING before the loader builds them: the parser's
+    event stream (a loop over the text, nothing built) counts the levels."""
+    from dvc.utils.serialize._yaml import YAMLFileCorruptedError
+    from ruamel.yaml import YAML, YAMLError
+    from ruamel.yaml.events import CollectionEndEvent, CollectionStartEvent
+
+    depth = 0
+    try:
+        for event in YAML(typ="safe").parse(text):
+            if isinstance(event, CollectionStartEvent):
+                depth += 1
+                if depth > MAX_NESTING:
+                    mark = event.start_mark
+                    raise ConfigError(f"{path}: values nested more than {MAX_NESTING} levels "
+                                      f"deep at line {mark.line + 1}, column {mark.column + 1}; "
+                                      f"allowed: at most {MAX_NESTING}")
+            elif isinstance(event, CollectionEndEvent):
+                depth -= 1
+    except YAMLError as error:  # as parse_yaml reports it
+        raise YAMLFileCorruptedError(str(path)) from error
 
 
 def _yaml_problem(error: BaseException | None) -> str:
@@ -843,21 +929,25 @@ def _yaml_problem(error: BaseException | None) -> str:
 
 
 def _check_expanded_size(loaded: Any, path: Path) -> None:
-    """Refuse a file whose aliases expand to more than MAX_YAML_VALUES values (the loader
-    shares one object per anchor; validation and error messages would expand it)."""
-    pending, count = [loaded], 0
+    """Refuse a file whose aliases expand to more than MAX_YAML_VALUES values or MAX_NESTING
+    levels (the loader shares one object per anchor; validation and error messages would
+    expand it)."""
+    pending, count = [(loaded, 1)], 0
     while pending:
-        value = pending.pop()
+        value, depth = pending.pop()
         count += 1
         if count > MAX_YAML_VALUES:
             raise ConfigError(f"{path}: more than {MAX_YAML_VALUES} values once YAML aliases "
                               "(*name) are expanded; allowed: at most that many (write the "
                               "values out or use fewer aliases)")
+        if depth > MAX_NESTING and isinstance(value, (dict, list)):
+            raise ConfigError(f"{path}: values nested more than {MAX_NESTING} levels deep once "
+                              f"YAML aliases (*name) are expanded; allowed: at most {MAX_NESTING}")
         if isinstance(value, dict):
-            pending.extend(value.keys())
-            pending.extend(value.values())
+            pending.extend((key, depth + 1) for key in value)
+            pending.extend((inner, depth + 1) for inner in value.values())
         elif isinstance(value, list):
-            pending.extend(value)
+            pending.extend((inner, depth + 1) for inner in value)
 
 
 def budgets(conf_dir: Path, group: str = "budget") -> list[str]:
@@ -902,7 +992,9 @@ def load_params(path: str | Path = "params.yaml", budget: str | None = None,
 
 def _validated(raw: dict[str, Any], path) -> Params:
     try:
-        params = shrunk(Params(**raw))
+    loc = [part for part in item["loc"] if not str(part).startswith("<")]  # union tags (Seeds)
+    path = ".".join([prefix] * bool(prefix)
+                    + [str(part) if isinstance(part, int) else key_text(part) for part in loc])
     except ValidationError as error:
         raise ConfigError(f"{path}: {format_errors(error)}") from None
     for study, spec in params.studies.items():

@@ -12,7 +12,7 @@ fingerprints (ablations.units) decided which units are in `todo`; a transfer sou
 before a unit that starts from it; each unit writes its outputs atomically into the stage's
 output folder and resumes from its checkpoint folder. Under Ray those folders, and the prepared
 data, are read and written by the workers themselves: they must be on a filesystem every node
-mounts at the same path (see README, "A study on a Ray cluster").
+mounts at the same path (see docs/ray.md).
 """
 
 from __future__ import annotations

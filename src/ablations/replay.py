@@ -6,8 +6,8 @@ The first failed MLflow call prints one warning line, MLflow is not called again
 training, and the outputs (model.keras, history.csv, run.json with "tracking_complete": false)
 are written as usual: the stage exits 0 and DVC caches it. The MLflow run stays RUNNING with
 whatever it received before the outage. Once the server is back, replay logs what the run lacks
-(epoch metrics, params, fit_seconds, diverged, the model), marks it FINISHED and rewrites
-run.json with "tracking_complete": true; `dvc commit -f train@<study>` then records
+(epoch metrics, params, dataset inputs, fit_seconds, diverged, the model), marks it FINISHED
+and rewrites run.json with "tracking_complete": true; `dvc commit -f train@<study>` then records
 that edit (an output changed behind DVC's back makes `dvc repro` re-run the stage). Replay is
 idempotent: a second one logs nothing. If run.json's run is not in the store (another
 MLFLOW_TRACKING_URI, a deleted run), a new run with the usual tags receives everything.
@@ -25,12 +25,16 @@ from ablations.io import read_json
 from ablations.layout import UnitFolder
 
 
-def replay(study: str, variant: str, cfg: Variant, out: Path) -> str:
-    """Log into MLflow what the run of `out` lacks; return the run id it went to."""
+def replay(study: str, variant: str, cfg: Variant, out: Path, data_dir: Path) -> str:
+    """Log into MLflow what the run of `out` lacks (its prepared dataset `data_dir` among its
+    inputs); return the run id it went to."""
     unit = UnitFolder(Path(out))
     for path in (unit.run_json, unit.history, unit.model):
         if not path.exists():
             raise AblationsError(f"{path}: missing; run the train stage: dvc repro train@{study}")
+    if not Path(data_dir).is_dir():
+        raise AblationsError(f"{data_dir}: missing; the unit's prepared data (--data: the "
+                             "folder of prepared datasets, as for train): dvc repro standardize")
     info = read_json(unit.run_json)
     tracking.use_experiment(study)  # an unreachable server: `error: …`, exit 2
     run = tracking.find_run(info["run_id"])
@@ -43,6 +47,7 @@ def replay(study: str, variant: str, cfg: Variant, out: Path) -> str:
     run_id = run.info.run_id
 
     params = _log_params(run, cfg)
+    datasets = tracking.log_missing_datasets(run, Path(data_dir))
     history = read_history(unit.history)
     metrics = tracking.log_result(run_id, history, info["fit_seconds"], info["diverged"])
     new_model = not tracking.has_model(run)
@@ -57,7 +62,8 @@ def replay(study: str, variant: str, cfg: Variant, out: Path) -> str:
         print(f"{unit.run_json}: tracking_complete; record it with "
               f"`dvc commit -f train@{study}` (else dvc repro re-runs the stage)")
     print(f"replay {study}@{variant} → run {run_id}: {metrics} metric values, {params} params, "
-          f"model {'logged' if new_model else 'already logged'}; run FINISHED")
+          f"{datasets} dataset inputs, model {'logged' if new_model else 'already logged'}; "
+          "run FINISHED")
     return run_id
 
 

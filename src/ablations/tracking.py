@@ -203,7 +203,27 @@ def _create_run(experiment_id: str, name: str, tags: dict[str, str], parent_id: 
 
 
 def end_run(run_id: str, status: str = "FINISHED") -> None:
-    MlflowClient().set_terminated(run_id, status)
+    """End the run; a study's run then spans it (`_span_parent`)."""
+    client = MlflowClient()
+    client.set_terminated(run_id, status)
+    _span_parent(client, client.get_run(run_id))
+
+
+def _span_parent(client: MlflowClient, child: Run) -> None:
+    """MLflow's UI shows a run's duration as end_time - start_time. A study's run is created
+    (and ended) before its first unit starts, so it would last milliseconds: each child that
+    ends moves the study run's end time up to its own. A parent still RUNNING (polyfit's,
+    `mlflow run`'s) ends on its own. Units ending together (Ray) take turns on a SQLite store,
+    so an earlier end never overwrites a later one."""
+    parent_id = child.data.tags.get(MLFLOW_PARENT_RUN_ID)
+    if not parent_id:
+        return
+    with _first_use_lock(tracking_uri()):
+        parent = client.get_run(parent_id)
+        if parent.data.tags.get("kind") != "study" or parent.info.status == "RUNNING":
+            return
+        if (parent.info.end_time or 0) < child.info.end_time:
+            client.set_terminated(parent_id, parent.info.status, end_time=child.info.end_time)
 
 
 @contextlib.contextmanager
@@ -407,6 +427,17 @@ def find_run(run_id: str) -> Run | None:
 DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "test"}
 
 
+def _local_source(folder: Path):
+    """A local folder as MLflow's dataset source of type "local". Given as a path, MLflow would
+    guess its type among every registered source, find two local ones (for "" and "file://")
+    and warn "can be interpreted in multiple ways" on each dataset."""
+    import json
+
+    from mlflow.data.dataset_source_registry import get_dataset_source_from_json
+
+    return get_dataset_source_from_json(json.dumps({"uri": str(folder)}), "local")
+
+
 @cache
 def _dataset_inputs(data_dir: Path) -> tuple[DatasetInput, ...]:
     """One MLflow dataset per part of a prepared dataset: its arrays (schema, profile), the
@@ -418,7 +449,7 @@ def _dataset_inputs(data_dir: Path) -> tuple[DatasetInput, ...]:
     for part, context in DATASET_CONTEXTS.items():
         files = [DatasetFolder(data_dir).x(part), DatasetFolder(data_dir).y(part)]
         dataset = from_numpy(np.load(files[0], mmap_mode="r"), targets=np.load(files[1]),
-                             source=str(files[0].parent), name=f"{data_dir.name}/{part}",
+                             source=_local_source(files[0].parent), name=f"{data_dir.name}/{part}",
                              digest=sha256_files(files)[:32])
         inputs.append(DatasetInput(dataset._to_mlflow_entity(),  # noqa: SLF001 (what log_input does)
                                    tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]))
@@ -427,7 +458,21 @@ def _dataset_inputs(data_dir: Path) -> tuple[DatasetInput, ...]:
 
 def log_datasets(run_id: str, data_dir: Path) -> None:
     """The prepared dataset a unit trained and was tested on, as the run's inputs."""
-    datasets = list(_dataset_inputs(Path(data_dir)))
+    _log_inputs(run_id, list(_dataset_inputs(Path(data_dir))))
+
+
+def log_missing_datasets(run: Run, data_dir: Path) -> int:
+    """The parts of the prepared dataset that `run` lacks as inputs (replay after an outage
+    before training logged them); returns how many were logged."""
+    logged = {(given.dataset.name, given.dataset.digest) for given in run.inputs.dataset_inputs}
+    missing = [given for given in _dataset_inputs(Path(data_dir))
+               if (given.dataset.name, given.dataset.digest) not in logged]
+    if missing:
+        _log_inputs(run.info.run_id, missing)
+    return len(missing)
+
+
+def _log_inputs(run_id: str, datasets: list[DatasetInput]) -> None:
     try:
         MlflowClient().log_inputs(run_id, datasets=datasets)
     except MlflowException as error:

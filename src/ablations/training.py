@@ -377,7 +377,8 @@ def train_unit(study: str, unit: Unit, arrays: dict[str, np.ndarray], parent_id:
     write_json(UnitFolder(checkpoint).run_json, {"run_id": run_id})
     guard = tracking.Guard(
         f"training goes on, results are kept in {unit.out}; once the server is back run: "
-        f"ablations replay {study} {unit.variant} --seed {cfg.seed} --out {unit.out}")
+        f"ablations replay {study} {unit.variant} --seed {cfg.seed} --data {unit.data_dir.parent} "
+        f"--out {unit.out}")
     try:
         guard("before training", tracking.log_params, run_id, cfg.model_dump())
         guard("before training", tracking.log_datasets, run_id, unit.data_dir)
