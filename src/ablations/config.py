@@ -992,9 +992,7 @@ def load_params(path: str | Path = "params.yaml", budget: str | None = None,
 
 def _validated(raw: dict[str, Any], path) -> Params:
     try:
-    loc = [part for part in item["loc"] if not str(part).startswith("<")]  # union tags (Seeds)
-    path = ".".join([prefix] * bool(prefix)
-                    + [str(part) if isinstance(part, int) else key_text(part) for part in loc])
+        params = shrunk(Params.model_validate(raw))
     except ValidationError as error:
         raise ConfigError(f"{path}: {format_errors(error)}") from None
     for study, spec in params.studies.items():
