@@ -20,6 +20,26 @@ import ablations  # noqa: E402,F401  sets the default Keras backend before a tes
 REPO = Path(__file__).resolve().parents[1]
 
 
+def copy_project(repo: Path, names) -> None:
+    """Copy the repository's files `names` (folders without caches) into a temporary `repo`,
+    for a real `dvc repro` there; a name the checkout lacks is skipped."""
+    for name in names:
+        source, target = REPO / name, repo / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        elif source.exists():
+            shutil.copy(source, target)
+
+
+def run_ok(cmd, cwd, env, timeout=600, check=True) -> subprocess.CompletedProcess:
+    """Run a command; with `check`, fail the test with the end of its output unless it exits 0."""
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert result.returncode == 0, f"{cmd} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
+    return result
+
+
 @pytest.fixture
 def repo_params():
     from ablations.config import load_params

@@ -3,7 +3,6 @@ every module a stage imports, `dvc status` sees a touched module, and src/ has n
 
 import ast
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 import yaml
 
 from ablations import codedeps, units
-from conftest import REPO
+from conftest import REPO, copy_project
 
 SRC = REPO / "src"
 
@@ -132,13 +131,8 @@ def committed_repo(tmp_path_factory):
     """A git+DVC copy of the repo whose train stages are recorded in dvc.lock without training:
     stand-in outputs and data, `dvc commit` (what `dvc status` compares with is the lock)."""
     repo = tmp_path_factory.mktemp("status")
-    for name in ("src", "dvc.yaml", "networks", "params.yaml", ".dvc/config", ".dvcignore", ".gitignore"):
-        source, target = REPO / name, repo / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        elif source.exists():
-            shutil.copy(source, target)
+    copy_project(repo, ("src", "dvc.yaml", "networks", "params.yaml", ".dvc/config", ".dvcignore",
+                        ".gitignore"))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     studies = list(yaml.safe_load((repo / "params.yaml").read_text())["studies"])
     (repo / "data" / "prepared").mkdir(parents=True)

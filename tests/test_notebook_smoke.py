@@ -15,7 +15,6 @@ import html
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -26,7 +25,7 @@ import numpy as np
 import pytest
 
 from ablations.data.registry import DATASETS, WEIGHTS
-from conftest import REPO, offline
+from conftest import copy_project, offline, run_ok
 
 COPIED = ("src", "conf", "dvc.yaml", "networks", "params.yaml", "pyproject.toml", ".dvc/config",
           ".dvc/plots", ".dvcignore", ".gitignore")
@@ -110,20 +109,11 @@ def with_test_checksums(registry: Path, mirror: Path) -> None:
 
 
 def run(cmd, cwd, env, check=True):
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    if check:
-        assert result.returncode == 0, f"{cmd}:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}"
-    return result
+    return run_ok(cmd, cwd, env, timeout=900, check=check)
 
 
 def copy_repo(repo: Path) -> None:
-    for name in COPIED:
-        source, target = REPO / name, repo / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy(source, target)
+    copy_project(repo, COPIED)
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,13 @@ import html
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, copy_project, run_ok
 
 EXAMPLE = REPO / "examples" / "own-network"
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -54,22 +53,13 @@ def shrink(params: dict) -> dict:
     return params
 
 
-def run(cmd, cwd, env):
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-    return result
+run = run_ok
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     repo = tmp_path_factory.mktemp("own")
-    for name in COPIED:
-        source, target = REPO / name, repo / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy(source, target)
+    copy_project(repo, COPIED)
     shutil.copy(EXAMPLE / "own_net.keras", repo / "networks" / "own_net.keras")  # the user's step
     params = shrink(yaml.safe_load((REPO / "params.yaml").read_text()))
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -9,8 +9,6 @@ import html
 import json
 import os
 import re
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, copy_project, run_ok
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 COPIED = ("src", "dvc.yaml", "networks", "params.yaml", "pyproject.toml", ".dvc/config", ".dvc/plots",
@@ -55,23 +53,13 @@ def shrink(params: dict) -> dict:
     return params
 
 
-def run(cmd, cwd, env):
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"{cmd} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-    return result
+run = run_ok
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     repo = tmp_path_factory.mktemp("repo")
-    for name in COPIED:
-        source = REPO / name
-        target = repo / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        elif source.exists():
-            shutil.copy(source, target)
+    copy_project(repo, COPIED)
     params = shrink(yaml.safe_load((REPO / "params.yaml").read_text()))
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "TF_CPP_MIN_LOG_LEVEL": "2",
