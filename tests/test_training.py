@@ -1,5 +1,6 @@
 """Real (tiny) trainings: outputs, MLflow run, determinism, crash → FAILED, kill -9 → resume."""
 
+import gc
 import os
 import signal
 import statistics
@@ -37,6 +38,7 @@ def _info(tmp_path, name, seed=7):
 def test_outputs_run_and_history(tmp_path, tracking_store):
     write_prepared(tmp_path / "data" / "d")
     [run_id] = _train(tmp_path, write_params(tmp_path, norm="before"))
+    assert gc.get_freeze_count() == 0  # training's freeze ended with it (heap.frozen)
     out = tmp_path / "out" / "v" / "seed7"
     assert {p.name for p in out.iterdir()} == {
         "model.keras", "history.csv", "run.json", "test_predictions.npy", "bn_params.npz"}

@@ -77,7 +77,6 @@ equivalence (margin − |difference|, one-sided at half the level); the fewer of
 
 from __future__ import annotations
 
-import gc
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -85,7 +84,7 @@ from typing import Any
 import numpy as np
 from scipy.special import stdtr, stdtrit  # Student t's CDF and inverse (what scipy.stats.t calls)
 
-from ablations import effects
+from ablations import effects, heap
 from ablations.config import MAX_SEEDS, Study
 
 DECISIONS = ("better", "worse", "equivalent", "undecided")
@@ -279,15 +278,8 @@ def holm_levels(p: list[float], alpha: float) -> tuple[list[float], list[float]]
         return [], []
     # statsmodels 0.15's Holm branch ends with gc.collect(), a walk of the whole heap (0.2 s
     # in a process with pandas loaded); frozen objects are skipped, so it costs microseconds.
-    # A caller's own freeze (a forking server's) is left as it is.
-    ours = gc.get_freeze_count() == 0
-    if ours:
-        gc.freeze()
-    try:
+    with heap.frozen():
         reject, adjusted, _, _ = multipletests(p, alpha=alpha, method="holm")
-    finally:
-        if ours:
-            gc.unfreeze()
     order = np.argsort(p, kind="stable")
     m = len(p)
     stop = next((k for k, i in enumerate(order) if not reject[i]), m)

@@ -14,7 +14,6 @@ MLflow call (one warning line) MLflow is skipped for that unit, its run.json say
 
 from __future__ import annotations
 
-import gc
 import math
 import shutil
 import sys
@@ -25,7 +24,7 @@ import ablations.models  # noqa: F401,I001 (first: it imports Keras without its 
 import keras
 import numpy as np
 
-from ablations import tracking
+from ablations import heap, tracking
 from ablations.config import Variant
 from ablations.data.prepare import load_prepared
 from ablations.history import FIELDS, read_history, read_steps, write_history, write_steps
@@ -431,14 +430,14 @@ def train_study(study: str, todo: list[Unit], backup_seconds: float) -> list[str
     # Every unit's clear_session runs gc.collect(), which walks all of torch's, Keras' and
     # MLflow's module objects, a cost paid per unit. Freezing what exists now (after
     # the imports, before any model) leaves only the units' own objects to walk.
-    gc.collect()
-    gc.freeze()
-    parent_id = tracking.study_run_id(study)
-    for index, unit in enumerate(todo, start=1):
-        print(f"train {study} {unit.name} ({index}/{len(todo)})", flush=True)
-        if unit.data_dir not in arrays_of:
-            arrays_of[unit.data_dir] = _arrays(unit.data_dir)
-        run_ids.append(train_unit(study, unit, arrays_of[unit.data_dir], parent_id, backup_seconds))
+    with heap.frozen():
+        parent_id = tracking.study_run_id(study)
+        for index, unit in enumerate(todo, start=1):
+            print(f"train {study} {unit.name} ({index}/{len(todo)})", flush=True)
+            if unit.data_dir not in arrays_of:
+                arrays_of[unit.data_dir] = _arrays(unit.data_dir)
+            run_ids.append(train_unit(study, unit, arrays_of[unit.data_dir], parent_id,
+                                      backup_seconds))
     return run_ids
 
 
