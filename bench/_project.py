@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ("src", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvc/config", ".dvc/plots",
+PROJECT_FILES = ("src", "dvc.yaml", "networks", "params.yaml", "pyproject.toml", ".dvc/config", ".dvc/plots",
                  ".dvcignore", ".gitignore")
 
 

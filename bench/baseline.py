@@ -10,7 +10,9 @@ prepared once before timing:
 - pipeline: `dvc repro train@<study> evaluate@<study>` after removing the study's models and
   checkpoints (the stages' own commands, validation, tracking and resume machinery included),
   as issue 19 measured it; the MLflow store, created before timing, keeps every pair's runs.
-Each pair runs both modes back to back (the order alternates from pair to pair); printed per
+Each pair runs both modes back to back (the order alternates from pair to pair, the pipeline
+first: a range-seeded study's bare loop trains the units the pipeline's rounds ended with, read
+from its results, so both do the same work); printed per
 pair and as medians over pairs: wall ÷ wall, Σ fit ÷ Σ fit (fit seconds as each mode measures
 its own `model.fit`), and peak RSS of each mode's largest process. All times in seconds, RSS in
 MiB. Figures go to stdout (and --json), never into assertions: on a shared 2-core machine a
@@ -90,6 +92,19 @@ def step_validation(x_val, y_val, steps_per_epoch: int, per_epoch: int):
     return StepAccuracy()
 
 
+def pipeline_allocation(study: str) -> dict[str, int] | None:
+    """The seeds per variant the pipeline's rounds ended with (results/<study>.json), so that a
+    range-seeded study's bare loop trains the same units; None before any pipeline run (a
+    range's first seeds) or for a list of seeds. Same params give the same rounds."""
+    import yaml
+
+    folder = yaml.safe_load(Path("dvc.yaml").read_text())["vars"][0]["results"]
+    path = Path(folder) / f"{study}.json"
+    if not path.exists():
+        return None
+    return (json.loads(path.read_text()).get("sequential") or {}).get("allocation")
+
+
 def bare_loop(study: str, out: Path, epoch_validation_only: bool, without_tf: bool,
               data_root: Path = Path("data/prepared"), histories: dict | None = None) -> float:
     """The notebook loop over every unit of `study` on the arrays under `data_root`; returns
@@ -108,7 +123,7 @@ def bare_loop(study: str, out: Path, epoch_validation_only: bool, without_tf: bo
     params = load_params("params.yaml")
     spec, total = params.studies[study], 0.0
     print(f"bare loop on Keras' {keras.backend.backend()} backend", file=sys.stderr)
-    for variant, seed in spec.units():
+    for variant, seed in spec.units(pipeline_allocation(study)):
         cfg = params.variant(study, variant, seed)
         folder = data_root / (cfg.data or spec.data)
         x, y = np.load(folder / "x_train.npy"), np.load(folder / "y_train.npy")
@@ -187,7 +202,8 @@ def prepare(repo: Path, study: str, shrunk: bool) -> None:
 def pairs(repo: Path, study: str, repeat: int, bare_flags: list[str]) -> list[dict]:
     rows = []
     for index in range(repeat):
-        order = ("bare", "pipeline") if index % 2 == 0 else ("pipeline", "bare")
+        # pipeline first: its rounds decide a range-seeded study's units (pipeline_allocation)
+        order = ("pipeline", "bare") if index % 2 == 0 else ("bare", "pipeline")
         row = {}
         for mode in order:
             row[mode] = (run_bare(repo, study, bare_flags) if mode == "bare"
@@ -239,7 +255,8 @@ def prepare_all(repo: Path, shrunk: bool) -> None:
 def pairs_all(repo: Path, repeat: int, bare_flags: list[str], tmp: Path) -> list[dict]:
     rows = []
     for index in range(repeat):
-        order = ("bare", "pipeline") if index % 2 == 0 else ("pipeline", "bare")
+        # pipeline first: its rounds decide a range-seeded study's units (pipeline_allocation)
+        order = ("pipeline", "bare") if index % 2 == 0 else ("bare", "pipeline")
         row = {}
         for mode in order:
             row[mode] = (run_bare_all(repo, bare_flags) if mode == "bare"

@@ -8,6 +8,7 @@ import random
 
 import numpy as np
 import pytest
+import scipy.stats
 from scipy import stats as sps
 
 from ablations import effects
@@ -98,14 +99,29 @@ def test_one_seed_factorial_decides_with_the_seeds_it_has():
     assert counts(list(decided.values()))["decided"] >= 1
 
 
-def test_factorial_with_two_seeds_in_every_cell_stays_paired_by_seed():
+def test_replicated_factorial_main_effect_is_the_blocked_anova_contrast():
+    """Every cell with ≥ 2 seeds: the main effect and its error are the two-way ANOVA's with
+    seeds as blocks — checked against statsmodels' formula API (sum-coded: r1 − r0 is −2 × the
+    r0 coefficient), residual df = 12 runs − 4 cells − 2 seed blocks = 6."""
+    import pandas as pd
+    import statsmodels.formula.api as smf
+
     spec = grid(2, 2)
+    rng = np.random.default_rng(5)
     values = {name: {f"seed{s}": 0.8 + 0.01 * s + 0.02 * (cell["row"] == "r1")
-                     for s in range(3)} for name, cell in spec.levels().items()}
-    values["r1-c1"]["seed2"] += 0.001
-    decided = decide_study(spec, values)
-    assert all(d["method"].startswith("paired by seed, t over 3 seeds") for d in decided)
-    assert [d["decision"] for d in decided] == ["better", "equivalent"]
+                     + rng.normal(0, 0.004) for s in range(3)}
+              for name, cell in spec.levels().items()}
+    rows = [{"acc": 100 * v, "row": cell["row"], "col": cell["col"], "seed": seed}
+            for name, cell in spec.levels().items() for seed, v in values[name].items()]
+    fit = smf.ols("acc ~ C(row, Sum) * C(col, Sum) + C(seed, Sum)", pd.DataFrame(rows)).fit()
+    decided = {d["answer"]: d for d in decide_study(spec, values)}
+    row = decided["row r1 − r0"]
+    assert row["difference"] == pytest.approx(-2 * fit.params["C(row, Sum)[S.r0]"])
+    half = (row["interval"][1] - row["interval"][0]) / 2
+    t = scipy.stats.t.ppf(0.5 + row["level"] / 2, fit.df_resid)
+    assert half == pytest.approx(t * 2 * fit.bse["C(row, Sum)[S.r0]"])
+    assert "residual df 6" in row["method"] and fit.df_resid == 6
+    assert [d["decision"] for d in decided.values()] == ["better", "equivalent"]
 
 
 def test_uneven_seeds_use_the_seeds_in_common():

@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.stats
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -370,9 +371,12 @@ def test_factorial_study_decides_its_main_effects(tmp_path):
                                    "tanh": m["decisions"][0]["difference"],
                                    "bn": m["decisions"][1]["difference"]}
     norm = m["decisions"][1]
-    # Paired by seed: (relu-bn − relu + tanh-bn − tanh) / 2 per seed: (5 + 10) / 2, (5 + 10) / 2, (8 + 71) / 2
+    # (relu-bn − relu + tanh-bn − tanh) / 2 per seed: (5 + 10) / 2, (5 + 10) / 2, (8 + 71) / 2;
+    # balanced, so the blocked model's estimate is their mean; error from all 12 runs.
     assert norm["difference"] == pytest.approx(np.mean([7.5, 7.5, 39.5]))
-    assert norm["method"].startswith("paired by seed, t over 3 seeds; Holm over 2 answers")
+    assert norm["method"].startswith("factorial model of the 4 cells with 3 seeds as blocks "
+                                     "(OLS, residual df 6)")
+    assert "Holm over 2 answers" in norm["method"]
     assert all("decision" not in c for c in m["comparisons"].values())
     assert m["comparisons"]["relu-bn"]["text"].startswith("relu-bn is 6.0 ± ")  # its own interval
     assert m["details"][0].startswith("activation tanh − relu, within each setting (95% "
@@ -532,7 +536,7 @@ def test_bn_speedup_in_steps_with_an_interval_over_seeds():
     32: the speed-up is the mean of the per-seed ratios 2.5, 3, 2, with its t-interval."""
     from ablations.config import Study
     from ablations.decisions import decide_study
-    from ablations.evaluate import speedup, speedup_ratios, variant_metrics
+    from ablations.evaluate import speedup, speedup_label, speedup_ratios, variant_metrics
 
     def unit(seed, crossing):  # val accuracy rises linearly to 0.75 at step `crossing`
         steps = [{"step": s, "epoch": s / 8, "val_accuracy": 0.75 * s / crossing,
@@ -549,22 +553,27 @@ def test_bn_speedup_in_steps_with_an_interval_over_seeds():
     mean, half = stats.mean_ci([2.5, 3.0, 2.0])
     assert (ratio["mean"], ratio["ci"]) == pytest.approx((mean, half))
     assert speedup(bn, twin)["train_seconds_ratio"]["mean"] == pytest.approx(mean)
-    # Measured in steps, the speed-up is one of the question's answers: decided against 1.
-    ratios = speedup_ratios({"bn": {"twin": "twin", **speedup(bn, twin)}}, 0.75)
-    label = "bn vs twin: training steps to 0.75 validation accuracy, without ÷ with BN"
-    assert ratios == {label: {"variants": ["bn", "twin"],
-                              "values": pytest.approx({"seed0": 2.5, "seed1": 3.0, "seed2": 2.0})}}
+    # Measured in steps, the speed-up is one of the question's answers: decided against 1, on
+    # the log scale (the geometric mean of the ratios; one pair: a t-interval of the logs).
+    ratios = speedup_ratios({"bn": {"twin": "twin", **speedup(bn, twin)}})
+    assert ratios == {"bn vs twin": {"variants": ["bn", "twin"],
+                                     "values": pytest.approx({"seed0": 2.5, "seed1": 3.0, "seed2": 2.0})}}
     spec = Study(question="q", data="d", baseline="twin", target_val_accuracy=0.75, defaults={},
                  variants={"twin": {}, "bn": {}})
     one_seed = {"twin": {"seed0": 0.8}, "bn": {"seed0": 0.8}}  # the pair: no interval, no Holm
-    (_, decided) = decide_study(spec, one_seed, ratios=ratios)
+    label = speedup_label(0.75)
+    (_, decided) = decide_study(spec, one_seed, ratios=ratios, ratio_label=label)
+    logs = np.log([2.5, 3.0, 2.0])
+    lo, hi = scipy.stats.t.interval(0.95, 2, loc=logs.mean(), scale=scipy.stats.sem(logs))
     assert (decided["answer"], decided["decision"], decided["level"]) == (label, "better", 0.95)
-    assert decided["interval"] == pytest.approx([mean - half, mean + half])
+    assert decided["difference"] == pytest.approx(np.exp(logs.mean()))
+    assert decided["interval"] == pytest.approx([np.exp(lo), np.exp(hi)])
     assert verdicts.decision_sentence(decided) == (
-        f"{label}: better: fewer with BatchNorm, ratio 2.50 ± {half:.2f} (3 seeds)")
+        f"{label}: better: fewer with BatchNorm, ratio {np.exp(logs.mean()):.2f} "
+        f"[{np.exp(lo):.2f}, {np.exp(hi):.2f}] (3 seeds)")
     history_only = {key: value for key, value in speedup(bn, twin).items() if "steps" not in key
                     and "train_seconds" not in key}
-    assert speedup_ratios({"bn": {"twin": "twin", **history_only}}, 0.75) == {}
+    assert speedup_ratios({"bn": {"twin": "twin", **history_only}}) == {}
 
 
 def _fake_default_study(root, params, study, rng):

@@ -145,8 +145,10 @@ def test_decision_sentence_says_its_decision_and_no_other():
         assert text.startswith(f"{decision['answer']}: {decision_words(decision)}, ")
         if decision["interval"] is not None:
             lo, hi = decision["interval"]
-            digits = 2 if decision["kind"] == "speedup" else 1
-            assert f" ± {(hi - lo) / 2:.{digits}f}" in text, text
+            if decision["kind"] == "speedup":  # symmetric on the log scale: both ends
+                assert f" [{lo:.2f}, {hi:.2f}]" in text, text
+            else:
+                assert f" ± {(hi - lo) / 2:.1f}" in text, text
         if word == "equivalent":
             assert f"within ±{decision['margin']:.1f} points" in text
         if word == "undecided":

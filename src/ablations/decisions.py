@@ -14,17 +14,20 @@ decide_study(study, values, confidence=0.95, ratios=None) -> list[dict]
     confidence  the family's confidence: Holm keeps the chance of any wrong decision among the
                 study's answers at most 1 − confidence. A sequential procedure passes its
                 per-look level here.
-    ratios      BN speed-up answers, {label: {"variants": [bn, twin], "values": {"seed0":
-                twin ÷ bn or None}}} (evaluate.speedup_ratios builds them); None: none.
+    ratios      the BN pairs of the speed-up answer, {pair: {"variants": [bn, twin], "values":
+                {"seed0": twin ÷ bn or None}}} (evaluate.speedup_ratios builds them); None or
+                empty: no speed-up answer.
+    ratio_label the speed-up answer's label (evaluate.speedup_label names its target).
   returns one dict per answer, in question order (main effects, pairs, speed-ups):
     answer          its label: "norm bn − none" (main effect: level − reference), "before −
-                    after" (pair, a − b), "relu-bn vs relu: training steps to 0.75
-                    validation accuracy, without ÷ with BN" (speed-up)
+                    after" (pair, a − b), "BN speed-up: training steps to 0.75 validation
+                    accuracy, without ÷ with BN" (speed-up: ratio_label)
     kind            "main" | "pair" | "speedup"
     decision        "better" | "worse" | "equivalent" | "undecided" (DECISIONS)
-    difference      points of test accuracy; a speed-up: the mean per-seed ratio (None: no
-                    finite value)
-    interval        [lo, hi] at `level`; None without a spread (one seed, no residual df)
+    difference      points of test accuracy; a speed-up: the geometric mean of the per-seed
+                    ratios (None: no finite value)
+    interval        [lo, hi] at `level` (a speed-up: on the ratio scale); None without a
+                    spread (one seed, no residual df)
     level           the interval's confidence: Holm's level for this answer (≥ confidence)
     margin          the study's margin, points; None for a ratio (decided by 1 alone)
     inside_margin   better/worse and the whole interval inside ± margin: real but small
@@ -58,8 +61,18 @@ Multiplicity: Holm's step-down (statsmodels multipletests, "holm") over the answ
 Where the interval comes from
 -----------------------------
 paired by seed (effects.contrast): the contrast seed by seed, Student-t over the seeds
-    (df = seeds − 1). Pairs and speed-ups always; factorial main effects when every cell of
-    the design has ≥ 2 seeds in common.
+    (df = seeds − 1). Named pairs: a pair's two variants may spread differently from the
+    rest of the study, so their own per-seed differences measure their error.
+replicated factorial (replicated_model): a factorial study whose cells have ≥ 2 seeds in
+    common: the cell-means model value ~ C(cell) + C(seed) (seeds as blocks; OLS,
+    statsmodels), each main effect the average over the other factors' levels of level −
+    reference, its error from the residual of every cell (df = runs − cells − seeds + 1: 14
+    for 8 cells × 3 seeds, against 2 for one contrast's seeds). No additivity assumed: the
+    interactions are in the cell means, not in the error.
+speed-up (ratio_estimate): one answer per study over every BN pair — the geometric mean of
+    the per-seed ratios: each seed's mean log ratio over its pairs, t over the seeds (a
+    mean, not a contrast, so a seed's shared luck stays in its error), decided against a log
+    ratio of 0 and reported as a ratio.
 factorial model: a factorial study whose cells have fewer than 2 seeds in common (init_reg:
     27 cells × 1 seed) estimates its main effects with the additive model
     acc ~ C(factor 1) + C(factor 2) + … (+ C(seed) when there are several), fitted by OLS
@@ -90,6 +103,7 @@ from ablations.config import MAX_SEEDS, Study
 DECISIONS = ("better", "worse", "equivalent", "undecided")
 POWER = 0.8  # chance that the suggested number of seeds decides, if the observed values hold
 HOLM = "Holm"
+SPEEDUP = "BN speed-up, without ÷ with BN"  # the speed-up answer's label unless one is given
 
 
 @dataclass
@@ -107,6 +121,7 @@ class Estimate:
     null: float = 0.0  # "no effect": 0 points, or a ratio of 1
     margin: float | None = None
     additivity: dict[str, Any] | None = None
+    log: bool = False  # difference and se on the log scale: the answer is a ratio
 
     @property
     def testable(self) -> bool:
@@ -153,15 +168,71 @@ def _main_label(factor: str, level: str, reference: str) -> str:
 
 
 def factorial_estimates(study: Study, values: effects.Values) -> list[Estimate]:
-    """Main effect of every factor level against the reference: paired by seed where every
-    cell has ≥ 2 seeds in common, else from the additive model."""
+    """Main effect of every factor level against the reference: from the replicated
+    factorial's model where every cell has ≥ 2 seeds in common, else from the additive model."""
     levels, reference = study.levels(), reference_levels(study)
     cells = {name: values.get(name, {}) for name in levels}
     mains = effects.factorial_effects(cells, levels, reference)["main"]
     if all(m["n"] >= 2 for m in mains):
-        return [paired(_main_label(m["factor"], m["level"], m["reference"]), "main",
-                       m["per_seed"], m["variants"], study.margin) for m in mains]
+        return replicated_model(cells, mains, study.margin)
     return additive_model(cells, levels, reference, study.margin)
+
+
+def blocked_fit(values: effects.Values):
+    """(OLS fit, its cells, seeds) of accuracy in points ~ C(cell) + C(seed) (statsmodels): one mean per
+    cell, and the seeds as blocks (sum-to-zero coded, so a cell's coefficient is its mean over
+    the seeds' effects) when there are several cells — a seed shifts every cell it trained
+    alike (its data order, its initial weights). The residual pools every cell's spread; None
+    without a residual degree of freedom."""
+    import statsmodels.api as sm
+
+    rows = [(cell, seed, effects.POINTS * v) for cell, by_seed in values.items()
+            for seed, v in by_seed.items() if v is not None and np.isfinite(v)]
+    cells = list(dict.fromkeys(cell for cell, _, _ in rows))
+    seeds = sorted({seed for _, seed, _ in rows})
+    blocks = seeds[1:] if len(cells) > 1 else []
+    x = np.array([[float(cell == c) for c in cells]
+                  + [float(seed == s) - float(seed == seeds[0]) for s in blocks]
+                  for cell, seed, _ in rows]).reshape(len(rows), len(cells) + len(blocks))
+    if len(rows) <= x.shape[1]:
+        return None, cells, len(seeds)
+    return sm.OLS(np.array([v for _, _, v in rows]), x).fit(), cells, len(seeds)
+
+
+def fitted_contrast(fit, cells: list[str], weights: dict[str, float]
+                    ) -> tuple[float, float] | None:
+    """(Σ weight × cell coefficient, its standard error) from the fit's covariance; None when
+    a weighted cell has no finite value."""
+    if fit is None or any(name not in cells for name, w in weights.items() if w):
+        return None
+    vector = np.zeros(len(fit.params))
+    for name, w in weights.items():
+        if w:
+            vector[cells.index(name)] = w
+    se = float(np.sqrt(vector @ fit.cov_params() @ vector))
+    return float(vector @ fit.params), se
+
+
+def replicated_model(values: effects.Values, mains: list[dict[str, Any]],
+                     margin: float) -> list[Estimate]:
+    """Main effects of a replicated factorial (every cell has ≥ 2 seeds in common) from the
+    cell-means model with seeds as blocks (blocked_fit): each is the average over the other
+    factors' levels of level − reference, the same contrast as effects.factorial_effects, with
+    its error from the residual of every cell (df = runs − cells − seeds + 1) instead of the
+    seed-to-seed spread of one contrast (df = seeds − 1). Its weights are ±1/(cells/2) on every
+    cell, so the pooled variance is the contrast's own even when the cells' spreads differ."""
+    fit, cells, seeds = blocked_fit(values)
+    df = float(fit.df_resid) if fit is not None else 0.0
+    method = (f"factorial model of the {len(values)} cells with {seeds} seeds as blocks (OLS, "
+              f"residual df {df:g}): each main effect averaged over the other factors' levels")
+    out = []
+    for m in mains:
+        found = fitted_contrast(fit, cells, m["weights"]) if df >= 1 else None
+        out.append(Estimate(_main_label(m["factor"], m["level"], m["reference"]), "main",
+                            m["variants"], found[0] if found else None,
+                            found[1] if found else None, df if found else None, m["n"],
+                            method, 0.0, margin))
+    return out
 
 
 def _design(values: effects.Values, levels: dict[str, dict[str, str]],
@@ -240,10 +311,32 @@ def pair_estimates(study: Study, values: effects.Values) -> list[Estimate]:
     return out
 
 
-def ratio_estimates(ratios: dict[str, dict[str, Any]] | None) -> list[Estimate]:
-    return [paired(label, "speedup", r["values"], list(r["variants"]), None, null=1.0,
-                   method="ratio paired by seed")
-            for label, r in (ratios or {}).items()]
+def ratio_estimate(ratios: dict[str, dict[str, Any]], label: str) -> Estimate:
+    """One speed-up answer for every BN pair: the geometric mean of the per-seed ratios over
+    the pairs (the settings of the other factors), as a t over the seeds of each seed's mean
+    log ratio (df = seeds − 1). Averaging within the seed first keeps what a seed shares
+    across its pairs in the error (a model with seeds as blocks would drop it: its interval
+    covers the mean of these seeds, not the speed-up). Decided on the log scale against 0 (a
+    ratio of 1); the record reports the ratio and its interval back on the ratio scale."""
+    seeds = sorted(set().union(*(r["values"] for r in ratios.values())))
+    per_seed = {}
+    for seed in seeds:
+        logs = [math.log(v) for r in ratios.values() for v in [r["values"].get(seed)]
+                if v is not None and np.isfinite(v) and v > 0]
+        if logs:
+            per_seed[seed] = float(np.mean(logs))
+    reached = [pair for pair, r in ratios.items()
+               if any(v is not None and np.isfinite(v) and v > 0 for v in r["values"].values())]
+    never = [pair for pair in ratios if pair not in reached]
+    n = len(reached)
+    variants = list(dict.fromkeys(v for r in ratios.values() for v in r["variants"]))
+    method = (f"geometric mean of the per-seed ratios over {n} BN pair{'s' if n != 1 else ''}"
+              f" ({', '.join(reached) or 'none'}"
+              + (f"; not {', '.join(never)}: no seed reached the target in both" if never
+                 else "") + "): each seed's mean log ratio over its pairs, paired by seed")
+    estimate = paired(label, "speedup", per_seed, variants, None, method=method)
+    estimate.log = True
+    return estimate
 
 
 # --------------------------------------------------------------------------- decisions
@@ -347,7 +440,8 @@ def would_decide(e: Estimate, n: int | None, shows: str) -> str:
     if n is None:
         return f"over {MAX_SEEDS} seeds at the observed spread"
     if e.kind == "speedup":
-        return f"about {n} seeds to show that a ratio of {e.difference:.2f} differs from 1"
+        ratio = math.exp(e.difference) if e.log else e.difference
+        return f"about {n} seeds to show that a ratio of {ratio:.2f} differs from 1"
     if shows == "difference":
         return f"about {n} seeds to show a {abs(e.difference - e.null):.1f}-point difference"
     return f"about {n} seeds to show equivalence within ± {e.margin:.1f} points"
@@ -363,7 +457,11 @@ def _record(e: Estimate, alpha: float, level: float | None, p_adjusted: float | 
     method = e.method + (f"; {HOLM} over {m} answer{'s' if m != 1 else ''} at {1 - alpha:.0%}"
                          if level is not None
                          else "; no interval")
-    out = {"answer": e.answer, "kind": e.kind, "decision": chosen, "difference": e.difference,
+    difference = e.difference
+    if e.log:  # back to the ratio scale
+        difference = None if difference is None else math.exp(difference)
+        interval = None if interval is None else [math.exp(b) for b in interval]
+    out = {"answer": e.answer, "kind": e.kind, "decision": chosen, "difference": difference,
            "interval": interval, "level": level, "margin": e.margin,
            "inside_margin": inside and chosen in ("better", "worse"), "seeds": e.seeds,
            "method": method, "variants": e.variants, "p_value": p_adjusted,
@@ -386,12 +484,15 @@ def decide(estimates: list[Estimate], confidence: float) -> list[dict[str, Any]]
 
 
 def decide_study(study: Study, values: effects.Values, confidence: float = 0.95,
-                 ratios: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+                 ratios: dict[str, dict[str, Any]] | None = None,
+                 ratio_label: str = SPEEDUP) -> list[dict[str, Any]]:
     """Every question-level answer of `study` decided (see the module's docstring)."""
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
     estimates = factorial_estimates(study, values) if study.factors else []
-    estimates += pair_estimates(study, values) + ratio_estimates(ratios)
+    estimates += pair_estimates(study, values)
+    if ratios:
+        estimates.append(ratio_estimate(ratios, ratio_label))
     return decide(estimates, confidence)
 
 

@@ -78,8 +78,9 @@ def factorial_effects(values: Values, levels: dict[str, dict[str, str]],
             weights = {name(cell): 1.0, name({**cell, factor: reference[factor]}): -1.0}
             out["simple"].append({"factor": factor, "level": level, "reference": reference[factor],
                                   "within": within, **contrast(values, weights)})
+        weights = _average_of_differences(cells, factor, reference, name)
         out["main"].append({"factor": factor, "level": level, "reference": reference[factor],
-                            **contrast(values, _average_of_differences(cells, factor, reference, name))})
+                            "weights": weights, **contrast(values, weights)})
     for first, second in itertools.combinations(factors, 2):
         for a, b in itertools.product(factors[first], factors[second]):
             if a == reference[first] or b == reference[second]:

@@ -195,16 +195,20 @@ def speedup(with_bn: dict, without: dict) -> dict[str, Any]:
     return out
 
 
-def speedup_ratios(speedups: dict[str, dict], target: float) -> dict[str, dict[str, Any]]:
-    """The BN speed-up answers as decisions.decide_study takes them: per BN variant measured
-    in training steps (its study validates within epochs, as batchnorm does to ask about the
-    speed-up), the per-seed ratios without BN ÷ with BN. Whole epochs (2-4 in a laptop study)
-    are too coarse a unit to decide on — a ratio is 2/1 or 3/2 — so those pairs stay in the
-    speed-up table only."""
-    return {f"{bn} vs {s['twin']}: training steps to {target:g} validation accuracy, "
-            "without ÷ with BN": {"variants": [bn, s["twin"]],
-                                  "values": s["steps_ratio"]["values"]}
+def speedup_ratios(speedups: dict[str, dict]) -> dict[str, dict[str, Any]]:
+    """The BN pairs the speed-up answer rests on, as decisions.decide_study takes them: per BN
+    variant measured in training steps (its study validates within epochs, as batchnorm does
+    to ask about the speed-up), the per-seed ratios without BN ÷ with BN. Whole epochs (2-4 in
+    a laptop study) are too coarse a unit to decide on — a ratio is 2/1 or 3/2 — so those
+    pairs stay in the speed-up table only."""
+    return {f"{bn} vs {s['twin']}": {"variants": [bn, s["twin"]],
+                                      "values": s["steps_ratio"]["values"]}
             for bn, s in speedups.items() if "steps_ratio" in s}
+
+
+def speedup_label(target: float) -> str:
+    """The speed-up answer: one per study, over every BN pair (decisions.ratio_estimate)."""
+    return f"BN speed-up: training steps to {target:g} validation accuracy, without ÷ with BN"
 
 
 def accuracies(variants: dict[str, dict]) -> effects.Values:
@@ -426,7 +430,8 @@ def study_decisions(params: Params, study: str, variants: dict[str, dict],
     spec = params.studies[study]
     return decisions.decide_study(
         spec, accuracies(variants), sequential.look_confidence(spec, stats.CONFIDENCE),
-        speedup_ratios(bn_speedup, spec.target_val_accuracy))
+        speedup_ratios(bn_speedup),
+        speedup_label(spec.target_val_accuracy))
 
 
 def _variants_and_speedups(params: Params, study: str, units: dict[str, list[dict]]

@@ -131,7 +131,7 @@ def _decisions(m: dict) -> str:
                       dict.fromkeys(d["method"] for d in decided))
     count = m["decided"]
     return (f"<h3>Decisions: {count['decided']} of {count['answers']} answers decided</h3>"
-            + _table(["answer", "decision", "difference ± interval", "seeds",
+            + _table(["answer", "decision", "difference and interval", "seeds",
                       "what would decide it"], rows, classes, "decisions")
             + f"<p class=\"note\">better / worse: the interval excludes 0 (a speed-up ratio: "
             f"1); equivalent: it lies inside ±{m['margin']:.1f} points (the study's margin). "

@@ -103,14 +103,16 @@ def effect_rows(effects: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]
 
 
 def interval_text(decision: dict[str, Any]) -> str:
-    """"+3.1 ± 1.9 points" (a ratio: "ratio 1.45 ± 0.30"); the ± is the half-width of the
-    decision's interval (symmetric: a t-interval), "—" without a finite value."""
+    """"+3.1 ± 1.9 points", the ± the half-width of the decision's interval (symmetric: a
+    t-interval); a ratio "ratio 1.45 [1.20, 1.75]" (its interval is symmetric on the log
+    scale, not on the ratio's); "—" without a finite value."""
     d, interval = decision["difference"], decision["interval"]
     if d is None:
         return "—"
-    half = None if interval is None else (interval[1] - interval[0]) / 2
     if decision["kind"] == "speedup":
-        return f"ratio {d:.2f}" + ("" if half is None else f" ± {half:.2f}")
+        return f"ratio {d:.2f}" + ("" if interval is None
+                                   else f" [{interval[0]:.2f}, {interval[1]:.2f}]")
+    half = None if interval is None else (interval[1] - interval[0]) / 2
     return f"{d:+.1f}" + ("" if half is None else f" ± {half:.1f}") + " points"
 
 
