@@ -22,14 +22,16 @@ def test_frozen_freezes_inside_the_block_and_unfreezes_after_it_even_on_error():
 
 
 def test_a_callers_own_freeze_is_left_as_it_is():
+    # The count only falls where a frozen object is freed (reference counting still frees
+    # them); an unfreeze would make it 0.
     gc.freeze()
     try:
         frozen = gc.get_freeze_count()
         with heap.frozen():
-            assert gc.get_freeze_count() == frozen
-        assert gc.get_freeze_count() == frozen  # not unfrozen by the inner block
+            assert 0 < gc.get_freeze_count() <= frozen  # the block froze nothing more
+        assert gc.get_freeze_count() > 0  # not unfrozen by the inner block
         holm_levels([0.01, 0.2], 0.05)
-        assert gc.get_freeze_count() == frozen
+        assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
 
