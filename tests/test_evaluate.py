@@ -9,14 +9,16 @@ import math
 import numpy as np
 import pytest
 import scipy.stats
+from sklearn.metrics import confusion_matrix
 import yaml
 from mlflow.tracking import MlflowClient
 
 from ablations import plots, stats, tracking, verdicts
 from ablations.config import load_params
 from ablations.errors import DataError
-from ablations.evaluate import (epochs_to_target, evaluate_study, headline, read_study,
-                                replay_rounds, study_histories, study_metrics, study_results)
+from ablations.evaluate import (confusion_counts, epochs_to_target, evaluate_study, headline,
+                                read_study, replay_rounds, study_histories, study_metrics,
+                                study_results)
 from ablations.history import read_curves, write_history
 from ablations.io import write_json
 from ablations.layout import UnitFolder
@@ -323,6 +325,20 @@ def test_confusion_counts_pool_the_best_variants_seeds(evaluated):
     assert counts.sum() == 3 * N_TEST
     assert np.trace(counts) == sum(int((p == y_test).sum()) for p in predictions)
     assert counts[0].sum() == 3 * int((y_test == 0).sum())  # rows: the true class
+    assert counts.tolist() == confusion_matrix(np.concatenate([y_test] * 3),
+                                               np.concatenate(predictions),
+                                               labels=np.arange(len(CLASSES))).tolist()
+
+
+def test_confusion_counts_are_scikit_learns_confusion_matrix():
+    """Every class present or not, predictions of any class: scikit-learn's counts."""
+    rng = np.random.default_rng(3)
+    for classes in (2, 5, 10):
+        truth = rng.integers(0, classes, 400)
+        predicted = np.where(rng.random(400) < 0.6, truth, rng.integers(0, classes, 400))
+        truth[truth == classes - 1] = 0  # one class never true
+        assert confusion_counts(truth, predicted, classes).tolist() == confusion_matrix(
+            truth, predicted, labels=np.arange(classes)).tolist()
 
 
 def test_one_seed_study_has_no_intervals(tmp_path):

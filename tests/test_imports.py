@@ -30,3 +30,13 @@ def test_keras_comes_without_the_extras_it_would_import_for_nothing():
     assert {"keras", "torch"} <= validate and not {"sklearn", "matplotlib", "pandas"} & validate
     assert "mlflow" in train and not {"sklearn", "matplotlib"} & train
     assert {"sklearn", "pandas", "matplotlib"} <= later
+
+
+def test_evaluate_and_plot_draw_the_confusion_matrix_without_scikit_learn():
+    """The confusion counts (evaluate) and their figure (plot) need NumPy and matplotlib only:
+    scikit-learn would cost each of the 2 × studies processes its import."""
+    [modules] = imported_after(
+        "import numpy as np\nfrom ablations import evaluate, plots\n"
+        "counts = evaluate.confusion_counts(np.array([0, 1, 1]), np.array([0, 1, 0]), 2)\n"
+        "plots.confusion({'counts': counts.tolist(), 'classes': ['a', 'b']}, 'best')")
+    assert {"matplotlib", "ablations"} <= modules and "sklearn" not in modules

@@ -108,6 +108,12 @@ def test_report_is_one_self_contained_escaped_file(report):
         assert "decision" in comparison and escape(comparison["text"]) not in html
     # The decisions first, a row each; what they rest on once; the detail folded.
     decisions = html.index("<h3>Decisions: 0 of 3 answers decided</h3>")
+    # The page opens with the count over every study: here the one study's own.
+    count = metrics["decided"]
+    overview = (f"<strong>{count['decided']} of {count['answers']} answers decided</strong> "
+                f"(better, worse or equivalent): <a href=\"#unit\">unit</a> "
+                f"{count['decided']} of {count['answers']}.")
+    assert html.index(overview) < html.index("<nav>")
     for d in metrics["decisions"]:
         row = html.index(f"<tr class=\"decision {d['decision']}\"><td>{escape(d['answer'])}</td>"
                          f"<td>{escape(verdicts.decision_words(d))}</td>"

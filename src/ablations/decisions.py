@@ -18,7 +18,7 @@ decide_study(study, values, confidence=0.95, ratios=None) -> list[dict]
                 {"seed0": twin ÷ bn or None}}} (evaluate.speedup_ratios builds them); None or
                 empty: no speed-up answer.
     ratio_label the speed-up answer's label (evaluate.speedup_label names its target).
-  returns one dict per answer, in question order (main effects, pairs, speed-ups):
+  returns one dict per answer, in question order (main effects, pairs, the speed-up):
     answer          its label: "norm bn − none" (main effect: level − reference), "before −
                     after" (pair, a − b), "BN speed-up: training steps to 0.75 validation
                     accuracy, without ÷ with BN" (speed-up: ratio_label)

@@ -156,16 +156,22 @@ def effects_forest(results: dict[str, Any]) -> plt.Figure:
 
 
 def confusion(confusion: dict[str, Any], title: str) -> plt.Figure:
-    """Row-normalized confusion matrix from evaluate's counts (rows: true class)."""
-    from sklearn.metrics import ConfusionMatrixDisplay
-
+    """Row-normalized confusion matrix from evaluate's counts (rows: true class), drawn with
+    matplotlib alone: scikit-learn's ConfusionMatrixDisplay draws the same, but importing
+    scikit-learn costs every plot process about 0.9 s."""
     counts = np.asarray(confusion["counts"], dtype=float)
     totals = counts.sum(axis=1, keepdims=True)
     rates = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
     classes = confusion["classes"]
     fig, ax = plt.subplots(figsize=(max(5, len(classes) * 0.7), max(4.5, len(classes) * 0.6)))
-    ConfusionMatrixDisplay(rates, display_labels=classes).plot(
-        values_format=".2f", ax=ax, colorbar=False, xticks_rotation=45)
+    ax.imshow(rates, cmap="viridis", vmin=0.0, vmax=1.0)
+    for (row, col), rate in np.ndenumerate(rates):
+        ax.text(col, row, f"{rate:.2f}", ha="center", va="center", fontsize="x-small",
+                color="black" if rate > 0.5 else "white")  # readable on viridis' ends
+    ticks = np.arange(len(classes))
+    ax.set_xticks(ticks, classes, rotation=45, ha="right")
+    ax.set_yticks(ticks, classes)
+    ax.set(xlabel="Predicted label", ylabel="True label")
     ax.set_title(title, fontsize="medium")
     fig.tight_layout()
     return fig

@@ -226,8 +226,21 @@ def render(params: Params, results_dir: Path, plots_dir: Path,
     return ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<title>Ablation studies — report</title>"
             f"<style>{STYLE}</style></head><body><h1>Ablation studies</h1>"
-            "<p>Mean ± 95% confidence interval over seeds.</p>"
+            f"{_overview(studies)}<p>Mean ± 95% confidence interval over seeds.</p>"
             f"<nav>{nav}</nav>{''.join(sections)}</body></html>\n")
+
+
+def _overview(studies: dict[str, dict[str, Any]]) -> str:
+    """"21 of 28 answers decided: batchnorm 4 of 4, …" — the studies' own counts, summed."""
+    counts = {study: m["decided"] for study, m in studies.items() if m.get("decided")}
+    if not counts:
+        return ""
+    decided = sum(c["decided"] for c in counts.values())
+    answers = sum(c["answers"] for c in counts.values())
+    per_study = ", ".join(f"<a href=\"#{escape(s)}\">{escape(s)}</a> {c['decided']} of "
+                          f"{c['answers']}" for s, c in counts.items())
+    return (f"<p class=\"overview\"><strong>{decided} of {answers} answers decided</strong> "
+            f"(better, worse or equivalent): {per_study}.</p>")
 
 
 def build_report(params: Params, results_dir: Path, plots_dir: Path, out_html: Path,
