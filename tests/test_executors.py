@@ -46,7 +46,8 @@ def _results(out):
 
 
 def test_ray_trains_the_same_bits_and_nested_runs_as_local(tmp_path, migrated_store, ray_extra):
-    """3 units on 2 workers: a and b side by side, then t, which starts from a's weights."""
+    """3 units on Ray workers — a and b may run side by side, then t, which starts from a's
+    weights."""
     write_prepared(tmp_path / "data" / "d", n=64)
     params = write_params(tmp_path, ["a", "b", "t"], epochs=2, overrides={
         "b": {"dropout": 0.0}, "t": {"init_from": "a", "freeze": True}})
@@ -59,7 +60,12 @@ def test_ray_trains_the_same_bits_and_nested_runs_as_local(tmp_path, migrated_st
     assert ray.returncode == 0, ray.stderr[-3000:]
     assert "train unit: 3 to train" in ray.stdout and ray.stdout.count("finished on Ray") == 3
     assert ray.stdout.index("train unit a/seed7 finished") < ray.stdout.index("train unit t/seed7 finished")
-    assert len(set(re.findall(r"\(train unit \S+ pid=(\d+)\)", ray.stdout + ray.stderr))) == 2  # workers
+    # The units trained in Ray workers (their output prefixed with a worker's pid; Ray folds
+    # repeated lines, so not every unit's prefix shows), on at most the 2 CPUs' workers. How
+    # many Ray starts is its scheduler's call: a worker freed by a short unit may take the
+    # next one before a second worker has started (CI saw 1).
+    workers = set(re.findall(r"\(train unit \S+ pid=(\d+)\)", ray.stdout + ray.stderr))
+    assert 1 <= len(workers) <= 2
 
     expected, got = _results(tmp_path / "local"), _results(tmp_path / "ray")
     assert sorted(got) == ["a/seed7", "b/seed7", "t/seed7"]
