@@ -91,7 +91,7 @@ equivalence (margin − |difference|, one-sided at half the level); the fewer of
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -179,21 +179,20 @@ def factorial_estimates(study: Study, values: effects.Values) -> list[Estimate]:
 
 
 def blocked_fit(values: effects.Values):
-    """(OLS fit, its cells, seeds) of accuracy in points ~ C(cell) + C(seed) (statsmodels): one mean per
-    cell, and the seeds as blocks (sum-to-zero coded, so a cell's coefficient is its mean over
-    the seeds' effects) when there are several cells — a seed shifts every cell it trained
-    alike (its data order, its initial weights). The residual pools every cell's spread; None
-    without a residual degree of freedom."""
+    """(OLS fit, its cells, seeds) of accuracy in points ~ C(cell) + C(seed) (statsmodels): one
+    mean per cell, and the seeds as blocks (sum-to-zero coded, so a cell's coefficient is its
+    mean over the seeds' effects) — a seed shifts every cell it trained alike (its data order,
+    its initial weights). The residual pools every cell's spread; None without a residual
+    degree of freedom."""
     import statsmodels.api as sm
 
     rows = [(cell, seed, effects.POINTS * v) for cell, by_seed in values.items()
             for seed, v in by_seed.items() if v is not None and np.isfinite(v)]
     cells = list(dict.fromkeys(cell for cell, _, _ in rows))
     seeds = sorted({seed for _, seed, _ in rows})
-    blocks = seeds[1:] if len(cells) > 1 else []
     x = np.array([[float(cell == c) for c in cells]
-                  + [float(seed == s) - float(seed == seeds[0]) for s in blocks]
-                  for cell, seed, _ in rows]).reshape(len(rows), len(cells) + len(blocks))
+                  + [float(seed == s) - float(seed == seeds[0]) for s in seeds[1:]]
+                  for cell, seed, _ in rows]).reshape(len(rows), len(cells) + len(seeds) - 1)
     if len(rows) <= x.shape[1]:
         return None, cells, len(seeds)
     return sm.OLS(np.array([v for _, _, v in rows]), x).fit(), cells, len(seeds)
@@ -318,15 +317,12 @@ def ratio_estimate(ratios: dict[str, dict[str, Any]], label: str) -> Estimate:
     across its pairs in the error (a model with seeds as blocks would drop it: its interval
     covers the mean of these seeds, not the speed-up). Decided on the log scale against 0 (a
     ratio of 1); the record reports the ratio and its interval back on the ratio scale."""
-    seeds = sorted(set().union(*(r["values"] for r in ratios.values())))
-    per_seed = {}
-    for seed in seeds:
-        logs = [math.log(v) for r in ratios.values() for v in [r["values"].get(seed)]
-                if v is not None and np.isfinite(v) and v > 0]
-        if logs:
-            per_seed[seed] = float(np.mean(logs))
-    reached = [pair for pair, r in ratios.items()
-               if any(v is not None and np.isfinite(v) and v > 0 for v in r["values"].values())]
+    logs = {pair: {seed: math.log(v) for seed, v in r["values"].items()
+                   if v is not None and np.isfinite(v) and v > 0} for pair, r in ratios.items()}
+    seeds = sorted(set().union(*logs.values()))
+    per_seed = {seed: float(np.mean([pair[seed] for pair in logs.values() if seed in pair]))
+                for seed in seeds}
+    reached = [pair for pair, by_seed in logs.items() if by_seed]
     never = [pair for pair in ratios if pair not in reached]
     n = len(reached)
     variants = list(dict.fromkeys(v for r in ratios.values() for v in r["variants"]))
@@ -334,9 +330,7 @@ def ratio_estimate(ratios: dict[str, dict[str, Any]], label: str) -> Estimate:
               f" ({', '.join(reached) or 'none'}"
               + (f"; not {', '.join(never)}: no seed reached the target in both" if never
                  else "") + "): each seed's mean log ratio over its pairs, paired by seed")
-    estimate = paired(label, "speedup", per_seed, variants, None, method=method)
-    estimate.log = True
-    return estimate
+    return replace(paired(label, "speedup", per_seed, variants, None, method=method), log=True)
 
 
 # --------------------------------------------------------------------------- decisions
