@@ -11,7 +11,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 # --no-deps check first: reinstalling the pinned set takes minutes, verifying it takes seconds.
-if ! .venv/bin/python -c "import ablations, pytest, dvc, mlflow, keras, torch, playwright, statsmodels" 2>/dev/null; then
+if ! .venv/bin/python -c "import ablations, pytest, xdist, dvc, mlflow, keras, torch, playwright, statsmodels" 2>/dev/null; then
   .venv/bin/pip install --quiet --upgrade pip
   .venv/bin/pip install --quiet -c constraints.txt -e ".[torch,test]"
 fi

@@ -13,6 +13,18 @@ import numpy as np
 import pytest
 import yaml
 
+
+def _worker_threads() -> None:
+    """Under pytest-xdist, each worker (and every command its tests start) gets its share of
+    the CPUs as OpenMP threads: torch's default, a thread per CPU in every worker, oversubscribes
+    the cores and slows each training many times. Set before a test imports torch."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        os.environ["OMP_NUM_THREADS"] = str(max(1, cpus // int(workers)))
+
+
+_worker_threads()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 import ablations  # noqa: E402,F401  sets the default Keras backend before a test imports keras
