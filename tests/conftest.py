@@ -59,6 +59,16 @@ def repo_params():
     return load_params(REPO / "params.yaml")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def worker_cwd(tmp_path_factory):
+    """Each test session (each xdist worker) works in its own empty folder, never the repo:
+    MLflow puts a new experiment's artifacts under ./mlruns of the current directory, a shared
+    folder that parallel workers, and `git add -A`, would otherwise all write to."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path_factory.mktemp("cwd"))
+        yield
+
+
 @pytest.fixture(scope="session")
 def migrated_store(tmp_path_factory):
     """An empty MLflow SQLite store, created once by MLflow itself: creating a store runs its
