@@ -98,9 +98,10 @@ def test_each_backend_gets_an_environment_it_accepts():
     assert DNS_1123_LABEL.match(k8s.name)
 
 
-def test_every_target_is_a_dvc_stage():
+def test_every_target_is_a_dvc_stage(monkeypatch):
     from dvc.repo import Repo
 
+    monkeypatch.chdir(ROOT)  # a stage's address is relative to the current directory
     targets = {word for _, command in _commands(load_project(str(ROOT)))
                if command.startswith("dvc repro") for word in shlex.split(command)[2:]}
     assert {"polyfit", "train@batchnorm", "plot@batchnorm"} <= targets
