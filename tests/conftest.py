@@ -1,6 +1,7 @@
 """Shared test setup: quiet TensorFlow, no MLflow telemetry, the repo's real params file;
 tiny data, variants and params files for real trainings."""
 
+import fcntl
 import importlib
 import os
 import shutil
@@ -152,13 +153,18 @@ def train_command(params, data_root, out, checkpoints, *variants):
 
 
 @pytest.fixture(scope="session")
-def ray_extra():
+def ray_extra(tmp_path_factory):
     """Ray importable by this interpreter (and the commands it runs): the `ray` extra of
-    pyproject.toml pip-installed once when missing, as on a fresh clone under CI. Never a skip."""
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-c",
-                        str(REPO / "constraints.txt"), *extras["ray"]], check=True)
+    pyproject.toml pip-installed once when missing, as on a fresh clone under CI. Never a skip.
+    xdist workers take turns (a lock in their shared temporary folder): two pip installs into
+    one environment at once can break it; the second worker then finds Ray installed."""
+    with open(tmp_path_factory.getbasetemp().parent / "ray_extra.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
         importlib.invalidate_caches()
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+            subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-c",
+                            str(REPO / "constraints.txt"), *extras["ray"]], check=True)
+            importlib.invalidate_caches()
