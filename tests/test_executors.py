@@ -19,6 +19,8 @@ from ablations.io import read_json
 
 
 def _env(store_uri, **extra):
+    # Without OMP_NUM_THREADS (which conftest sets under xdist) a local run uses every CPU
+    # and Ray would give a task one thread: the case where the same bits need the executor's care.
     env = {**os.environ, "MLFLOW_TRACKING_URI": store_uri, **extra}
     for name in ("RAY_ADDRESS", "MLFLOW_RUN_ID", "ABLATIONS_EXECUTOR", "OMP_NUM_THREADS"):
         if name not in extra:
