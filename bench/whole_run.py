@@ -51,7 +51,7 @@ def _prepare_data(params, root: Path, names: list[str]) -> None:
         standardize(cfg, root / "split" / name, root / "prepared" / name)
 
 
-def _study_figure(study: str, histories: dict, path: Path) -> None:
+def study_figure(study: str, histories: dict, path: Path) -> None:
     """Validation accuracy per epoch, mean over seeds, a line per variant (a notebook's plot)."""
     import matplotlib
 
@@ -112,7 +112,7 @@ def bare_all(root: Path, loop, loop_flags: dict) -> dict:
                     histories=histories, **loop_flags)
         phases["train"] += time.perf_counter() - mark
         mark = time.perf_counter()
-        _study_figure(study, histories, root / "plots" / f"{study}.png")
+        study_figure(study, histories, root / "plots" / f"{study}.png")
         phases["evaluate"] += time.perf_counter() - mark
     mark = time.perf_counter()
     _polyfit(params.polyfit, root / "plots" / "polyfit.png")
