@@ -5,7 +5,8 @@ prepared once before timing:
 - bare: one Python process on the pipeline's Keras backend; per (variant, seed) unit: seed,
   build the same model, compile it with the same optimizer, `model.fit` on the arrays in
   memory (Keras' own shuffling) with what the study's question needs computed during
-  training (its in-epoch validation, early stopping), predict the test set, save the model.
+  training (its in-epoch validation, early stopping), predict the test set, save the model;
+  then a figure of the study (the pipeline's evaluate stage draws the study's figures).
   No DVC, no MLflow, no checkpoints, no resume.
 - pipeline: `dvc repro train@<study> evaluate@<study>` after removing the study's models and
   checkpoints (the stages' own commands, validation, tracking and resume machinery included),
@@ -297,8 +298,11 @@ def main_all(args, bare_flags: list[str]) -> None:
 def main() -> None:
     args = _args()
     if args.mode == "bare":
-        print(bare_loop(args.study, args.out, args.bare_epoch_validation_only,
-                        args.bare_without_tensorflow))
+        histories = {}
+        fit = bare_loop(args.study, args.out, args.bare_epoch_validation_only,
+                        args.bare_without_tensorflow, histories=histories)
+        whole_run.study_figure(args.study, histories, args.out / "figure.png")
+        print(fit)
         return
     if args.mode == "bare-all":
         flags = {"epoch_validation_only": args.bare_epoch_validation_only,

@@ -34,8 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 STARTUP = {  # stage kind → the modules its `ablations <stage>` command imports first
     "validate": "ablations.cli, ablations.config, ablations.models.blocks, ablations.models.zoo",
     "train": "ablations.cli, ablations.executors, ablations.units, ablations.training",
-    "evaluate": "ablations.cli, ablations.evaluate",
-    "plot": "ablations.cli, ablations.plots",
+    "evaluate": "ablations.cli, ablations.evaluate, ablations.plots",
     "report": "ablations.cli, ablations.report",
     "polyfit": "ablations.cli, ablations.polyfit",
 }

@@ -11,7 +11,7 @@ Used by `bench/baseline.py --all`:
   logs its stage kind and process id (so no command is attributed by the order of DVC's
   output); DVC's own work is the rest of the wall.
 Both report their wall clock per phase; `kind_table` lines the phases up per stage kind
-(validate, data, train, evaluate, plot, report, polyfit, DVC) and says where the pipeline's
+(validate, data, train, evaluate, report, polyfit, DVC) and says where the pipeline's
 extra seconds go. All times in seconds.
 """
 
@@ -30,12 +30,13 @@ from tax import fit_seconds, run_timed
 # What `dvc repro` makes from data/raw (dvc.yaml's vars): removed before every pipeline run.
 OUTPUTS = ("data/params-valid.json", "data/split", "data/prepared", "models", "checkpoints",
            "results", "metrics", "curves", "plots", "reports")
-# Stage kind (dvc.yaml stage name before "@") → the group both modes are compared in.
+# Stage kind (dvc.yaml stage name before "@") → the group both modes are compared in. The
+# evaluate stage computes a study's numbers and draws its figures; the bare process draws a
+# figure per study (its numbers come from its loop), so both count in "evaluate".
 GROUPS = {"validate": "validate", "download": "data", "weights": "data", "split": "data",
-          "standardize": "data", "train": "train", "evaluate": "evaluate", "plot": "plot",
-          "report": "report", "polyfit": "polyfit"}
-ORDER = ("start-up", "validate", "data", "train", "evaluate", "plot", "report", "polyfit", "dvc",
-         "other")
+          "standardize": "data", "train": "train", "evaluate": "evaluate", "report": "report",
+          "polyfit": "polyfit"}
+ORDER = ("start-up", "validate", "data", "train", "evaluate", "report", "polyfit", "dvc", "other")
 
 
 # --------------------------------------------------------------------------- bare process
@@ -50,7 +51,7 @@ def _prepare_data(params, root: Path, names: list[str]) -> None:
         standardize(cfg, root / "split" / name, root / "prepared" / name)
 
 
-def _study_figure(study: str, histories: dict, path: Path) -> None:
+def study_figure(study: str, histories: dict, path: Path) -> None:
     """Validation accuracy per epoch, mean over seeds, a line per variant (a notebook's plot)."""
     import matplotlib
 
@@ -100,7 +101,7 @@ def bare_all(root: Path, loop, loop_flags: dict) -> dict:
     shutil.rmtree(root, ignore_errors=True)
     names = sorted({params.variant_data(study, variant)
                     for study, spec in params.studies.items() for variant in spec.variants})
-    phases = {"start-up": time.perf_counter() - started, "data": 0.0, "train": 0.0, "plot": 0.0}
+    phases = {"start-up": time.perf_counter() - started, "data": 0.0, "train": 0.0, "evaluate": 0.0}
     mark = time.perf_counter()
     _prepare_data(params, root, names)
     phases["data"] = time.perf_counter() - mark
@@ -111,8 +112,8 @@ def bare_all(root: Path, loop, loop_flags: dict) -> dict:
                     histories=histories, **loop_flags)
         phases["train"] += time.perf_counter() - mark
         mark = time.perf_counter()
-        _study_figure(study, histories, root / "plots" / f"{study}.png")
-        phases["plot"] += time.perf_counter() - mark
+        study_figure(study, histories, root / "plots" / f"{study}.png")
+        phases["evaluate"] += time.perf_counter() - mark
     mark = time.perf_counter()
     _polyfit(params.polyfit, root / "plots" / "polyfit.png")
     phases["polyfit"] = time.perf_counter() - mark

@@ -128,7 +128,7 @@ def evaluate(root, params, models_dir, data_dir):
 
 
 def plot(root, params, models_dir, data_dir):
-    """The plot stage's function on evaluate's outputs under `root`."""
+    """The figures the evaluate stage draws from its outputs under `root`."""
     return plots.plot_study(params, "unit", root / "results" / "unit.json",
                             root / "curves" / "unit.csv", models_dir, data_dir,
                             root / "plots" / "unit")
@@ -259,7 +259,7 @@ def test_plot_writes_figures_and_each_stage_one_run(evaluated):
     assert "decision.relu-bn - relu" in study  # "−" is not allowed in a key: "-"
     assert {a.path for a in client.list_artifacts(summary.info.run_id)} == {"unit.json"}
     figures = runs["unit-figures"]
-    assert figures.data.tags["dvc_stage"] == "plot@unit"
+    assert figures.data.tags["dvc_stage"] == "evaluate@unit"
     assert {a.path for a in client.list_artifacts(figures.info.run_id)} == set(FIGURES)
 
 
@@ -448,10 +448,16 @@ def test_missing_training_names_file_and_stage(tmp_path):
     (UnitFolder.of(models_dir, "tanh", 1).path / "run.json").unlink()
     with pytest.raises(DataError, match=r"tanh/seed1/run.json: missing; .*dvc repro train@unit"):
         evaluate(tmp_path, params, models_dir, data_dir)
-    assert not any((tmp_path / name).exists() for name in ("results", "metrics", "curves", "accuracy"))
-    with pytest.raises(DataError, match=r"results/unit.json: missing; .*dvc repro evaluate@unit"):
-        plot(tmp_path, params, models_dir, data_dir)
-    assert not (tmp_path / "plots").exists()
+    outputs = ("results", "metrics", "curves", "accuracy", "plots")
+    assert not any((tmp_path / name).exists() for name in outputs)
+    # The stage's command: one error line, exit 2, and no figure drawn either.
+    from ablations.cli import main
+
+    code = main(["--params", str(tmp_path / "params.yaml"), "evaluate", "unit",
+                 "--models", str(models_dir), "--data", str(data_dir),
+                 *(f"--{name}={tmp_path / name / 'unit'}" for name in outputs)])
+    assert code == 2
+    assert not any((tmp_path / name).exists() for name in outputs)
 
 
 def test_predictions_of_another_dataset_are_rejected(tmp_path):
@@ -492,7 +498,7 @@ def test_bn_violins_take_constant_and_single_values():
 
 def test_evaluate_and_report_do_not_import_keras():
     """They read files only: no TensorFlow start-up (seconds, GBs) in these stages; evaluate
-    computes numbers only, the plot stage alone imports matplotlib."""
+    computes its numbers before it imports matplotlib for the figures."""
     import subprocess
     import sys
 

@@ -35,7 +35,7 @@ PROJECTS = {"local": ROOT, "kubernetes": K8S}
 # entry point -> (parameters given, command MLflow must produce)
 ENTRY_POINTS = {
     "main": ({}, "dvc repro"),
-    "study": ({}, "dvc repro plot@batchnorm"),
+    "study": ({}, "dvc repro evaluate@batchnorm"),
     "train": ({"study": "batchnorm"}, "dvc repro train@batchnorm"),
     "polyfit": ({}, "dvc repro polyfit"),
     "budget": ({}, "dvc exp run -S budget=notebook -S overlay=none"),
@@ -70,7 +70,7 @@ def test_entry_points_format_with_their_parameters(kind):
     for name, (params, expected) in ENTRY_POINTS.items():
         assert project.get_entry_point(name).compute_command(params, None) == expected
     study = project.get_entry_point("study")
-    assert study.compute_command({"study": "depth"}, None) == "dvc repro plot@depth"
+    assert study.compute_command({"study": "depth"}, None) == "dvc repro evaluate@depth"
     with pytest.raises(ExecutionException, match="study"):
         project.get_entry_point("train").compute_command({}, None)  # no default study
 
@@ -104,7 +104,7 @@ def test_every_target_is_a_dvc_stage(monkeypatch):
     monkeypatch.chdir(ROOT)  # a stage's address is relative to the current directory
     targets = {word for _, command in _commands(load_project(str(ROOT)))
                if command.startswith("dvc repro") for word in shlex.split(command)[2:]}
-    assert {"polyfit", "train@batchnorm", "plot@batchnorm"} <= targets
+    assert {"polyfit", "train@batchnorm", "evaluate@batchnorm"} <= targets
     with Repo(str(ROOT)) as repo:
         stages = {stage.addressing for stage in repo.index.stages}
     assert targets <= stages, f"not in dvc.yaml: {sorted(targets - stages)}"

@@ -169,7 +169,7 @@ def test_every_stage_of_the_notebook_budget_ran(smoke):
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     expected = {"validate", "report", "polyfit", "weights@xception_imagenet",
                 *(f"download@{name}" for name in ("cifar10", "mnist", "stl10"))}
-    expected |= {f"{stage}@{study}" for stage in ("train", "evaluate", "plot")
+    expected |= {f"{stage}@{study}" for stage in ("train", "evaluate")
                  for study in NOTEBOOK_STUDIES}
     prepared = yaml.safe_load((repo / "params.yaml").read_text())["data"]["prepared"]
     expected |= {f"{stage}@{data}" for stage in ("split", "standardize") for data in prepared}

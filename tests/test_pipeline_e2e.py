@@ -78,7 +78,7 @@ def test_stages_ran_and_lock_records_them(pipeline):
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
     for stage in ("download@fashion_mnist", "split@fmnist_pm1", "standardize@fmnist_target",
                   "train@batchnorm", "train@transfer", "evaluate@batchnorm", "evaluate@transfer",
-                  "plot@batchnorm", "plot@transfer", "report", "polyfit"):
+                  "report", "polyfit"):
         assert stage in lock, stage
     for name in ("relu", "relu-bn"):
         for seed in (0, 1):
@@ -210,8 +210,7 @@ def test_second_repro_is_a_no_op_and_one_variant_edit_dirties_only_its_study(pip
     status = run(["dvc", "status", "--json"], repo, env).stdout
     changed = set(json.loads(status))
     # validate re-checks any params.yaml edit; its output is constant, so it triggers nothing.
-    assert changed == {"validate", "train@batchnorm", "evaluate@batchnorm",
-                       "plot@batchnorm"}, changed
+    assert changed == {"validate", "train@batchnorm", "evaluate@batchnorm"}, changed
 
 
 def test_queued_experiments_run_two_at_once_and_keep_every_mlflow_run(pipeline):

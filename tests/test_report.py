@@ -46,7 +46,7 @@ def write_polyfit(root, params):
 
 
 def write_study_outputs(root, params, models_dir, data_dir):
-    """results/unit.json and plots/unit/*.png as the evaluate and plot stages write them
+    """results/unit.json and plots/unit/*.png as the evaluate stage writes them
     (without their MLflow runs: one store per module is enough)."""
     units = read_study(params, "unit", models_dir, data_dir)
     metrics = study_results(params, "unit", units, data_dir)

@@ -188,23 +188,16 @@ def cmd_replay(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    """Statistics over seeds and verdicts of one study: numbers only (no Keras import)."""
+    """Statistics over seeds and verdicts of one study, then its figures (no Keras import)."""
     from ablations.evaluate import evaluate_study
 
     params = _params(args)
     evaluate_study(params, args.study, Path(args.models), Path(args.data), Path(args.results),
                    Path(args.metrics), Path(args.curves), Path(args.accuracy))
-
-
-def cmd_plot(args) -> None:
-    """The figures of one study, from evaluate's results and curves."""
-    params = _params(args)
-    if args.study not in params.studies:
-        raise AblationsError(f"studies.{args.study}: no such study (have {sorted(params.studies)})")
-    from ablations.plots import plot_study  # imports matplotlib
+    from ablations.plots import plot_study  # matplotlib: after the numbers are written
 
     plot_study(params, args.study, Path(args.results), Path(args.curves), Path(args.models),
-               Path(args.data), Path(args.out))
+               Path(args.data), Path(args.plots))
 
 
 def cmd_report(args) -> None:
@@ -259,8 +252,7 @@ def _parser() -> argparse.ArgumentParser:
     replay = stage("replay", cmd_replay, "study", "variant", "--data", "--out")
     replay.add_argument("--seed", type=int, help="which seed's run (default: the study's first)")
     stage("evaluate", cmd_evaluate, "study", "--models", "--data", "--results", "--metrics",
-          "--curves", "--accuracy")
-    stage("plot", cmd_plot, "study", "--results", "--curves", "--models", "--data", "--out")
+          "--curves", "--accuracy", "--plots")
     stage("report", cmd_report, "--results", "--plots", "--polyfit-results", "--polyfit-plot",
           "--out")
     stage("polyfit", cmd_polyfit, "--results", "--metrics", "--plot")

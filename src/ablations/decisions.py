@@ -184,7 +184,7 @@ def blocked_fit(values: effects.Values):
     mean over the seeds' effects) — a seed shifts every cell it trained alike (its data order,
     its initial weights). The residual pools every cell's spread; None without a residual
     degree of freedom."""
-    import statsmodels.api as sm
+    from statsmodels.regression.linear_model import OLS  # statsmodels.api would import every model
 
     rows = [(cell, seed, effects.POINTS * v) for cell, by_seed in values.items()
             for seed, v in by_seed.items() if v is not None and np.isfinite(v)]
@@ -195,7 +195,7 @@ def blocked_fit(values: effects.Values):
                   for cell, seed, _ in rows]).reshape(len(rows), len(cells) + len(seeds) - 1)
     if len(rows) <= x.shape[1]:
         return None, cells, len(seeds)
-    return sm.OLS(np.array([v for _, _, v in rows]), x).fit(), cells, len(seeds)
+    return OLS(np.array([v for _, _, v in rows]), x).fit(), cells, len(seeds)
 
 
 def fitted_contrast(fit, cells: list[str], weights: dict[str, float]
@@ -259,10 +259,10 @@ def additive_model(values: effects.Values, levels: dict[str, dict[str, str]],
     """Main effects from the OLS fit (statsmodels) of the additive model acc ~ factor 1 +
     factor 2 + … (+ seed): with one seed per cell, the ANOVA without replication (error = the
     interactions), reported with Tukey's 1-df test of non-additivity."""
-    import statsmodels.api as sm
+    from statsmodels.regression.linear_model import OLS  # statsmodels.api would import every model
 
     y, x, names, seeds = _design(values, levels, reference)
-    fit = sm.OLS(y, x).fit() if len(y) > x.shape[1] else None
+    fit = OLS(y, x).fit() if len(y) > x.shape[1] else None
     df = float(fit.df_resid) if fit is not None else 0.0
     additivity = tukey_additivity(y, x, fit) if df >= 2 else None
     design = ("ANOVA without replication" if seeds == 1
@@ -291,10 +291,10 @@ def tukey_additivity(y: np.ndarray, x: np.ndarray, additive) -> dict[str, Any] |
     """Tukey's one-degree-of-freedom test of non-additivity: the additive fit's squared fitted
     values added as a regressor; its t-test (F = t², 1 df) asks whether the cells curve away
     from the sum of the main effects."""
-    import statsmodels.api as sm
+    from statsmodels.regression.linear_model import OLS  # statsmodels.api would import every model
 
     fitted = additive.fittedvalues
-    fit = sm.OLS(y, np.column_stack([x, (fitted - fitted.mean()) ** 2])).fit()
+    fit = OLS(y, np.column_stack([x, (fitted - fitted.mean()) ** 2])).fit()
     p = float(fit.pvalues[-1])
     if fit.df_resid < 1 or not np.isfinite(p):
         return None

@@ -1,9 +1,9 @@
 """evaluate stage: a study's numbers over seeds — DVC metrics, the full results, the curves —
-and one MLflow summary run. Numbers only: the plot stage (plots.py) draws the figures.
+and one MLflow summary run. Numbers only: the same stage then draws the figures (plots.py).
 
 Reads what the train stage wrote for every (variant, seed) — run.json, history.csv,
 test_predictions.npy — never the models (no Keras import: this stage takes seconds). Writes
-  --results  the study's full results (keys below; the report and the plot stage read them),
+  --results  the study's full results (keys below; the figures and the report read them),
   --metrics  the study's headline, its DVC metrics file (`headline`: the best variant and
              its accuracy, how many answers are decided of how many, a few answers'
              differences): a handful of `dvc exp show` columns however many variants it has,
@@ -565,8 +565,8 @@ def study_histories(units: dict[str, list[dict]]) -> dict[str, dict[int, list[di
 
 def log_summary(study: str, metrics: dict) -> str:
     """One `<study>-summary` run: headline metrics (answers and answers_decided among
-    them), the results file, the verdict as the run's description (the plot stage logs the
-    figures in its own run); the study's run gets one tag per decision."""
+    them), the results file, the verdict as the run's description (the figures are logged in
+    their own run, plots.log_figures); the study's run gets one tag per decision."""
     tags = tracking.run_tags(study, "summary", kind="summary", dvc_stage=f"evaluate@{study}")
     tags["mlflow.note.content"] = metrics["verdict"]  # shown as the run's description in the UI
     study_run = tracking.study_run_id(study)

@@ -14,7 +14,7 @@ from pathlib import Path
 from ablations.errors import DataError
 
 PARTS = ("train", "val", "test")  # training, validation (every epoch), official test images
-# A study's figures (plots/<study>/, what the plot stage draws), in the report's order. Here,
+# A study's figures (plots/<study>/, what the evaluate stage draws), in the report's order. Here,
 # not in ablations.plots: the report lists them without importing matplotlib.
 FIGURES = ("effects_forest.png", "learning_curves.png", "test_accuracy.png", "bn_speedup.png",
            "confusion_matrix.png", "examples.png", "bn_params.png")

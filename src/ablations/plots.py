@@ -1,5 +1,5 @@
-"""plot stage: the figures of one study (PNG, DVC plots), drawn from the evaluate stage's
-results and curves; matplotlib is imported here only.
+"""The figures of one study (PNG, DVC plots), drawn by the evaluate stage from the results and
+curves it has just written; matplotlib is imported here only.
 
 Files (layout.FIGURES): effects_forest.png (every effect ± its 95% interval, a zero line),
 learning_curves.png (mean over seeds, band = min..max over seeds),
@@ -29,7 +29,6 @@ import numpy as np  # noqa: E402
 
 from ablations import tracking  # noqa: E402
 from ablations.config import Params  # noqa: E402
-from ablations.errors import DataError  # noqa: E402
 from ablations.history import read_curves  # noqa: E402
 from ablations.io import atomic_dir, read_json  # noqa: E402
 from ablations.layout import DatasetFolder, UnitFolder  # noqa: E402
@@ -296,7 +295,7 @@ def study_figures(params: Params, study: str, results: dict[str, Any],
 
 def log_figures(study: str, plots_dir: Path) -> str:
     """One `<study>-figures` run holding the figures as written (PNG files, not re-rendered)."""
-    tags = tracking.run_tags(study, "figures", kind="figures", dvc_stage=f"plot@{study}")
+    tags = tracking.run_tags(study, "figures", kind="figures", dvc_stage=f"evaluate@{study}")
     with tracking.run(study, f"{study}-figures", tags,
                       parent_id=tracking.study_run_id(study)) as run_id:
         tracking.log_artifacts(run_id, plots_dir)
@@ -305,12 +304,8 @@ def log_figures(study: str, plots_dir: Path) -> str:
 
 def plot_study(params: Params, study: str, results_path: Path, curves_path: Path,
                models_dir: Path, data_dir: Path, plots_dir: Path) -> list[str]:
-    """The plot stage: every figure of the study into `plots_dir` at once, then MLflow; returns
-    the file names."""
-    for path in (results_path, curves_path):
-        if not Path(path).exists():
-            raise DataError(f"{path}: missing; run the evaluate stage first "
-                            f"(dvc repro evaluate@{study})")
+    """The evaluate stage's figures: every figure of the study into `plots_dir` at once, drawn
+    from the results and curves files, then MLflow; returns the file names."""
     figures = study_figures(params, study, read_json(results_path), read_curves(curves_path),
                             Path(models_dir), Path(data_dir))
     try:

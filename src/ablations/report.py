@@ -3,7 +3,7 @@
 A section per study (question; the decisions, one row per question-level answer; what they
 rest on; the detail folded in a <details>: effects within each setting, interactions,
 convergence, comparisons with the baseline; mean ± 95% CI per variant, BN speed-up, figures),
-from the evaluate stage's results/<study>.json and the plot stage's plots/<study>/, and polyfit's when its results file exists (both of polyfit's paths
+from the evaluate stage's results/<study>.json and plots/<study>/, and polyfit's when its results file exists (both of polyfit's paths
 come from the command line, as dvc.yaml gives them to the polyfit stage). Figures are
 embedded as base64 `data:` URIs and the styles are inline: the single file can be mailed,
 archived or opened from a DVC cache without a server or network, and needs no JavaScript.
