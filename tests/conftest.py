@@ -168,3 +168,18 @@ def ray_extra(tmp_path_factory):
             subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "-c",
                             str(REPO / "constraints.txt"), *extras["ray"]], check=True)
             importlib.invalidate_caches()
+
+
+# Files whose module fixture runs a whole `dvc repro` (or many trainings), longest first. With
+# `--dist loadfile` xdist hands files to workers in collection order: these go first, so the
+# run ends on short files instead of one worker starting the longest file last.
+LONGEST_FILES = ("test_notebook_smoke.py", "test_pipeline_e2e.py", "test_own_network_e2e.py",
+                 "test_tracking_faults.py", "test_executors.py", "test_training.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return LONGEST_FILES.index(name) if name in LONGEST_FILES else len(LONGEST_FILES)
+
+    items.sort(key=rank)  # stable: the order inside a file, and of the other files, is kept

@@ -3,7 +3,6 @@
 import gc
 import os
 import signal
-import statistics
 import subprocess
 import time
 
@@ -189,15 +188,16 @@ def _metrics(history_csv):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, migrated_store):
-    """Data, the metrics of the same training run without interruption and its median epoch
-    seconds."""
+    """Data, the metrics of the same training run without interruption and its shortest epoch's
+    seconds (the shortest, not the median: a test run on a machine less loaded than this one
+    was must still back up within about 1.5 of its own epochs, not only at the end)."""
     folder = tmp_path_factory.mktemp("reference")
     write_prepared(folder / "data" / "d", n=512, size=16)  # 6 epochs of ~1.5 s: a signal lands mid-training
     env = {**os.environ, "MLFLOW_TRACKING_URI": copy_store(migrated_store, folder)}
     done = subprocess.run(_train_command(folder, folder / "data"), capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     history = folder / "out" / "v" / "seed7" / "history.csv"
-    return folder / "data", _metrics(history), statistics.median(
+    return folder / "data", _metrics(history), min(
         row["epoch_seconds"] for row in read_history(history))
 
 
