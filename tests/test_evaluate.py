@@ -460,6 +460,20 @@ def test_missing_training_names_file_and_stage(tmp_path):
     assert not any((tmp_path / name).exists() for name in outputs)
 
 
+def test_evaluate_of_an_unknown_study_is_one_error_line(tmp_path, capsys):
+    from ablations.cli import main
+
+    write_study_params(tmp_path)
+    outputs = ("results", "metrics", "curves", "accuracy", "plots")
+    code = main(["--params", str(tmp_path / "params.yaml"), "evaluate", "nope",
+                 "--models", str(tmp_path / "models"), "--data", str(tmp_path / "data"),
+                 *(f"--{name}={tmp_path / name / 'nope'}" for name in outputs)])
+    assert code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: studies.nope: no such study (have ['unit'])"]
+    assert not any((tmp_path / name).exists() for name in outputs)
+
+
 def test_predictions_of_another_dataset_are_rejected(tmp_path):
     params, models_dir, data_dir = write_fake_study(tmp_path)
     np.save(UnitFolder.of(models_dir, "relu", 0).path / "test_predictions.npy", np.zeros(7, dtype=np.int64))

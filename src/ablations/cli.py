@@ -27,6 +27,13 @@ def _params(args):
 _BUILT: set[str] = set()
 
 
+def _known_studies(params, studies) -> None:
+    """One `error:` line for the first study params.yaml does not have."""
+    unknown = [study for study in studies if study not in params.studies]
+    if unknown:
+        raise AblationsError(f"studies.{unknown[0]}: no such study (have {sorted(params.studies)})")
+
+
 def cmd_validate(args) -> None:
     """Validate params.yaml completely, Keras names of every variant included."""
     from ablations.io import write_json
@@ -67,9 +74,7 @@ def cmd_describe(args) -> None:
     import json
 
     params = _params(args)
-    unknown = [study for study in args.studies if study not in params.studies]
-    if unknown:
-        raise AblationsError(f"studies.{unknown[0]}: no such study (have {sorted(params.studies)})")
+    _known_studies(params, args.studies)
     from ablations.describe import as_text, describe  # imports Keras
 
     described = describe(params, args.studies or list(params.studies))
@@ -135,8 +140,7 @@ def cmd_train(args) -> None:
 
     executor = executors.choose(args.executor)
     params = _params(args)
-    if args.study not in params.studies:
-        raise AblationsError(f"studies.{args.study}: no such study (have {sorted(params.studies)})")
+    _known_studies(params, [args.study])
     if params.studies[args.study].sequential and not args.variants:
         _train_rounds(args, params, executor)
         return
@@ -192,6 +196,7 @@ def cmd_evaluate(args) -> None:
     from ablations.evaluate import evaluate_study
 
     params = _params(args)
+    _known_studies(params, [args.study])
     evaluate_study(params, args.study, Path(args.models), Path(args.data), Path(args.results),
                    Path(args.metrics), Path(args.curves), Path(args.accuracy))
     from ablations.plots import plot_study  # matplotlib: after the numbers are written
