@@ -129,7 +129,7 @@ def run_bare(args, tmp: Path) -> dict:
     data_dir = _data_root(args, params, tmp) / (cfg.data or params.studies[args.study].data)
     arrays = {key: value.copy() for key, value in load_prepared(data_dir).items()}  # in memory
     keras.utils.set_random_seed(cfg.seed)
-    model = _compiled_model(cfg, arrays, _num_classes(data_dir, arrays), None)
+    model, _ = _compiled_model(cfg, arrays, _num_classes(data_dir, arrays), None)
     seconds = []
     timer = keras.callbacks.LambdaCallback(
         on_epoch_begin=lambda epoch, logs: seconds.append(-time.perf_counter()),
