@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -16,12 +17,17 @@ PROJECT_FILES = ("src", "dvc.yaml", "networks", "params.yaml", "pyproject.toml",
                  ".dvcignore", ".gitignore")
 
 
+RUNTIME_DIR = Path(tempfile.mkdtemp(prefix="bench-runtime-"))
+
+
 def environment() -> dict[str, str]:
     """The venv's tools first; no tracking server or parent run leaking in from the caller."""
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "TF_CPP_MIN_LOG_LEVEL": "3",
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     for key in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"):
         env.pop(key, None)
+    # The worker's servers of this bench apart from any other (bench/_rusage.py stops them).
+    env["XDG_RUNTIME_DIR"] = str(RUNTIME_DIR)
     return env
 
 

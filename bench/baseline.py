@@ -40,12 +40,8 @@ import whole_run
 from _project import copy_project, environment, sh, shrink
 from tax import fit_seconds, reuse_raw
 
-# Runs a command and prints the peak RSS (KiB on Linux) of its largest descendant and the CPU
-# seconds (user + system) of all its descendants.
-RSS_WRAPPER = ("import resource, subprocess, sys; rc = subprocess.call(sys.argv[1:]); "
-               "u = resource.getrusage(resource.RUSAGE_CHILDREN); "
-               "print('rusage', u.ru_maxrss, u.ru_utime + u.ru_stime, file=sys.stderr); "
-               "sys.exit(rc)")
+# Runs a command, then prints its descendants' peak RSS and CPU seconds (the worker's included).
+RUSAGE = [sys.executable, str(Path(__file__).with_name("_rusage.py"))]
 
 
 def _args(argv=None):
@@ -162,7 +158,7 @@ def bare_loop(study: str, out: Path, epoch_validation_only: bool, without_tf: bo
 def timed(cmd: list[str], repo: Path) -> tuple[float, float, str, float]:
     """(wall seconds, peak RSS MiB, stdout, CPU seconds) of `cmd` run in `repo`."""
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", RSS_WRAPPER, *cmd], cwd=repo,
+    done = subprocess.run([*RUSAGE, *cmd], cwd=repo,
                           env=environment(), capture_output=True, text=True)
     wall = time.perf_counter() - started
     if done.returncode:
@@ -261,7 +257,7 @@ def pairs_all(repo: Path, repeat: int, bare_flags: list[str], tmp: Path) -> list
         row = {}
         for mode in order:
             row[mode] = (run_bare_all(repo, bare_flags) if mode == "bare"
-                         else whole_run.run_pipeline_all(repo, RSS_WRAPPER, tmp))
+                         else whole_run.run_pipeline_all(repo, RUSAGE, tmp))
         for key in ("wall", "cpu"):
             row[f"{key}_ratio"] = row["pipeline"][key] / row["bare"][key]
         print(whole_run.pair_line(index + 1, row), flush=True)

@@ -172,7 +172,7 @@ def forget_stages(repo: Path) -> None:
     path.write_text(yaml.safe_dump(lock, sort_keys=False))
 
 
-def run_pipeline_all(repo: Path, wrapper: str, tmp: Path) -> dict:
+def run_pipeline_all(repo: Path, rusage: list[str], tmp: Path) -> dict:
     """The whole `dvc repro` from raw data: {"wall", "cpu", "rss", "phases": {group: seconds of
     its stage commands, "dvc": the rest of the wall}, "fit"}."""
     for name in OUTPUTS:
@@ -183,7 +183,7 @@ def run_pipeline_all(repo: Path, wrapper: str, tmp: Path) -> dict:
     shim_log.unlink(missing_ok=True)
     with open(tmp / "repro.log", "w", buffering=1) as log:
         launched, lines, ended = run_timed(
-            [sys.executable, "-c", wrapper, "dvc", "repro", "--no-run-cache"], repo, env, log)
+            [*rusage, "dvc", "repro", "--no-run-cache"], repo, env, log)
     phases = command_seconds(shim_log)
     # DVC's own work: its start-up, hashing, caching, dvc.lock, between and around the commands.
     phases["dvc"] = (ended - launched) - sum(phases.values())

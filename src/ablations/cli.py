@@ -265,6 +265,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the `ablations` command: run in the long-lived worker when one may
+        from ablations import worker
+
+        status = worker.run(sys.argv[1:])
+        if status is not None:
+            return status
     args = _parser().parse_args(argv)
     missing = [k for k, v in vars(args).items() if v is None and k not in ("seed", "budget", "overlay")]
     if missing:
