@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the `ablations` command: run in the long-lived worker when one may
         from ablations import worker
 
-        status = worker.run(sys.argv[1:])
+        status = worker.run("ablations.cli:main", sys.argv[1:])
         if status is not None:
             return status
     args = _parser().parse_args(argv)

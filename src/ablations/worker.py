@@ -7,8 +7,8 @@ import the same libraries again. With the worker, the `ablations` command is a t
 it sends its argument list, working folder, environment and standard streams (the file
 descriptors themselves, over a Unix socket) to a server that has imported everything once, and
 the server forks a child that runs the command exactly as the command would have run it: same
-code (`cli.main`), same folder, same environment, output straight to the caller's terminal or
-DVC's pipe. The client waits for the child's exit status and exits with it; a signal it gets
+code (the entry point the command names: `cli.main`), same folder, umask and environment,
+output straight to the caller's terminal or DVC's pipe. The client waits for the child's exit status and exits with it; a signal it gets
 (Ctrl-C, DVC's kill) is passed on to the child. Stages, their outputs and every guarantee are
 the ones without the worker: only where the imports happen changes.
 
@@ -106,9 +106,10 @@ class _Paths:
 
 # --------------------------------------------------------------------------- client
 
-def run(argv: list[str]) -> int | None:
-    """Run `ablations ARGV` in the worker and return its exit status; None when the worker is
-    not used (then the caller runs the command itself: nothing of it has run yet)."""
+def run(entry: str, argv: list[str]) -> int | None:
+    """Run `ablations ARGV` in the worker as ENTRY ("module:function", called with ARGV) and
+    return its exit status; None when the worker is not used (then the caller runs the command
+    itself: nothing of it has run yet)."""
     if not enabled():
         return None
     folder = runtime_dir()
@@ -121,8 +122,11 @@ def run(argv: list[str]) -> int | None:
     if connection is None:
         return None
     with connection:
-        request = json.dumps({"argv": argv, "argv0": sys.argv[0], "cwd": os.getcwd(),
-                              "env": dict(os.environ), "path": sys.path}).encode()
+        umask = os.umask(0)
+        os.umask(umask)
+        request = json.dumps({"entry": entry, "argv": argv, "argv0": sys.argv[0],
+                              "cwd": os.getcwd(), "umask": umask, "env": dict(os.environ),
+                              "path": sys.path}).encode()
         try:
             socket.send_fds(connection, [_HEADER.pack(len(request))], [0, 1, 2])
             connection.sendall(request)
@@ -357,6 +361,7 @@ def _child(connection, fds: list[int], request: dict, selector) -> None:
             os.dup2(fd, target)
             os.close(fd)
         os.chdir(request["cwd"])
+        os.umask(request["umask"])  # the modes of the files the command writes
         os.environ.clear()
         os.environ.update(request["env"])
         sys.argv = [request["argv0"], *request["argv"]]
@@ -366,9 +371,10 @@ def _child(connection, fds: list[int], request: dict, selector) -> None:
         for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
         sys.stdout.reconfigure(line_buffering=sys.stdout.isatty())
-        from ablations.cli import main
+        import importlib
 
-        status = main(request["argv"])
+        module, function = request["entry"].split(":")
+        status = getattr(importlib.import_module(module), function)(request["argv"])
     except SystemExit as exit_:  # argparse's usage errors, --help, --version
         status = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
         if exit_.code is not None and not isinstance(exit_.code, int):
