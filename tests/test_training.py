@@ -212,6 +212,9 @@ def test_interrupted_training_resumes_to_identical_metrics(tmp_path, tracking_st
     backup lacks when the process dies."""
     data, reference, epoch_seconds = uninterrupted
     monkeypatch.setenv("ABLATIONS_BACKUP_SECONDS", str(backup_epochs * epoch_seconds))
+    # The signal must reach the process that trains: without the worker, the command's own
+    # (tests/test_worker.py checks that a signalled or killed command's child goes with it).
+    monkeypatch.setenv("ABLATIONS_WORKER", "0")
     command = _train_command(tmp_path, data)
     # SIGINT back to its default in the child: a suite started in the background (`cmd &`)
     # inherits SIGINT ignored, and Python then never turns Ctrl-C into KeyboardInterrupt.

@@ -10,12 +10,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
 
 from ablations import worker
-from conftest import REPO
+from conftest import REPO, train_command, write_params, write_prepared
 
 ABLATIONS = str(Path(sys.executable).with_name("ablations"))
 
@@ -84,6 +85,44 @@ def test_commands_run_in_the_server_with_their_folder_streams_and_exit_status(ru
     assert len(server_pids(runtime)) == 1  # one server ran all four
 
 
+def test_a_training_in_the_worker_gives_the_bits_of_one_in_its_own_process(runtime, tmp_path,
+                                                                          tracking_store):
+    """The same units trained by a forked child and by a fresh process: the same metrics, epoch
+    by epoch, and the same weights (their seconds, run ids and save dates aside)."""
+    import h5py
+    import numpy as np
+
+    from ablations.history import read_history
+
+    write_prepared(tmp_path / "data" / "d", n=128, size=8)
+    params = write_params(tmp_path, variants=("v", "bn"), overrides={"bn": {"norm": "after"}})
+    outputs = {}
+    for mode in ("1", "0"):  # served (the server starts first), then in its own process
+        out = tmp_path / f"out{mode}"
+        done = subprocess.run(train_command(params, tmp_path / "data", out, tmp_path / f"ckpt{mode}"),
+                              env=env_with(runtime, ABLATIONS_WORKER=mode), capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outputs[mode] = out
+    assert len([c for c in served(runtime) if " train unit " in c]) == 1  # only the first was served
+    for unit in ("v/seed7", "bn/seed7"):
+        metrics = [[{k: v for k, v in row.items() if k != "epoch_seconds"}
+                    for row in read_history(outputs[mode] / unit / "history.csv")]
+                   for mode in ("1", "0")]
+        assert metrics[0] == metrics[1] and len(metrics[0]) == 3
+        weights = []
+        for mode in ("1", "0"):
+            with zipfile.ZipFile(outputs[mode] / unit / "model.keras") as archive:
+                archive.extract("model.weights.h5", tmp_path / f"w{mode}" / unit)
+            with h5py.File(tmp_path / f"w{mode}" / unit / "model.weights.h5") as h5:
+                arrays = []
+                h5.visititems(lambda name, item: arrays.append((name, np.asarray(item)))
+                              if isinstance(item, h5py.Dataset) else None)
+                weights.append(arrays)
+        assert [n for n, _ in weights[0]] == [n for n, _ in weights[1]] and weights[0]
+        assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(*weights))
+
+
 def test_the_command_gets_its_own_environment_and_an_interrupting_signal(runtime, tmp_path):
     env = env_with(runtime)
     # An environment variable read at run time: the command's value, not the server's.
@@ -96,19 +135,37 @@ def test_the_command_gets_its_own_environment_and_an_interrupting_signal(runtime
     # stops the child and the command dies of the same signal, leaving no file.
     slow = subprocess.Popen([ABLATIONS, "validate", "--budget", "notebook", "--out", "v.json"],
                             cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not [c for c in served(runtime) if "--budget notebook" in c]:
-        assert time.monotonic() < deadline and slow.poll() is None, slow.stderr.read()
-        time.sleep(0.1)
-    child = int([c for c in served(runtime) if "--budget notebook" in c][0].split(":")[0])
-    time.sleep(0.3)
+    child = _child_of(runtime, "--out v.json", slow)
     slow.send_signal(signal.SIGTERM)
     assert slow.wait(timeout=60) == -signal.SIGTERM
-    deadline = time.monotonic() + 10
-    while _alive(child):
-        assert time.monotonic() < deadline, f"child {child} still runs"
-        time.sleep(0.1)
+    _gone(child)
     assert not (tmp_path / "v.json").exists()
+    # kill -9 cannot be passed on: the server sees its client gone and kills the child.
+    killed = subprocess.Popen([ABLATIONS, "validate", "--budget", "notebook", "--out", "k.json"],
+                              cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    child = _child_of(runtime, "--out k.json", killed)
+    killed.kill()
+    assert killed.wait(timeout=60) == -signal.SIGKILL
+    _gone(child)
+    assert not (tmp_path / "k.json").exists()
+
+
+def _child_of(runtime, argv_part: str, client: subprocess.Popen) -> int:
+    """The pid of the child the server forked for the command with `argv_part`, once logged."""
+    deadline = time.monotonic() + 120
+    while not (mine := [c for c in served(runtime) if argv_part in c]):
+        assert time.monotonic() < deadline and client.poll() is None, client.stderr.read()
+        time.sleep(0.1)
+    time.sleep(0.3)  # into the command's work
+    return int(mine[0].split(":")[0])
+
+
+def _gone(pid: int) -> None:
+    """Wait up to 10 s for process `pid` to end; fail if it does not."""
+    deadline = time.monotonic() + 10
+    while _alive(pid):
+        assert time.monotonic() < deadline, f"child {pid} still runs"
+        time.sleep(0.1)
 
 
 def _alive(pid: int) -> bool:
@@ -116,8 +173,10 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    # a zombie until the server reaps it: dead all the same
-    return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    try:  # a zombie until the server reaps it: dead all the same
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_a_removed_socket_stops_its_server_and_worker_0_runs_in_process(runtime, tmp_path):
@@ -127,10 +186,7 @@ def test_a_removed_socket_stops_its_server_and_worker_0_runs_in_process(runtime,
     [pid] = server_pids(runtime)
     [socket] = runtime.glob("ablations-worker-*/*.sock")
     socket.unlink()
-    deadline = time.monotonic() + 10
-    while _alive(pid):
-        assert time.monotonic() < deadline, "the server outlived its socket"
-        time.sleep(0.1)
+    _gone(pid)  # the server outlives its socket by a loop's turn
     before = served(runtime)
     off = ablations(["validate", "--out", "v.json"], cwd=tmp_path, env=env | {"ABLATIONS_WORKER": "0"})
     assert off.returncode == 0 and served(runtime) == before

@@ -277,8 +277,9 @@ def _loop(listener: socket.socket, path: Path) -> None:
             else:  # a client's connection: readable only when its client has gone
                 pid = next(p for p, c in jobs.items() if c is event.fileobj)
                 selector.unregister(event.fileobj)
+                # It died without passing a signal on (kill -9, a crash): so does its command.
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
+                    os.kill(pid, signal.SIGKILL)
         for pid, status in _reaped():
             connection = jobs.pop(pid)
             with contextlib.suppress(OSError, KeyError, ValueError):
