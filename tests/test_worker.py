@@ -34,9 +34,8 @@ def runtime():
 
 
 def env_with(runtime, **extra) -> dict[str, str]:
-    env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime), **extra}
-    env.pop("ABLATIONS_WORKER", None)
-    return env
+    env = {k: v for k, v in os.environ.items() if k != "ABLATIONS_WORKER"}
+    return {**env, "XDG_RUNTIME_DIR": str(runtime), **extra}
 
 
 def ablations(args, cwd, env, **kwargs) -> subprocess.CompletedProcess:

@@ -26,9 +26,20 @@ def _read_umask() -> int:
 UMASK = _read_umask()  # read once, at import, before any thread could create a file
 
 
+def current_umask() -> int:
+    """The process's umask now, read without setting it (Linux: /proc/self/status), so a
+    process whose umask changed after this import (a worker's child) gets its own; elsewhere
+    the one read at import."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return UMASK
+
+
 def publish(path: Path | str, directory: bool = False) -> None:
     """Give a temp file or folder the mode a plain open()/mkdir() would have given it."""
-    os.chmod(path, (0o777 if directory else 0o666) & ~UMASK)
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
 
 
 def _check_target(target: Path, folder: bool) -> None:
