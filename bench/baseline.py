@@ -183,15 +183,13 @@ def run_pipeline(repo: Path, study: str) -> dict:
 
 
 def prepare(repo: Path, study: str, shrunk: bool) -> None:
-    """Project copy with the study's data prepared, its validate stage done and its MLflow
-    store created (untimed: a project pays them once, not per training of a study)."""
-    from ablations.config import load_params
-
+    """Project copy with every stage upstream of train@<study> done and its MLflow store
+    created (untimed: a project pays them once, not per training of a study). train@<study>
+    depends on the whole prepared-data folder, so on every dataset's standardize stage: left
+    undone, the first timed pipeline run would split and standardize the other datasets."""
     copy_project(repo, shrink if shrunk else None)
     reuse_raw(repo)
-    params = load_params(repo / "params.yaml")
-    datasets = sorted({params.variant_data(study, name) for name in params.studies[study].variants})
-    sh(["dvc", "repro", "validate", *[f"standardize@{name}" for name in datasets]], repo)
+    sh(["dvc", "repro", "validate", "standardize"], repo)
     sh([sys.executable, "-c", f"from ablations import tracking; tracking.use_experiment({study!r})"],
        repo)
 
